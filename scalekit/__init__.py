@@ -1,0 +1,63 @@
+"""scalekit: scale PyTorch/skorch training from a Jupyter notebook.
+
+Importing this package is cheap (no torch, no distributed): public names load on first
+use, so ``%load_ext scalekit`` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "cluster": "scalekit.session",
+    "ClusterSession": "scalekit.session",
+    "active_sessions": "scalekit.session",
+    "close_all": "scalekit.session",
+    "ClusterConfig": "scalekit.config",
+    "AdaptConfig": "scalekit.config",
+    "PanelConfig": "scalekit.config",
+    "EventBus": "scalekit.events",
+    "ScalekitError": "scalekit.errors",
+    "ConfigError": "scalekit.errors",
+    "ClusterError": "scalekit.errors",
+    "UsageError": "scalekit.errors",
+}
+
+__all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension"])
+
+if TYPE_CHECKING:
+    from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig  # noqa: F401
+    from scalekit.errors import ClusterError, ConfigError, ScalekitError, UsageError  # noqa: F401
+    from scalekit.events import EventBus  # noqa: F401
+    from scalekit.session import ClusterSession, active_sessions, close_all, cluster  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'scalekit' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext scalekit``: register the ``%scalekit`` magic."""
+    from scalekit.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython: Any) -> None:
+    """``%unload_ext scalekit``: close the clusters the magic started."""
+    from scalekit.magics import unload_ipython_extension as unload
+
+    unload(ipython)

@@ -1,0 +1,61 @@
+"""The local backend: ``distributed.LocalCluster`` bound to 127.0.0.1."""
+
+from __future__ import annotations
+
+import logging
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
+
+from distributed import Nanny
+
+from scalekit.backends.base import DaskClusterBackend
+
+if TYPE_CHECKING:
+    from distributed import LocalCluster
+
+logger = logging.getLogger(__name__)
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+class TrainingNanny(Nanny):
+    """A nanny whose worker environment suits torch and leaves the kernel's alone.
+
+    The stock nanny (a) sets ``MALLOC_TRIM_THRESHOLD_=65536``, measured here to slow
+    torch by 25-30 %, and (b) writes its "pre-spawn" variables, ``OMP_NUM_THREADS=1``
+    among them, into its *own* process, which for a LocalCluster is the notebook kernel.
+    This one sets the thread variables to the worker's thread count in the worker only.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        threads = str(self.nthreads)
+        self.env = {k: v for k, v in self.env.items() if k != "MALLOC_TRIM_THRESHOLD_"}
+        self.env.update({var: threads for var in _THREAD_VARS})
+        self.pre_spawn_env = {"PYTHONHASHSEED": self.pre_spawn_env.get("PYTHONHASHSEED", "6640")}
+
+
+class LocalBackend(DaskClusterBackend):
+    """Workers as local processes (or threads), everything on 127.0.0.1."""
+
+    name = "local"
+
+    def _make_cluster(self) -> LocalCluster:
+        from distributed import LocalCluster
+
+        cfg = self.config
+        dashboard = cfg.dashboard and find_spec("bokeh") is not None
+        if cfg.dashboard and not dashboard:
+            logger.warning("bokeh is not installed: the Dask dashboard is off")
+        kwargs: dict[str, Any] = {}
+        if cfg.processes:
+            kwargs["worker_class"] = TrainingNanny
+        return LocalCluster(
+            n_workers=cfg.workers,
+            threads_per_worker=cfg.threads_per_worker,
+            memory_limit=cfg.memory_limit,
+            processes=cfg.processes,
+            host="127.0.0.1",
+            dashboard_address="127.0.0.1:0" if dashboard else None,
+            **kwargs,
+        )

@@ -1,0 +1,167 @@
+"""Frozen, JSON-safe events and the small thread-safe bus that carries them.
+
+Everything a panel, a magic or the CLI shows comes from these events. The bus keeps the
+latest event of each kind and replays it to late subscribers, so a panel created after
+the cluster started still shows the current state at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+logger = logging.getLogger(__name__)
+
+E = TypeVar("E", bound="Event")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Event:
+    """Base class: a timestamp and a JSON-safe dict form."""
+
+    time: float = dataclasses.field(default_factory=time.time)
+
+    @property
+    def key(self) -> str:
+        """Replay key: the bus keeps the latest event per key."""
+        return type(self).__name__
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form, with the event's type name under ``"type"``."""
+        return {"type": type(self).__name__, **dataclasses.asdict(self)}
+
+
+# --- cluster -------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class WorkerStats(Event):
+    """One worker as the scheduler last saw it (memory in bytes, CPU in percent)."""
+
+    name: str
+    address: str
+    nthreads: int
+    cpu: float = 0.0
+    memory: int = 0
+    memory_limit: int = 0
+    status: str = "running"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ClusterSnapshot(Event):
+    """The whole cluster at one instant."""
+
+    backend: str
+    status: str  # "starting" | "running" | "closed"
+    workers: tuple[WorkerStats, ...] = ()
+    requested: int | None = None  # target count (None while adaptive decides)
+    adaptive: tuple[int, int] | None = None
+    dashboard_link: str | None = None
+    scheduler_address: str | None = None
+    details: tuple[tuple[str, str], ...] = ()  # backend extras, e.g. pod phases
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.workers)
+
+    @property
+    def total_threads(self) -> int:
+        return sum(w.nthreads for w in self.workers)
+
+    @property
+    def total_memory(self) -> int:
+        return sum(w.memory for w in self.workers)
+
+    @property
+    def total_memory_limit(self) -> int:
+        return sum(w.memory_limit for w in self.workers)
+
+    @property
+    def mean_cpu(self) -> float:
+        return sum(w.cpu for w in self.workers) / len(self.workers) if self.workers else 0.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ScaleRequested(Event):
+    """Someone asked for ``n`` workers (``source``: api, slider, magic, training)."""
+
+    n: int
+    source: str = "api"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdaptChanged(Event):
+    """Adaptive scaling switched on with bounds, or off (both ``None``)."""
+
+    minimum: int | None = None
+    maximum: int | None = None
+    source: str = "api"
+
+    @property
+    def enabled(self) -> bool:
+        return self.maximum is not None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Notice(Event):
+    """A line for the status bar of a panel: ``level`` is info, warning or error."""
+
+    level: str
+    message: str
+
+
+# --- bus -----------------------------------------------------------------------------
+
+
+class EventBus:
+    """Publish/subscribe with replay of the latest event per key.
+
+    Callbacks run in the publisher's thread, one publish at a time (a re-entrant lock
+    serialises delivery, so a subscriber sees events in publish order and a replay never
+    overtakes a newer event). A failing callback is logged and does not stop others.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._latest: dict[str, Event] = {}
+
+    def publish(self, event: Event) -> None:
+        with self._lock:
+            self._latest[event.key] = event
+            for callback in list(self._subscribers):
+                self._deliver(callback, event)
+
+    def subscribe(
+        self, callback: Callable[[Event], None], *, replay: bool = True
+    ) -> Callable[[], None]:
+        """Call ``callback`` for each event; returns a function that unsubscribes."""
+        with self._lock:
+            self._subscribers.append(callback)
+            if replay:
+                for event in sorted(self._latest.values(), key=lambda e: e.time):
+                    self._deliver(callback, event)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if callback in self._subscribers:
+                    self._subscribers.remove(callback)
+
+        return unsubscribe
+
+    def latest(self, kind: type[E]) -> E | None:
+        """The last published event of ``kind`` (keyed by its class name)."""
+        with self._lock:
+            event = self._latest.get(kind.__name__)
+        return event if isinstance(event, kind) else None
+
+    @staticmethod
+    def _deliver(callback: Callable[[Event], None], event: Event) -> None:
+        try:
+            callback(event)
+        except Exception:  # a broken view must not break the cluster or the training
+            logger.exception("event subscriber %r failed on %s", callback, type(event).__name__)

@@ -1,0 +1,264 @@
+"""The composition root: one place that wires config, backend, bus, sampler and panel.
+
+``scalekit.cluster(...)`` returns a :class:`ClusterSession`. It is what a notebook holds:
+``.scale(n)``, ``.adapt(minimum, maximum)``, ``.close()``, ``.client``, and, as the last
+expression of a cell, the live cluster panel.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from scalekit.backends import ClusterBackend, make_backend
+from scalekit.backends.metrics import MetricsSampler
+from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig
+from scalekit.errors import ClusterError, ScalekitError
+from scalekit.events import AdaptChanged, ClusterSnapshot, EventBus, Notice, ScaleRequested
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from scalekit.widgets.cluster_panel import ClusterPanel
+
+logger = logging.getLogger(__name__)
+
+_SESSIONS: list[ClusterSession] = []  # strong refs: close_all must reach every cluster
+_ATEXIT = threading.Lock()
+_atexit_registered = False
+
+
+class ClusterSession:
+    """A running cluster with its event bus, metrics sampler and (lazily) its panel.
+
+    Parameters
+    ----------
+    config : ClusterConfig
+        How to start the cluster.
+    panel : PanelConfig, optional
+        Refresh period and history length of the live panel.
+    backend : ClusterBackend, optional
+        A backend object to use instead of the one ``config.backend`` names.
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        panel: PanelConfig | None = None,
+        backend: ClusterBackend | None = None,
+    ) -> None:
+        self.config = config
+        self.panel_config = panel or PanelConfig.from_config()
+        self.bus = EventBus()
+        self.backend = backend or make_backend(config)
+        self.sampler = MetricsSampler(self.backend.snapshot, self.bus, self.panel_config.refresh)
+        self._panel: ClusterPanel | None = None
+        self.started_at: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> ClusterSession:
+        """Start the cluster and the sampler; on failure nothing is left running."""
+        self.bus.publish(
+            ClusterSnapshot(backend=self.config.backend, status="starting",
+                            requested=self.config.workers)
+        )
+        try:
+            self.backend.start()
+        except ScalekitError as exc:
+            self._notify("error", str(exc))
+            raise
+        self.started_at = time.time()
+        self.sampler.start()
+        self.sampler.sample_once()
+        _register(self)
+        return self
+
+    def close(self) -> None:
+        """Stop the sampler and close the client and the cluster (idempotent)."""
+        self.sampler.stop()
+        self.backend.close()
+        self.bus.publish(ClusterSnapshot(backend=self.config.backend, status="closed"))
+        if self in _SESSIONS:
+            _SESSIONS.remove(self)
+
+    def __enter__(self) -> ClusterSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- intents ---------------------------------------------------------------------
+    def scale(self, n: int, *, source: str = "api") -> None:
+        """Scale to ``n`` workers (stops adaptive scaling, as a manual count overrides it)."""
+        with self._reporting():
+            n = self.config.check_workers(n)
+            was_adaptive = self.backend.adaptive is not None
+            self.backend.scale(n)
+            if was_adaptive:
+                self.bus.publish(AdaptChanged(source=source))
+            self.bus.publish(ScaleRequested(n=n, source=source))
+            self._notify("info", f"scaling to {n} worker{'s' if n != 1 else ''}")
+        self.sampler.poke()
+
+    def adapt(
+        self, minimum: int | None = None, maximum: int | None = None, *, source: str = "api"
+    ) -> None:
+        """Let the cluster size itself between ``minimum`` and ``maximum`` workers."""
+        with self._reporting():
+            bounds = AdaptConfig.from_config(minimum=minimum, maximum=maximum)
+            self.backend.adapt(bounds)
+            self.bus.publish(
+                AdaptChanged(minimum=bounds.minimum, maximum=bounds.maximum, source=source)
+            )
+            self._notify("info", f"adaptive: {bounds.minimum}..{bounds.maximum} workers")
+        self.sampler.poke()
+
+    def stop_adapt(self, *, source: str = "api") -> None:
+        """Switch adaptive scaling off, keeping the current workers."""
+        with self._reporting():
+            self.backend.stop_adapt()
+            self.bus.publish(AdaptChanged(source=source))
+            self._notify("info", "adaptive scaling off")
+        self.sampler.poke()
+
+    # -- state -----------------------------------------------------------------------
+    @property
+    def client(self) -> Client:
+        """The ``distributed.Client`` connected to this cluster."""
+        return self.backend.client
+
+    @property
+    def closed(self) -> bool:
+        return self.backend.closed
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return getattr(self.backend, "dashboard_link", None)
+
+    @property
+    def scheduler_address(self) -> str | None:
+        return getattr(self.backend, "scheduler_address", None)
+
+    def snapshot(self, fresh: bool = False) -> ClusterSnapshot:
+        """The latest snapshot (``fresh=True`` asks the scheduler now)."""
+        latest = None if fresh else self.bus.latest(ClusterSnapshot)
+        return latest or self.backend.snapshot()
+
+    def wait_for_workers(self, n: int, timeout: float = 60.0) -> None:
+        """Block until exactly ``n`` workers are connected."""
+        deadline = time.monotonic() + timeout
+        while len(self.client.nthreads()) != n:
+            if time.monotonic() > deadline:
+                raise ClusterError(
+                    f"timed out after {timeout:g}s waiting for {n} workers "
+                    f"(have {len(self.client.nthreads())})"
+                )
+            time.sleep(0.1)
+        self.sampler.poke()
+
+    # -- display ---------------------------------------------------------------------
+    @property
+    def panel(self) -> ClusterPanel:
+        """The live ipywidgets panel (created on first use)."""
+        if self._panel is None:
+            from scalekit.widgets.cluster_panel import ClusterPanel
+
+            self._panel = ClusterPanel(
+                self.bus,
+                on_scale=lambda n: self.scale(n, source="panel"),
+                on_adapt=lambda lo, hi: self.adapt(lo, hi, source="panel"),
+                on_stop_adapt=lambda: self.stop_adapt(source="panel"),
+                max_workers=self.config.max_workers,
+                history=self.panel_config.history,
+            )
+        return self._panel
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return self.panel._repr_mimebundle_(include=include, exclude=exclude)
+
+    def __repr__(self) -> str:
+        from scalekit.widgets.render import cluster_text
+
+        return cluster_text(self.snapshot())
+
+    # -- helpers ---------------------------------------------------------------------
+    def _notify(self, level: str, message: str) -> None:
+        self.bus.publish(Notice(level=level, message=message))
+
+    def _reporting(self) -> _Reporting:
+        return _Reporting(self)
+
+
+class _Reporting:
+    """Context manager: a ScalekitError becomes an error notice, then propagates."""
+
+    def __init__(self, session: ClusterSession) -> None:
+        self.session = session
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: BaseException | None, tb: Any) -> bool:
+        if isinstance(exc, ScalekitError):
+            self.session._notify("error", str(exc))
+        return False
+
+
+def cluster(
+    workers: int | None = None,
+    *,
+    backend: str | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    max_workers: int | None = None,
+    **options: Any,
+) -> ClusterSession:
+    """Start a Dask cluster and return its :class:`ClusterSession`.
+
+    Unset arguments come from ``dask.config`` (``scalekit.cluster.*``).
+
+    Examples
+    --------
+    >>> import scalekit as sk
+    >>> session = sk.cluster(workers=2)        # doctest: +SKIP
+    >>> session.scale(3)                        # doctest: +SKIP
+    >>> session                                 # the live panel in a notebook
+    """
+    config = ClusterConfig.from_config(
+        workers=workers,
+        backend=backend,
+        threads_per_worker=threads_per_worker,
+        memory_limit=memory_limit,
+        max_workers=max_workers,
+        **options,
+    )
+    return ClusterSession(config).start()
+
+
+def active_sessions() -> list[ClusterSession]:
+    """Sessions started in this process and not closed yet, oldest first."""
+    return sorted((s for s in _SESSIONS if not s.closed), key=lambda s: s.started_at or 0.0)
+
+
+def close_all() -> int:
+    """Close every session this process started; returns how many were closed."""
+    sessions = active_sessions()
+    for session in sessions:
+        try:
+            session.close()
+        except Exception:
+            logger.warning("closing %r failed", session, exc_info=True)
+    return len(sessions)
+
+
+def _register(session: ClusterSession) -> None:
+    global _atexit_registered
+    _SESSIONS.append(session)
+    with _ATEXIT:
+        if not _atexit_registered:
+            atexit.register(close_all)
+            _atexit_registered = True
