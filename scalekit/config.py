@@ -73,8 +73,8 @@ class _Section:
             value = int(value)  # from an environment variable
         ok = isinstance(value, int) and not isinstance(value, bool)
         if not ok or value < lo or (hi is not None and value > hi):
-            span = f"{lo}..{hi}" if hi is not None else f">= {lo}"
-            raise ConfigError(self._field(name), getattr(self, name), f"an integer in {span}", hint)
+            span = f"in {lo}..{hi}" if hi is not None else f">= {lo}"
+            raise ConfigError(self._field(name), getattr(self, name), f"an integer {span}", hint)
         self._set(name, value)
 
     def _bool(self, name: str) -> None:
@@ -140,11 +140,12 @@ class ClusterConfig(_Section):
                 "Use backend='local' for this machine or 'kubernetes' for the Dask operator.",
             )
         self._int("max_workers", 1, 4096)
-        too_many = isinstance(self.workers, int) and self.workers > self.max_workers
+        too_many = not isinstance(self.workers, int) or self.workers > self.max_workers
         self._int(
             "workers", 1, self.max_workers,
             f"Raise max_workers (now {self.max_workers}) to allow more."
-            if too_many else "A cluster needs at least one worker.",
+            if too_many and not isinstance(self.workers, float)
+            else "A cluster needs a whole number of workers, at least one.",
         )
         self._int("threads_per_worker", 1, 1024)
         self._bool("processes")
@@ -175,7 +176,8 @@ class ClusterConfig(_Section):
                 if isinstance(n, int) and n > self.max_workers
                 else "Use close() to stop the cluster instead of scaling to zero."
             )
-            raise ConfigError(what, n, f"an integer in 1..{self.max_workers}", hint)
+            raise ConfigError(f"scalekit.cluster.{what}", n, f"an integer in 1..{self.max_workers}",
+                              hint)
         return n
 
 
@@ -224,6 +226,29 @@ class PanelConfig(_Section):
     def __post_init__(self) -> None:
         self._seconds("refresh", lo=MIN_REFRESH_S)
         self._int("history", 2, 100_000)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Section):
+    """How a distributed fit runs (see ``scalekit.training`` in scalekit.yaml)."""
+
+    section: ClassVar[str] = "training"
+
+    seed: int = 0
+    backend: str = "auto"
+    wait_for_workers: float = 60.0
+    rendezvous_timeout: float = 30.0
+    collective_timeout: float = 60.0
+    progress_interval: float = 0.5
+
+    def __post_init__(self) -> None:
+        self._int("seed", 0, 2**63 - 1)
+        if self.backend not in ("auto", "gloo", "nccl"):
+            raise ConfigError(self._field("backend"), self.backend, "one of auto, gloo, nccl")
+        self._seconds("wait_for_workers", lo=0.0)
+        self._seconds("rendezvous_timeout", lo=1.0)
+        self._seconds("collective_timeout", lo=1.0)
+        self._seconds("progress_interval", lo=0.1)
 
 
 def as_dict(config: Any) -> Mapping[str, Any]:

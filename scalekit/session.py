@@ -72,8 +72,7 @@ class ClusterSession:
             self._notify("error", str(exc))
             raise
         self.started_at = time.time()
-        self.sampler.start()
-        self.sampler.sample_once()
+        self.sampler.start()  # its first sample is immediate
         _register(self)
         return self
 
@@ -183,7 +182,7 @@ class ClusterSession:
     def __repr__(self) -> str:
         from scalekit.widgets.render import cluster_text
 
-        return cluster_text(self.snapshot())
+        return cluster_text(self.snapshot(fresh=not self.closed))
 
     # -- helpers ---------------------------------------------------------------------
     def _notify(self, level: str, message: str) -> None:
@@ -219,7 +218,8 @@ def cluster(
 ) -> ClusterSession:
     """Start a Dask cluster and return its :class:`ClusterSession`.
 
-    Unset arguments come from ``dask.config`` (``scalekit.cluster.*``).
+    Unset (``None``) arguments come from ``dask.config`` (``scalekit.cluster.*``); to
+    run workers without a memory limit pass ``memory_limit="none"``.
 
     Examples
     --------

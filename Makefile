@@ -1,0 +1,75 @@
+# scalekit developer commands. A fresh clone needs only python3.11 and make:
+#
+#   make lab        create .venv, install, open the quickstart notebook in JupyterLab
+#   make test       create .venv, install, run the whole test suite (what CI runs)
+#
+# Installs are pinned by constraints.txt and remembered by stamp files inside .venv,
+# so a second `make lab` / `make test` starts at once; editing pyproject.toml or
+# constraints.txt (or deleting .venv) triggers a reinstall.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip
+NOTEBOOK ?= notebooks/01_quickstart.ipynb
+LAB_ARGS ?=
+# Jupyter refuses to run as root unless told (containers often run as root)
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help lab test test-fast demo lint install install-lab install-test constraints
+
+help:
+	@echo "make lab        install (once) and open $(NOTEBOOK) in JupyterLab on 127.0.0.1"
+	@echo "make test       install (once) and run the whole test suite, slow tests included"
+	@echo "make test-fast  the test suite without tests marked slow"
+	@echo "make demo       install (once) and run the headless demo: scalekit demo"
+	@echo "make lint       ruff and the import-layer contracts (lint-imports)"
+	@echo "make constraints  re-pin constraints.txt from the current .venv"
+
+# -- environment ----------------------------------------------------------------------
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# One pip install per extra. The test extra includes the lab extra, so installing it
+# also marks lab as installed.
+$(VENV)/.installed-lab: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --disable-pip-version-check -c constraints.txt -e ".[lab]"
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install --disable-pip-version-check -c constraints.txt -e ".[test]"
+	@touch $@ $(VENV)/.installed-lab
+
+install-lab: $(VENV)/.installed-lab
+install-test: $(VENV)/.installed-test
+install: install-test
+
+# -- the two main commands ------------------------------------------------------------
+lab: $(VENV)/.installed-lab
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" $(ROOT_ARGS) $(LAB_ARGS) $(NOTEBOOK)
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
+
+# -- the rest -------------------------------------------------------------------------
+test-fast: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m "not slow" --durations=10 $(PYTEST_ARGS)
+
+demo: $(VENV)/.installed-lab
+	$(BIN)/scalekit demo
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check scalekit tests
+	$(BIN)/lint-imports
+
+# Exact pins for CI and dev installs, from what .venv holds now. torch loses its local
+# label (+cpu) so the pin also matches the build a machine's own wheel index offers.
+constraints: | $(BIN)/python
+	@{ echo "# Exact pins for CI/dev installs: pip install -c constraints.txt -e '.[test]'"; \
+	   echo "# Regenerate with: make constraints (pyproject.toml keeps the loose ranges)."; \
+	   $(PIP) freeze --exclude-editable --disable-pip-version-check \
+	     | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > constraints.txt.new
+	@mv constraints.txt.new constraints.txt
+	@echo "wrote constraints.txt"
