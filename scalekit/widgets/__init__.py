@@ -9,12 +9,18 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-_LAZY = {"ClusterPanel": "scalekit.widgets.cluster_panel"}
+_LAZY = {
+    "ClusterPanel": "scalekit.widgets.cluster_panel",
+    "TrainingPanel": "scalekit.widgets.training_panel",
+    "TrainingState": "scalekit.widgets.training_state",
+}
 
-__all__ = ["ClusterPanel"]
+__all__ = ["ClusterPanel", "TrainingPanel", "TrainingState"]
 
 if TYPE_CHECKING:
     from scalekit.widgets.cluster_panel import ClusterPanel  # noqa: F401
+    from scalekit.widgets.training_panel import TrainingPanel  # noqa: F401
+    from scalekit.widgets.training_state import TrainingState  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

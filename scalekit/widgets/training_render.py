@@ -1,0 +1,278 @@
+"""Pure renderers for a training run: text, HTML pieces and the whole HTML block.
+
+Everything here draws a :class:`~scalekit.widgets.training_state.TrainingState`; the
+live :class:`~scalekit.widgets.training_panel.TrainingPanel` puts the pieces into its
+widgets, ``render.training_html`` / ``render.training_text`` put them together for
+the fallbacks and ``repr(run)``. No ipywidgets here; every value reaching HTML is
+escaped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scalekit.widgets.render import (
+    CPU_COLOR,
+    DANGER_COLOR,
+    MEMORY_COLOR,
+    WARN_COLOR,
+    escape,
+    line_chart_svg,
+    notice_html,
+    percent_bar,
+)
+from scalekit.widgets.training_state import TrainingState, is_number
+
+__all__ = [
+    "batch_text",
+    "charts_html",
+    "epoch_table_html",
+    "epoch_text",
+    "fmt_duration",
+    "fmt_value",
+    "rank_chips_html",
+    "state_html",
+    "state_text",
+    "stats_text",
+    "status_html",
+]
+
+RANK_COLORS = {
+    "rendezvous": WARN_COLOR, "training": CPU_COLOR, "done": MEMORY_COLOR,
+    "failed": DANGER_COLOR,
+}
+STATUS_COLORS = {"finished": MEMORY_COLOR, "failed": DANGER_COLOR, "cancelled": WARN_COLOR}
+LOSS_COLORS = {"train_loss": "#1f77b4", "valid_loss": "#ff7f0e"}
+MAX_TABLE_ROWS = 100
+BEST_STYLE = "font-weight:bold;color:#2ca02c"
+CELL_STYLE = "text-align:right;padding:0 0.6em"
+
+
+# --- numbers ---------------------------------------------------------------------------
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """``"45s"``, ``"3m 05s"``, ``"1h 02m"``; ``"–"`` when unknown."""
+    if seconds is None:
+        return "–"
+    s = int(round(max(seconds, 0.0)))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    return f"{s // 3600}h {s % 3600 // 60:02d}m"
+
+
+def fmt_value(value: Any, key: str = "") -> str:
+    """A table cell as skorch's ``PrintLog`` writes it: ``.4f``, counts and epochs bare."""
+    if not is_number(value):
+        return ""
+    if isinstance(value, int) or key == "epoch" or key.endswith("_count"):
+        return str(int(value))
+    return f"{float(value):.4f}"
+
+
+def _rate(samples_per_s: float | None) -> str:
+    return "–" if samples_per_s is None else f"{samples_per_s:,.0f} samples/s"
+
+
+# --- text pieces -----------------------------------------------------------------------
+
+
+def epoch_text(state: TrainingState) -> str:
+    """``"epoch 3/20 · ETA 1m 05s"`` (ETA while running, elapsed time at the end)."""
+    total = state.max_epochs if state.max_epochs is not None else "?"
+    text = f"epoch {state.epochs_done}/{total}"
+    if state.running and state.eta_s is not None:
+        text += f" · ETA {fmt_duration(state.eta_s)}"
+    elif not state.running and state.finished_at is not None:
+        text += f" · took {fmt_duration(state.elapsed_s())}"
+    return text
+
+
+def batch_text(state: TrainingState) -> str:
+    """``"epoch 4: batch 12/40"`` for the epoch in progress, else ``""``."""
+    if state.batch is None or not state.running or state.batch[0] < state.epochs_done:
+        return ""
+    epoch_index, batch, n_batches = state.batch
+    return f"epoch {epoch_index + 1}: batch {batch}/{n_batches}"
+
+
+def world_text(state: TrainingState) -> str:
+    """``"world size 3 (2 → 3 at epoch 5)"``."""
+    if state.world_size is None:
+        return "world size –"
+    text = f"world size {state.world_size}"
+    changes = state.world_size_changes
+    if changes:
+        text += " (" + ", ".join(f"{a} → {b} at epoch {e}" for e, a, b in changes) + ")"
+    return text
+
+
+def stats_text(state: TrainingState) -> str:
+    """Throughput and world size on one line."""
+    return f"{_rate(state.samples_per_s)} · {world_text(state)}"
+
+
+def _headline(state: TrainingState) -> str:
+    return f"scalekit training · run {state.run_id or '?'} · {state.status}"
+
+
+def _status_lines(state: TrainingState) -> list[str]:
+    lines: list[str] = []
+    if state.status in ("failed", "cancelled") and state.message:
+        first, *rest = state.message.splitlines()
+        lines.append(f"{state.status}: {first}")
+        lines += [f"    {line}" for line in rest]
+    for f in state.failures:
+        lines.append(f"rank {f.rank} on {f.worker} failed (generation {f.generation})")
+    if state.notice is not None:
+        lines.append(f"[{state.notice[0]}] {state.notice[1]}")
+    return lines
+
+
+def table_text(state: TrainingState) -> list[str]:
+    """The epoch log as skorch prints it; best values carry a trailing ``*``."""
+    keys = state.table_keys
+    cells = [
+        [fmt_value(row.get(k), k) + ("*" if state.is_best(row, k) else "") for k in keys]
+        for row in state.rows
+    ]
+    widths = [max(len(k), *(len(r[i]) for r in cells)) for i, k in enumerate(keys)]
+    lines = ["  ".join(k.rjust(w) for k, w in zip(keys, widths, strict=True)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    if any(state.is_best(row, k) for row in state.rows for k in keys):
+        lines.append("(* best so far)")
+    return lines
+
+
+def state_text(state: TrainingState) -> str:
+    """The whole run as plain text (what ``repr(run)`` shows)."""
+    lines = [_headline(state), f"  {epoch_text(state)}"]
+    batch = batch_text(state)
+    if batch:
+        lines[-1] += f" · {batch}"
+    lines.append(f"  {stats_text(state)}")
+    if state.ranks:
+        ranks = ", ".join(f"{r.rank} {r.state}" for _, r in sorted(state.ranks.items()))
+        lines.append(f"  ranks: {ranks}")
+    lines += [f"  {line}" for line in _status_lines(state)]
+    if state.rows:
+        lines += ["", *table_text(state)]
+    return "\n".join(lines)
+
+
+# --- HTML pieces -----------------------------------------------------------------------
+
+
+def rank_chips_html(state: TrainingState) -> str:
+    """One coloured chip per rank of the current group, titled with its worker."""
+    chips = "".join(
+        f'<span class="scalekit-rank scalekit-rank-{escape(r.state)}" '
+        f'title="{escape(r.worker)} · generation {r.generation}" style="display:inline-block;'
+        f"margin:0 0.3em 0.2em 0;padding:0 0.5em;border-radius:0.8em;font-size:0.85em;"
+        f'color:#fff;background:{RANK_COLORS.get(r.state, "#888")}">'
+        f"rank {r.rank} · {escape(r.state)}</span>"
+        for _, r in sorted(state.ranks.items())
+    )
+    return f'<div class="scalekit-rank-chips">{chips}</div>' if chips else ""
+
+
+def charts_html(state: TrainingState) -> str:
+    """The loss chart and, when the rows hold other scores, a smaller score chart."""
+    if not state.rows:
+        return ""
+    x_start = int(state.rows[0]["epoch"])
+    charts = [line_chart_svg(
+        {k: state.series(k) for k in state.loss_keys}, colors=LOSS_COLORS,
+        x_start=x_start, css_class="scalekit-loss-chart",
+    )]
+    scores = {k: state.series(k) for k in state.score_keys}
+    if scores:
+        values = [v for vs in scores.values() for v in vs if v is not None]
+        unit = all(0.0 <= v <= 1.0 for v in values)
+        charts.append(line_chart_svg(
+            scores, width=260, y_range=(0.0, 1.0) if unit else None, x_start=x_start,
+            css_class="scalekit-score-chart",
+        ))
+    return ('<div class="scalekit-charts" style="display:flex;gap:0.5em;flex-wrap:wrap">'
+            f'{"".join(charts)}</div>')
+
+
+def epoch_table_html(state: TrainingState, max_rows: int = MAX_TABLE_ROWS) -> str:
+    """The epoch log (skorch's columns); best values bold green with class ``scalekit-best``."""
+    if not state.rows:
+        return ""
+    keys = state.table_keys
+    head = "".join(f'<th style="{CELL_STYLE}">{escape(k)}</th>' for k in keys)
+    rows = state.rows[-max_rows:]
+    body = []
+    if len(state.rows) > len(rows):
+        body.append(f'<tr><td colspan="{len(keys)}" style="text-align:left;color:#888">'
+                    f"… {len(state.rows) - len(rows)} earlier epochs</td></tr>")
+    for row in rows:
+        cells = []
+        for k in keys:
+            text = escape(fmt_value(row.get(k), k))
+            if state.is_best(row, k):
+                cells.append(f'<td class="scalekit-best" title="best so far" '
+                             f'style="{CELL_STYLE};{BEST_STYLE}">{text}</td>')
+            else:
+                cells.append(f'<td style="{CELL_STYLE}">{text}</td>')
+        body.append(f'<tr class="scalekit-epoch-row">{"".join(cells)}</tr>')
+    return (
+        '<table class="scalekit-epoch-table" style="border-collapse:collapse;'
+        'font-size:0.85em;font-family:monospace">'
+        f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    )
+
+
+def status_html(state: TrainingState) -> str:
+    """The run's outcome (with a failure's full message folded away) and the notice."""
+    color = STATUS_COLORS.get(state.status, "inherit")
+    parts = []
+    if state.status in ("failed", "cancelled") and state.message:
+        first, *rest = state.message.splitlines()
+        parts.append(f'<div style="color:{color};font-weight:bold">'
+                     f"{escape(state.status)}: {escape(first)}</div>")
+        if rest:
+            parts.append('<details><summary>details</summary><pre style="font-size:0.8em;'
+                         f'white-space:pre-wrap">{escape(chr(10).join(rest))}</pre></details>')
+    else:
+        text = state.status if state.status != "waiting" else "waiting for the run to start"
+        if state.status == "finished":
+            text += f" · {state.epochs_done} epochs in {fmt_duration(state.elapsed_s())}"
+        parts.append(f'<div style="color:{color}">{escape(text)}</div>')
+    for f in state.failures:
+        parts.append(f'<div style="color:{DANGER_COLOR}">rank {f.rank} on '
+                     f"{escape(f.worker)} failed (generation {f.generation})</div>")
+    if state.notice is not None:
+        parts.append(notice_html(*state.notice))
+    return "".join(parts)
+
+
+def _bar_color(state: TrainingState) -> str:
+    return STATUS_COLORS.get(state.status, CPU_COLOR)
+
+
+def state_html(state: TrainingState) -> str:
+    """The whole run as one self-contained HTML block (no widget manager needed)."""
+    total = state.max_epochs or 0
+    fraction = state.epochs_done / total if total else 0.0
+    parts = [
+        f"<div><b>scalekit training</b> · run <code>{escape(state.run_id or '?')}</code> · "
+        f"{escape(state.status)}</div>",
+        '<div class="scalekit-epoch-progress">' + percent_bar(
+            min(fraction, 1.0), epoch_text(state), color=_bar_color(state), width="22em"
+        ) + "</div>",
+    ]
+    batch = batch_text(state)
+    if batch:
+        parts.append(f'<div class="scalekit-batch-progress">'
+                     f"{percent_bar(state.batch_fraction, batch, width='22em')}</div>")
+    parts.append(f'<div class="scalekit-training-stats">{escape(stats_text(state))}</div>')
+    parts += [rank_chips_html(state), charts_html(state), epoch_table_html(state)]
+    parts.append(f'<div class="scalekit-training-status">{status_html(state)}</div>')
+    return f'<div class="scalekit-training">{"".join(parts)}</div>'
+

@@ -1,0 +1,252 @@
+"""TrainingPanel through its widget model: a real EventBus, synthetic events, no browser."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from scalekit.events import (
+    BatchProgress,
+    EpochEnded,
+    EventBus,
+    Notice,
+    RankStatus,
+    RunFinished,
+)
+from scalekit.widgets import render
+from scalekit.widgets.cluster_panel import WIDGET_VIEW
+from scalekit.widgets.training_panel import TrainingPanel
+
+from .training_events import run_events
+
+
+@pytest.fixture
+def bus() -> EventBus:
+    return EventBus()
+
+
+@pytest.fixture
+def panels() -> Iterator[list[TrainingPanel]]:
+    made: list[TrainingPanel] = []
+    yield made
+    for p in made:
+        p.close()
+
+
+def _panel(bus: EventBus, panels: list[TrainingPanel], **kw: object) -> TrainingPanel:
+    p = TrainingPanel(bus, run_id="run-1", **kw)  # type: ignore[arg-type]
+    panels.append(p)
+    return p
+
+
+def _publish(bus: EventBus, events: list) -> None:
+    for e in events:
+        bus.publish(e)
+
+
+def _eventually(check: Callable[[], bool], timeout: float = 3.0) -> bool:
+    """Poll ``check`` until it holds (the trailing redraw runs on a timer thread)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _polylines(html: str, svg_class: str) -> dict[str, int]:
+    svg = re.search(rf'<svg class="{svg_class}".*?</svg>', html, re.S)
+    assert svg is not None, html
+    found = re.findall(r'data-series="([^"]+)"[^>]*points="([^"]*)"', svg[0])
+    return {name: len(points.split()) for name, points in found}
+
+
+def test_live_run_reaches_the_end(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    assert "waiting" in p.status_html.value
+    _publish(bus, run_events(epochs=5, max_epochs=5))
+    assert (p.epoch_bar.value, p.epoch_bar.max) == (5, 5)
+    assert p.epoch_bar.bar_style == "success"
+    assert "epoch 5/5" in p.epoch_label.value
+    assert "finished" in p.status_html.value and "5 epochs" in p.status_html.value
+    assert p.state.status == "finished"
+
+
+def test_eta_and_batch_progress(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels, min_interval=0.0)
+    _publish(bus, run_events(epochs=2, max_epochs=10, status=None))
+    assert "epoch 2/10 · ETA 16s" in p.epoch_label.value  # 8 epochs of 2 s left
+    bus.publish(BatchProgress(run_id="run-1", epoch=2, batch=5, n_batches=10,
+                              samples_per_s=1234.0))
+    assert (p.batch_bar.value, p.batch_bar.max) == (5, 10)
+    assert "epoch 3: batch 5/10" in p.batch_label.value
+    assert p.batch_box.layout.display == "flex"
+    assert "ETA 15s" in p.epoch_label.value
+    assert "1,234 samples/s" in p.stats_html.value
+    bus.publish(EpochEnded(run_id="run-1", epoch=3, row={"train_loss": 0.3, "dur": 2.0},
+                           world_size=2))
+    assert p.batch_box.layout.display == "none"  # that epoch is over
+
+
+def test_curves_have_one_polyline_per_series(
+    bus: EventBus, panels: list[TrainingPanel]
+) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=6, max_epochs=8, status=None))
+    assert _polylines(p.charts_html.value, "scalekit-loss-chart") == {
+        "train_loss": 6, "valid_loss": 6}
+    assert _polylines(p.charts_html.value, "scalekit-score-chart") == {"valid_acc": 6}
+
+
+def test_table_has_a_row_per_epoch_with_best_marks(
+    bus: EventBus, panels: list[TrainingPanel]
+) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=4))
+    table = p.table_html.value
+    assert 'class="scalekit-epoch-table"' in table
+    heads = re.findall(r"<th[^>]*>([^<]+)</th>", table)
+    assert heads == ["epoch", "train_loss", "valid_acc", "valid_loss", "dur"]
+    body = re.findall(r'<tr class="scalekit-epoch-row">(.*?)</tr>', table)
+    assert len(body) == 4
+    third = re.findall(r"<td([^>]*)>([^<]*)</td>", body[2])
+    assert third[0][1] == "3"
+    assert "scalekit-best" in third[1][0]  # train_loss improved
+    assert "scalekit-best" not in third[3][0] and third[3][1] == "0.7000"  # valid_loss not
+
+
+def test_world_size_changes_are_shown(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=6, max_epochs=6, grow_at=5))
+    assert "world size 3 (2 → 3 at epoch 5)" in p.stats_html.value
+
+
+def test_rank_chips_show_failed(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=1, status=None))
+    assert p.ranks_html.value.count("scalekit-rank-training") == 2
+    bus.publish(RankStatus(run_id="run-1", rank=1, worker="tcp://10.0.0.1:4000",
+                           state="failed"))
+    assert "scalekit-rank-failed" in p.ranks_html.value
+    assert render.DANGER_COLOR in p.ranks_html.value
+    assert "rank 1 on tcp://10.0.0.1:4000 failed" in p.status_html.value
+
+
+def test_failed_run_shows_its_message(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    message = "rank 1 on w1 failed: RuntimeError: <boom>\n--- traceback ---\nFile x"
+    _publish(bus, run_events(epochs=2, max_epochs=5, status="failed", message=message))
+    status = p.status_html.value
+    assert "failed: rank 1 on w1 failed: RuntimeError: &lt;boom&gt;" in status
+    assert "<details>" in status and "File x" in status
+    assert p.epoch_bar.bar_style == "danger"
+    assert p._unsubscribe is None  # the run is over: no longer listening
+
+
+def test_other_runs_are_ignored(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=2, max_epochs=4, status=None))
+    before = p.renders
+    _publish(bus, run_events("other", epochs=4, max_epochs=9, world=5, status="failed",
+                             message="not mine"))
+    assert p.renders == before
+    assert p.state.max_epochs == 4 and len(p.state.rows) == 2 and p.state.running
+    assert "not mine" not in p.status_html.value and "world size 2" in p.stats_html.value
+
+
+def test_notices_show_in_the_status_line(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=1, status=None))
+    bus.publish(Notice(level="warning", message="worker w3 joined; rescaling"))
+    assert _eventually(lambda: "worker w3 joined; rescaling" in p.status_html.value)
+
+
+def test_panel_made_after_the_run_shows_the_final_state(bus: EventBus,
+                                                         panels: list[TrainingPanel]) -> None:
+    events = run_events(epochs=3, max_epochs=3, grow_at=3)
+    _publish(bus, events)
+    p = _panel(bus, panels, events=events)
+    assert (p.epoch_bar.value, p.epoch_bar.max) == (3, 3)
+    assert _polylines(p.charts_html.value, "scalekit-loss-chart") == {
+        "train_loss": 3, "valid_loss": 3}
+    assert p.table_html.value.count("scalekit-epoch-row") == 3
+    assert "finished" in p.status_html.value
+    assert "2 → 3 at epoch 3" in p.stats_html.value
+    assert p.renders == 1 and p._unsubscribe is None
+
+
+def test_replayed_events_are_not_folded_twice(bus: EventBus,
+                                              panels: list[TrainingPanel]) -> None:
+    events = run_events(epochs=2, max_epochs=4, status=None)
+    _publish(bus, events)
+    p = _panel(bus, panels, events=events)
+    for e in events:  # the same objects delivered live again change nothing
+        p._on_event(e)
+    assert len(p.state.rows) == 2 and p.state.version == 2
+
+
+def test_batch_flood_is_throttled(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels, min_interval=0.3)
+    _publish(bus, run_events(epochs=1, max_epochs=3, status=None))
+    before = p.renders
+    n, started = 2000, time.monotonic()
+    for i in range(1, n + 1):
+        bus.publish(BatchProgress(run_id="run-1", epoch=1, batch=i, n_batches=n,
+                                  samples_per_s=float(i)))
+    took = time.monotonic() - started
+    assert p.renders - before <= 2 + took / 0.3
+    assert _eventually(lambda: p.batch_bar.value == n)  # the trailing redraw
+    assert "2,000 samples/s" in p.stats_html.value
+    assert p.renders - before <= 3 + (time.monotonic() - started) / 0.3
+
+
+def test_epoch_end_redraws_at_once(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=1, max_epochs=3, status=None))
+    time.sleep(0.1)
+    bus.publish(EpochEnded(run_id="run-1", epoch=2, row={"train_loss": 0.4, "dur": 1.0},
+                           world_size=2))
+    assert p.table_html.value.count("scalekit-epoch-row") == 2
+
+
+def test_events_from_another_thread(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    t = threading.Thread(target=_publish, args=(bus, run_events(epochs=3, max_epochs=3)))
+    t.start()
+    t.join()
+    assert p.epoch_bar.value == 3 and p.state.status == "finished"
+
+
+def test_mimebundle_has_widget_and_fallbacks(bus: EventBus,
+                                             panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    _publish(bus, run_events(epochs=2, status=None))
+    data = p._repr_mimebundle_()
+    assert data[WIDGET_VIEW]["model_id"] == p.widget.model_id
+    assert data["text/plain"].startswith("scalekit training · run run-1 · running")
+    assert 'class="scalekit-training"' in data["text/html"]
+    assert "scalekit-loss-chart" in data["text/html"]
+    assert set(p._repr_mimebundle_(include={"text/plain"})) == {"text/plain"}
+    assert WIDGET_VIEW not in p._repr_mimebundle_(exclude={WIDGET_VIEW})
+    p.close()
+    assert set(p._repr_mimebundle_()) == {"text/plain", "text/html"}
+
+
+def test_css_classes_for_the_browser(bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    assert "scalekit-training-panel" in p.widget._dom_classes
+    assert "scalekit-epoch-progress" in p.epoch_box._dom_classes
+    assert "scalekit-training-status" in p.status_html._dom_classes
+
+
+def test_close_unsubscribes_and_stops_drawing(bus: EventBus,
+                                              panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    p.close()
+    p.close()
+    bus.publish(RunFinished(run_id="run-1", status="finished", epochs=0))
+    assert p.disposed and p.state.status == "waiting"
