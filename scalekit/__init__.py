@@ -14,6 +14,11 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "cluster": "scalekit.session",
+    "fit": "scalekit.runs",
+    "train": "scalekit.runs",
+    "TrainingRun": "scalekit.runs",
+    "TrainConfig": "scalekit.config",
+    "TrainingError": "scalekit.errors",
     "ClusterSession": "scalekit.session",
     "active_sessions": "scalekit.session",
     "close_all": "scalekit.session",
@@ -30,9 +35,16 @@ _LAZY = {
 __all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension"])
 
 if TYPE_CHECKING:
-    from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig  # noqa: F401
-    from scalekit.errors import ClusterError, ConfigError, ScalekitError, UsageError  # noqa: F401
+    from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, TrainConfig  # noqa: F401
+    from scalekit.errors import (  # noqa: F401
+        ClusterError,
+        ConfigError,
+        ScalekitError,
+        TrainingError,
+        UsageError,
+    )
     from scalekit.events import EventBus  # noqa: F401
+    from scalekit.runs import TrainingRun, fit, train  # noqa: F401
     from scalekit.session import ClusterSession, active_sessions, close_all, cluster  # noqa: F401
 
 

@@ -240,15 +240,57 @@ class TrainConfig(_Section):
     rendezvous_timeout: float = 30.0
     collective_timeout: float = 60.0
     progress_interval: float = 0.5
+    max_failures: int = 3
+    hang_timeout: float = 5.0
+    beacon_interval: float = 1.0
 
     def __post_init__(self) -> None:
         self._int("seed", 0, 2**63 - 1)
+        self._int("max_failures", 0, 10_000)
+        self._seconds("hang_timeout", lo=0.5)
+        self._seconds("beacon_interval", lo=0.05)
+        if self.beacon_interval * 2 > self.hang_timeout:
+            raise ConfigError(
+                self._field("hang_timeout"), self.hang_timeout,
+                f"at least twice beacon-interval ({self.beacon_interval:g}s)",
+            )
         if self.backend not in ("auto", "gloo", "nccl"):
             raise ConfigError(self._field("backend"), self.backend, "one of auto, gloo, nccl")
         self._seconds("wait_for_workers", lo=0.0)
         self._seconds("rendezvous_timeout", lo=1.0)
         self._seconds("collective_timeout", lo=1.0)
         self._seconds("progress_interval", lo=0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig(_Section):
+    """Where and how often a fit saves its state."""
+
+    section: ClassVar[str] = "checkpoint"
+
+    root: str | None = None
+    keep: int = 3
+    every_epochs: int = 1
+    every_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.root is not None and not isinstance(self.root, str):
+            raise ConfigError(self._field("root"), self.root, "a folder path or fsspec URL")
+        self._int("keep", 1, 10_000)
+        self._int("every_epochs", 0, 1_000_000)
+        self._seconds("every_seconds", lo=0.0)
+        if self.every_epochs == 0 and self.every_seconds == 0:
+            raise ConfigError(
+                self._field("every_epochs"), 0, ">= 1 when every-seconds is 0",
+                "Without any interval a failure would lose the whole run.",
+            )
+
+    def default_url(self, run_id: str) -> str:
+        """The folder a run without an explicit ``checkpoint=`` URL uses."""
+        import tempfile
+
+        root = self.root or os.path.join(tempfile.gettempdir(), "scalekit-checkpoints")
+        return f"{root.rstrip('/')}/{run_id}"
 
 
 def as_dict(config: Any) -> Mapping[str, Any]:

@@ -46,3 +46,17 @@ class ClusterError(ScalekitError, RuntimeError):
 
 class UsageError(ScalekitError, ValueError):
     """An API was called in a state or with arguments that cannot work."""
+
+
+class TrainingError(ScalekitError, RuntimeError):
+    """A distributed fit failed; the message names the rank and worker when one did.
+
+    The original exception (with its remote traceback) is chained as ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, rank: int | None = None, worker: str | None = None,
+                 remote_traceback: str = "") -> None:
+        self.rank = rank
+        self.worker = worker
+        self.remote_traceback = remote_traceback
+        super().__init__(message)

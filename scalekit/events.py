@@ -165,3 +165,112 @@ class EventBus:
             callback(event)
         except Exception:  # a broken view must not break the cluster or the training
             logger.exception("event subscriber %r failed on %s", callback, type(event).__name__)
+
+
+# --- training ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunStarted(Event):
+    """A training run began (``max_epochs`` in total, ``batch_size`` global)."""
+
+    run_id: str
+    max_epochs: int
+    batch_size: int
+    n_samples: int
+    world_size: int
+    start_epoch: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RankStatus(Event):
+    """One rank's state: rendezvous, training, done, failed."""
+
+    run_id: str
+    rank: int
+    worker: str
+    state: str
+    generation: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"RankStatus/{self.rank}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BatchProgress(Event):
+    """Progress inside an epoch (rank 0, at most a few times per second)."""
+
+    run_id: str
+    epoch: int
+    batch: int
+    n_batches: int
+    samples_per_s: float
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class EpochEnded(Event):
+    """An epoch finished: ``row`` holds the history row's numbers (losses, scores, dur)."""
+
+    run_id: str
+    epoch: int
+    row: dict[str, float]
+    world_size: int
+
+    @property
+    def key(self) -> str:
+        return f"EpochEnded/{self.epoch}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunFinished(Event):
+    """The run ended: ``status`` is finished, failed or cancelled."""
+
+    run_id: str
+    status: str
+    epochs: int
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CheckpointSaved(Event):
+    """Rank 0 saved a checkpoint (``step`` > 0: inside an epoch)."""
+
+    run_id: str
+    epoch: int
+    step: int
+    url: str
+    seconds: float
+    nbytes: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Resized(Event):
+    """The world size changed at a safe point (nothing lost)."""
+
+    run_id: str
+    old: int
+    new: int
+    epoch: int
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"Resized/{self.time}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Recovered(Event):
+    """Training restarted after a failure, from the state at ``epoch``/``step``."""
+
+    run_id: str
+    reason: str
+    epoch: int
+    step: int
+    world_size: int
+    lost_steps: int = 0
+    downtime_s: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"Recovered/{self.time}"

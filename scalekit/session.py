@@ -58,6 +58,7 @@ class ClusterSession:
         self.sampler = MetricsSampler(self.backend.snapshot, self.bus, self.panel_config.refresh)
         self._panel: ClusterPanel | None = None
         self.started_at: float | None = None
+        self._training: list[Any] = []  # controllers of fits running on this cluster
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> ClusterSession:
@@ -95,6 +96,14 @@ class ClusterSession:
         """Scale to ``n`` workers (stops adaptive scaling, as a manual count overrides it)."""
         with self._reporting():
             n = self.config.check_workers(n)
+            if self._training and n < len(self.client.nthreads()):
+                # a running fit would lose a rank mid-epoch: shrink at its next safe point
+                for controller in list(self._training):
+                    controller.request_shrink(n)
+                self.bus.publish(ScaleRequested(n=n, source=source))
+                self._notify("info", f"scaling down to {n} at the running fit's next "
+                             "epoch boundary")
+                return
             was_adaptive = self.backend.adaptive is not None
             self.backend.scale(n)
             if was_adaptive:
@@ -125,6 +134,14 @@ class ClusterSession:
         self.sampler.poke()
 
     # -- state -----------------------------------------------------------------------
+    def attach_training(self, controller: Any) -> None:
+        """A fit started on this cluster: scale-downs now wait for its safe points."""
+        self._training.append(controller)
+
+    def detach_training(self, controller: Any) -> None:
+        if controller in self._training:
+            self._training.remove(controller)
+
     @property
     def client(self) -> Client:
         """The ``distributed.Client`` connected to this cluster."""

@@ -1,0 +1,290 @@
+"""``scalekit.fit`` and ``scalekit.train``: distributed training from the notebook.
+
+A :class:`TrainingRun` ties a :class:`~scalekit.training.controller.TrainingController`
+to an event bus and, as the last expression of a cell, shows the live training panel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING, Any
+
+from scalekit.config import TrainConfig
+from scalekit.errors import TrainingError, UsageError
+from scalekit.events import Event, EventBus, RunFinished
+from scalekit.session import ClusterSession, active_sessions
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from scalekit.widgets.training_panel import TrainingPanel
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingRun:
+    """One distributed fit: its progress events, its outcome and its panel.
+
+    Attributes
+    ----------
+    net : skorch.NeuralNet
+        The user's net; fitted once the run has finished.
+    bus : EventBus
+        Progress events (``RunStarted``, ``BatchProgress``, ``EpochEnded``, ...).
+    events : list of Event
+        Every training event so far, in order.
+    error : BaseException or None
+        Why the run failed, if it did.
+    """
+
+    def __init__(self, controller: Any, *, bus: EventBus,
+                 session: ClusterSession | None = None) -> None:
+        self.controller = controller
+        self.session = session
+        self.net = controller.net
+        self.bus = bus
+        self.events: list[Event] = []
+        self.error: BaseException | None = None
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._panel: TrainingPanel | None = None
+        self._unsubscribe = bus.subscribe(self._record, replay=False)
+
+    @property
+    def run_id(self) -> str:
+        return self.controller.run_id
+
+    @property
+    def history(self) -> Any:
+        """The net's skorch history (one row per epoch)."""
+        return self.net.history
+
+    @property
+    def status(self) -> str:
+        """``running``, ``finished`` or ``failed``."""
+        if not self._done.is_set():
+            return "running"
+        return "failed" if self.error is not None else "finished"
+
+    @property
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    # -- running -------------------------------------------------------------------------
+    def _run(self) -> None:
+        if self.session is not None:
+            self.session.attach_training(self.controller)
+        try:
+            self.controller.fit()
+        except BaseException as exc:  # kept for wait(); the notebook thread re-raises it
+            self.error = exc
+        finally:
+            if self.session is not None:
+                self.session.detach_training(self.controller)
+            self._done.set()
+
+    def start(self, *, background: bool) -> TrainingRun:
+        if background:
+            self._thread = threading.Thread(
+                target=self._run, name=f"scalekit-run-{self.run_id}", daemon=True
+            )
+            self._thread.start()
+        else:
+            self._run()
+        return self
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the run ends; return the fitted net or raise its error."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"run {self.run_id} still running after {timeout:g}s")
+        if self.error is not None:
+            raise self.error
+        return self.net
+
+    result = wait
+
+    # -- display -----------------------------------------------------------------------
+    def _record(self, event: Event) -> None:
+        if getattr(event, "run_id", self.run_id) == self.run_id:
+            self.events.append(event)
+        if isinstance(event, RunFinished) and event.run_id == self.run_id:
+            self._unsubscribe()
+
+    @property
+    def panel(self) -> TrainingPanel:
+        """The live training panel (created on first use)."""
+        if self._panel is None:
+            from scalekit.widgets.training_panel import TrainingPanel
+
+            self._panel = TrainingPanel(self.bus, run_id=self.run_id, events=self.events)
+        return self._panel
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        return self.panel._repr_mimebundle_(include=include, exclude=exclude)
+
+    def __repr__(self) -> str:
+        from scalekit.widgets.render import training_text
+
+        return training_text(self.events)
+
+
+def fit(
+    net: Any,
+    X: Any,
+    y: Any = None,
+    *,
+    cluster: ClusterSession | Client | None = None,
+    checkpoint: str | None = None,
+    resume: bool = False,
+    wait: bool = True,
+    show: bool = True,
+    seed: int | None = None,
+    max_workers: int | None = None,
+    **fit_params: Any,
+) -> TrainingRun:
+    """Fit a skorch net across the cluster's workers (synchronous data parallel).
+
+    The net keeps skorch's meaning of its settings. ``batch_size`` is the **global**
+    batch: each of the ``W`` workers computes ``batch_size / W`` samples per step and
+    the gradients are averaged, so every step is the same SGD step a single process
+    would take, and the learning rate needs no change when the world size changes.
+
+    Parameters
+    ----------
+    net : skorch.NeuralNet
+        Any skorch net (``NeuralNetClassifier``, ``NeuralNetRegressor``, ...). After
+        the call it is an ordinary fitted net: ``net.module_``, ``net.history``,
+        ``predict``, ``score`` and ``save_params`` work in the notebook.
+    X, y :
+        Training data as skorch accepts it. It is sent to every worker once.
+    cluster : ClusterSession or distributed.Client, optional
+        Where to train; by default the most recently started scalekit cluster.
+    checkpoint : str, optional
+        Folder URL (local path, ``s3://...``, any fsspec URL) for checkpoints. By default
+        each run gets a fresh folder under ``scalekit.checkpoint.root``.
+    resume : bool
+        Continue the fit saved at ``checkpoint`` (e.g. after a kernel restart) up to the
+        net's ``max_epochs``, with the saved optimizer state and history.
+    wait : bool
+        Block until training ends (default). With ``wait=False`` the call returns at
+        once and training goes on in the background; ``run.wait()`` joins it.
+    show : bool
+        Display the live training panel in the notebook.
+    seed : int, optional
+        Seeds the batch order and the ranks' RNGs (default: ``scalekit.training.seed``).
+    max_workers : int, optional
+        Largest world size to train on (default: every worker of the cluster).
+    **fit_params :
+        Passed on to the net's ``fit`` loop on every worker.
+
+    Returns
+    -------
+    TrainingRun
+        Shows the training panel; ``run.net`` is the fitted net.
+    """
+    from scalekit.training.controller import TrainingController
+
+    session = _session_for(cluster)
+    client = session.client if session is not None else _client_for(cluster)
+    config = TrainConfig.from_config(seed=seed)
+    bus = session.bus if session is not None else EventBus()
+    controller = TrainingController(
+        client, net, X, y, bus=bus, config=config, fit_params=fit_params,
+        checkpoint=checkpoint, resume=resume, max_world=max_workers,
+        scale_to=session.backend.scale if session is not None else None,
+    )
+    run = TrainingRun(controller, bus=bus, session=session)
+    if show:
+        _display(run)
+    run.start(background=not wait)
+    if wait and run.error is not None:
+        raise run.error
+    return run
+
+
+def train(
+    module: Any,
+    dataset: Any,
+    *,
+    criterion: Any,
+    optimizer: Any = None,
+    lr: float = 0.01,
+    max_epochs: int = 10,
+    batch_size: int = 128,
+    cluster: ClusterSession | Client | None = None,
+    show: bool = True,
+    seed: int | None = None,
+    **net_params: Any,
+) -> Any:
+    """Train a plain torch module on a torch Dataset across the cluster; return it.
+
+    The same runtime as :func:`fit`, for users without skorch.
+
+    Parameters
+    ----------
+    module : torch.nn.Module class or instance
+        The model (a class is instantiated with ``module__*`` keyword arguments).
+    dataset : torch.utils.data.Dataset
+        Yields ``(x, y)`` pairs; it must be picklable (it is sent to the workers).
+    criterion : loss class or instance, e.g. ``torch.nn.CrossEntropyLoss``
+    optimizer : optimizer class, default ``torch.optim.SGD``
+    lr, max_epochs, batch_size :
+        As in skorch; ``batch_size`` is the global batch (see :func:`fit`).
+    **net_params :
+        Further skorch-style parameters (``optimizer__momentum=0.9``, ``module__h=64``).
+
+    Returns
+    -------
+    torch.nn.Module
+        The trained module.
+    """
+    import torch
+    from skorch import NeuralNet
+
+    net = NeuralNet(
+        module, criterion=criterion, optimizer=optimizer or torch.optim.SGD, lr=lr,
+        max_epochs=max_epochs, batch_size=batch_size, train_split=None, verbose=0,
+        **net_params,
+    )
+    run = fit(net, dataset, None, cluster=cluster, show=show, seed=seed)
+    return run.net.module_
+
+
+def _session_for(cluster: ClusterSession | Client | None) -> ClusterSession | None:
+    if cluster is None:
+        sessions = active_sessions()
+        if not sessions:
+            raise UsageError(
+                "no cluster to train on: start one first with `sk.cluster(workers=2)` or "
+                "`%scalekit up`, or pass cluster=<session or distributed.Client>"
+            )
+        return sessions[-1]
+    if isinstance(cluster, ClusterSession):
+        if cluster.closed:
+            raise UsageError("that cluster is closed; start a new one with sk.cluster()")
+        return cluster
+    return None
+
+
+def _client_for(cluster: Any) -> Client:
+    if hasattr(cluster, "submit") and hasattr(cluster, "nthreads"):
+        return cluster
+    raise UsageError(
+        f"cluster must be a scalekit ClusterSession or a distributed.Client, "
+        f"got {type(cluster).__name__}"
+    )
+
+
+def _display(run: TrainingRun) -> None:
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and getattr(shell, "kernel", None) is not None:
+        display(run)
+
+
+__all__ = ["TrainingRun", "fit", "train", "TrainingError"]

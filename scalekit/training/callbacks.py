@@ -1,0 +1,72 @@
+"""The skorch callback the runtime adds (last) on each rank: report, checkpoint, stop."""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Callable
+from typing import Any
+
+from skorch.callbacks import Callback
+
+
+class RoundStopped(KeyboardInterrupt):
+    """Ends ``partial_fit`` at an epoch boundary (skorch stops cleanly on it)."""
+
+
+class RoundControl(Callback):
+    """At each epoch end, after the user's callbacks: report the row (rank 0), save a
+    checkpoint when one is due (rank 0), and stop the round when the controller asked
+    for a resize (a one-element broadcast from rank 0 keeps every rank in step).
+
+    Parameters
+    ----------
+    rank : int
+    report : callable(epoch, row)
+        Sends a finished epoch's numbers to the notebook (rank 0 only).
+    save : callable(net, epoch) or None
+        Saves a checkpoint at an epoch boundary if one is due (rank 0 only).
+    stop_requested : callable() -> bool, or None
+        Asked on rank 0 at each epoch end.
+    """
+
+    def __init__(self, rank: int, report: Callable[[int, dict[str, Any]], None],
+                 save: Callable[[Any, int], None] | None = None,
+                 stop_requested: Callable[[], bool] | None = None) -> None:
+        self.rank = rank
+        self.report = report
+        self.save = save
+        self.stop_requested = stop_requested
+        self.reported = 0
+        self.stopped = False
+
+    def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        self._report(net)
+        if self.rank == 0 and self.save is not None:
+            self.save(net, len(net.history))
+        if self.stop_requested is not None and self._agree(self.stop_requested):
+            self.stopped = True
+            raise RoundStopped
+
+    def on_train_end(self, net: Any, **kwargs: Any) -> None:
+        # EarlyStopping ends the fit inside on_epoch_end, before this callback runs
+        self._report(net)
+
+    def _report(self, net: Any) -> None:
+        if self.rank != 0 or not len(net.history) or self.reported >= len(net.history):
+            return
+        self.reported = len(net.history)
+        row = net.history[-1]
+        scalars = {
+            k: (bool(v) if isinstance(v, bool) else float(v))
+            for k, v in row.items()
+            if k != "batches" and isinstance(v, (numbers.Number, bool))
+        }
+        self.report(int(row.get("epoch", len(net.history))), scalars)
+
+    def _agree(self, ask: Callable[[], bool]) -> bool:
+        import torch
+        import torch.distributed as dist
+
+        flag = torch.tensor([1 if self.rank == 0 and ask() else 0])
+        dist.broadcast(flag, src=0)
+        return bool(flag.item())

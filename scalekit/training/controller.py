@@ -1,0 +1,344 @@
+"""The elastic controller: runs a distributed fit from the notebook process.
+
+It checks the inputs before anything is shipped, sends the data to the workers once,
+and then runs *rounds* (:mod:`.rounds`): a round trains on a fixed set of workers until
+the fit is done, until it stops at a safe point because workers joined or a shrink was
+asked for (the state moves to the next round; nothing is lost), or until a rank is lost,
+hangs or fails. After a failure the pure policy (:mod:`.policy`) decides: restore from
+the newest state (the last checkpoint or the last resize) on the workers left, or give
+up with a clear error. Progress messages from the ranks become events on the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from scalekit.config import CheckpointConfig, TrainConfig
+from scalekit.errors import TrainingError, UsageError
+from scalekit.events import (
+    BatchProgress,
+    CheckpointSaved,
+    EpochEnded,
+    EventBus,
+    Notice,
+    RankStatus,
+    Recovered,
+    Resized,
+    RunFinished,
+    RunStarted,
+)
+from scalekit.training import state as training_state
+from scalekit.training.checkpoint import CheckpointStore
+from scalekit.training.policy import decide_after_failure
+from scalekit.training.preflight import batch_size as _batch_size
+from scalekit.training.preflight import check_net, preflight
+from scalekit.training.preflight import n_samples as _n_samples
+from scalekit.training.rank import RankResult, RankSpec
+from scalekit.training.rounds import Beacons, Round, RoundOutcome, kill_local_or_restart
+from scalekit.training.rounds import is_peer_failure as _is_peer_failure  # noqa: F401
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingController:
+    """Drive one elastic, distributed fit of a skorch net on the workers of ``client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Connected to the cluster.
+    net : skorch.NeuralNet
+        The user's net; it is initialized here and receives the trained state.
+    X, y :
+        Training data as skorch accepts it (arrays, tensors, dicts, a Dataset).
+    bus : EventBus
+        Where progress events go.
+    config : TrainConfig
+        Seeds, timeouts, failure budget.
+    checkpoint : str or CheckpointStore, optional
+        Where checkpoints go (default: a fresh folder per run, see CheckpointConfig).
+    resume : bool
+        Continue from the newest checkpoint at ``checkpoint``.
+    fit_params : dict
+        Passed to ``net.partial_fit`` on each rank.
+    max_world : int, optional
+        Largest world size to use (default: every worker).
+    scale_to : callable(int), optional
+        How to shrink the cluster once a round stopped for a planned scale-down.
+    """
+
+    def __init__(
+        self, client: Client, net: Any, X: Any, y: Any = None, *, bus: EventBus | None = None,
+        config: TrainConfig | None = None, fit_params: dict[str, Any] | None = None,
+        run_id: str | None = None, checkpoint: str | CheckpointStore | None = None,
+        checkpoint_config: CheckpointConfig | None = None, resume: bool = False,
+        max_world: int | None = None, scale_to: Callable[[int], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.net = net
+        self.X = X
+        self.y = y
+        self.bus = bus or EventBus()
+        self.config = config or TrainConfig.from_config()
+        self.ckpt_config = checkpoint_config or CheckpointConfig.from_config()
+        self.fit_params = fit_params or {}
+        self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.topic = f"scalekit-run-{self.run_id}"
+        self.checkpoint = checkpoint
+        self.resume = resume
+        self.max_world = max_world or 10_000
+        self.scale_to = scale_to
+        self.generation = 0
+        self.failures = 0
+        self.results: list[RankResult] = []
+        self.store: CheckpointStore | None = None
+        self._beacons = Beacons()
+        self._shrink_to: int | None = None
+        self._data: list[Future] = []
+        self._state: dict[str, Any] | None = None  # newest state known to the controller
+
+    # -- public ------------------------------------------------------------------------
+    def fit(self) -> Any:
+        """Train; return the user's net, fitted. Raises :class:`TrainingError` on failure."""
+        net = self.net
+        check_net(net)
+        self.store = self._open_store()
+        if self.resume:
+            self._state = self._load_checkpoint(required=True)
+        if not getattr(net, "warm_start", False) or not getattr(net, "initialized_", False):
+            net.initialize()  # as skorch's fit does; before the probe, so seeds match
+        preflight(net, self.X, self.y)
+        # skorch's meaning: a fit runs max_epochs (more, under warm_start); a resumed fit
+        # continues the saved run up to max_epochs in all
+        start_epoch = self._epoch_of(self._state) if self.resume else len(net.history)
+        max_epochs = net.max_epochs if self.resume else len(net.history) + net.max_epochs
+        self.max_epochs = max_epochs
+        workers = self._wait_for_workers()
+        self.bus.publish(RunStarted(
+            run_id=self.run_id, max_epochs=max_epochs, batch_size=_batch_size(net),
+            n_samples=_n_samples(self.X), world_size=min(len(workers), self.max_world),
+            start_epoch=start_epoch,
+        ))
+        self.client.subscribe_topic(self.topic, self._on_message)
+        try:
+            self._loop()
+        except BaseException as exc:
+            status = "cancelled" if isinstance(exc, KeyboardInterrupt) else "failed"
+            self.bus.publish(RunFinished(run_id=self.run_id, status=status,
+                                         epochs=self._epoch_of(self._state), message=str(exc)))
+            raise
+        finally:
+            self.client.unsubscribe_topic(self.topic)
+        training_state.restore(net, self._state)
+        self.bus.publish(RunFinished(run_id=self.run_id, status="finished",
+                                     epochs=len(net.history)))
+        return net
+
+    def request_shrink(self, n: int) -> None:
+        """Shrink to ``n`` workers at the next safe point (called by the session)."""
+        self._shrink_to = n
+
+    # -- the loop ----------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            workers = self._wait_for_workers()[: self.max_world]
+            outcome = self._round(workers)
+            if outcome.kind == "finished":
+                self.results = outcome.results
+                self._state = outcome.results[0].state
+                return
+            if outcome.kind == "resize":
+                self._after_resize(workers, outcome)
+            else:
+                self._after_failure(workers, outcome)
+
+    def _round(self, workers: list[str]) -> RoundOutcome:
+        spec = RankSpec(
+            run_id=self.run_id, generation=self.generation, world_size=len(workers),
+            net=self.net, max_epochs=self.max_epochs, state=self._state,
+            seed=self.config.seed, backend=self.config.backend, topic=self.topic,
+            rendezvous_timeout=self.config.rendezvous_timeout,
+            collective_timeout=self.config.collective_timeout,
+            progress_interval=self.config.progress_interval,
+            beacon_interval=self.config.beacon_interval,
+            stop_event=f"scalekit-stop-{self.run_id}-g{self.generation}",
+            checkpoint=self.store, checkpoint_epochs=self.ckpt_config.every_epochs,
+            checkpoint_seconds=self.ckpt_config.every_seconds, fit_params=self.fit_params,
+        )
+        try:
+            return Round(
+                self.client, spec, workers, self._ensure_data(), beacons=self._beacons,
+                hang_timeout=self.config.hang_timeout, max_world=self.max_world,
+                shrink_to=lambda: self._shrink_to,
+                kill=lambda address, where: kill_local_or_restart(self.client, address, where),
+            ).run()
+        finally:
+            self.generation += 1
+
+    def _after_resize(self, workers: list[str], outcome: RoundOutcome) -> None:
+        self._state = outcome.results[0].state
+        new = len(outcome.next_world)
+        shrink, self._shrink_to = self._shrink_to, None
+        if shrink is not None and self.scale_to is not None:
+            self.scale_to(shrink)
+            self._wait_for_count(shrink)
+        self.bus.publish(Resized(run_id=self.run_id, old=len(workers), new=new,
+                                 epoch=self._epoch_of(self._state),
+                                 reason="scale down" if shrink is not None else "workers joined"))
+
+    def _after_failure(self, workers: list[str], outcome: RoundOutcome) -> None:
+        failure = outcome.failure
+        assert failure is not None
+        if failure.rank is not None:
+            self.bus.publish(RankStatus(run_id=self.run_id, rank=failure.rank,
+                                        worker=failure.worker or "", state="failed",
+                                        generation=self.generation - 1))
+        alive = len(self.client.nthreads())
+        decision = decide_after_failure(failure, failures_so_far=self.failures,
+                                        max_failures=self.config.max_failures,
+                                        workers_alive=alive)
+        if decision.action == "give_up":
+            self._raise(failure, outcome, decision.reason)
+        self.failures += 1
+        newest = self._load_checkpoint(required=False)
+        if newest is not None and self._newer(newest, self._state):
+            self._state = newest
+        self.bus.publish(Notice(level="warning", message=f"recovering: {decision.reason}"))
+        self._recovery = (outcome.failed_at, self._progress, decision.reason)
+
+    def _raise(self, failure: Any, outcome: RoundOutcome, reason: str) -> None:
+        where = f"rank {failure.rank} on worker {failure.worker}"
+        exc = outcome.error
+        if exc is None:
+            raise TrainingError(f"{where} {failure.kind}: {reason}. The cluster is still usable.",
+                                rank=failure.rank, worker=failure.worker)
+        tb = "".join(traceback.format_exception(exc))
+        raise TrainingError(
+            f"{where} failed: {type(exc).__name__}: {exc}\n"
+            f"--- traceback on the worker ---\n{tb}",
+            rank=failure.rank, worker=failure.worker, remote_traceback=tb,
+        ) from exc
+
+    # -- data, state and checkpoints ------------------------------------------------------
+    def _ensure_data(self) -> list[Future]:
+        """The data's futures; scattered again if every copy was lost with its workers."""
+        if not self._data or any(f.status != "finished" for f in self._data):
+            self._data = self.client.scatter([self.X, self.y], broadcast=True, hash=False)
+        return self._data
+
+    def _open_store(self) -> CheckpointStore:
+        if isinstance(self.checkpoint, CheckpointStore):
+            store = self.checkpoint
+        else:
+            url = self.checkpoint or self.ckpt_config.default_url(self.run_id)
+            store = CheckpointStore(url, keep=self.ckpt_config.keep)
+        if not self.resume and store.exists():
+            raise UsageError(
+                f"{store.url} already holds checkpoints of an earlier fit; pass resume=True "
+                "to continue it, or choose another checkpoint folder (nothing was changed)"
+            )
+        return store
+
+    def _load_checkpoint(self, *, required: bool) -> dict[str, Any] | None:
+        assert self.store is not None
+        if not self.store.exists():
+            if required:
+                raise UsageError(f"resume=True but {self.store.url} holds no checkpoint")
+            return None
+        state, info = self.store.load_latest()
+        return state
+
+    @staticmethod
+    def _epoch_of(state: dict[str, Any] | None) -> int:
+        return int(state["epoch"]) if state else 0
+
+    @staticmethod
+    def _newer(a: dict[str, Any], b: dict[str, Any] | None) -> bool:
+        return b is None or (a["epoch"], a["step"]) > (b["epoch"], b["step"])
+
+    def _apply(self, result: RankResult) -> None:
+        """Load rank 0's final state into the user's net."""
+        if result.state is not None:
+            training_state.restore(self.net, result.state)
+
+    # -- waiting -------------------------------------------------------------------------
+    def _wait_for_workers(self) -> list[str]:
+        deadline = time.monotonic() + self.config.wait_for_workers
+        announced = False
+        while True:
+            workers = sorted(self.client.nthreads())
+            if workers:
+                return workers
+            if not announced:
+                self.bus.publish(Notice(level="warning", message=(
+                    "waiting for workers: the cluster has none "
+                    f"(up to {self.config.wait_for_workers:g}s)")))
+                announced = True
+            if time.monotonic() > deadline:
+                raise TrainingError(
+                    f"the cluster has no workers after {self.config.wait_for_workers:g}s; "
+                    "scale it up (session.scale(2) or %scalekit scale 2) and fit again"
+                )
+            time.sleep(0.2)
+
+    def _wait_for_count(self, n: int, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.client.nthreads()) > n and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    # -- messages from the ranks ---------------------------------------------------------
+    _progress: tuple[int, int, int] = (0, 0, 1)  # epoch, batch, batches per epoch
+    _recovery: tuple[float, tuple[int, int, int], str] | None = None
+
+    def _on_message(self, event: tuple[float, dict[str, Any]]) -> None:
+        _, msg = event
+        kind = msg.get("kind")
+        if kind == "beat":
+            self._beacons.beat(int(msg["generation"]), int(msg["rank"]), str(msg["host"]),
+                               int(msg["pid"]))
+        elif kind == "batch":
+            self._note_recovered(msg)
+            self._progress = (int(msg["epoch"]), int(msg["batch"]), int(msg["n_batches"]))
+            self.bus.publish(BatchProgress(
+                run_id=self.run_id, epoch=int(msg["epoch"]), batch=int(msg["batch"]),
+                n_batches=int(msg["n_batches"]), samples_per_s=float(msg["samples_per_s"])))
+        elif kind == "epoch":
+            self._note_recovered(msg)
+            self.bus.publish(EpochEnded(run_id=self.run_id, epoch=int(msg["epoch"]),
+                                        row=dict(msg["row"]), world_size=msg["world_size"]))
+        elif kind == "checkpoint":
+            self.bus.publish(CheckpointSaved(
+                run_id=self.run_id, epoch=int(msg["epoch"]), step=int(msg["step"]),
+                url=str(msg["url"]), seconds=float(msg["seconds"]),
+                nbytes=int(msg.get("nbytes", 0))))
+        elif kind == "rank":
+            self.bus.publish(RankStatus(run_id=self.run_id, rank=int(msg["rank"]),
+                                        worker=str(msg["worker"]), state=str(msg["state"]),
+                                        generation=int(msg.get("generation", 0))))
+            if msg["state"] == "training" and int(msg["rank"]) == 0:
+                self._note_recovered(msg)
+
+    def _note_recovered(self, msg: dict[str, Any]) -> None:
+        """The first sign of life after a failure: report downtime and lost work."""
+        recovery, self._recovery = self._recovery, None
+        if recovery is None:
+            return
+        failed_at, (epoch, batch, per_epoch), reason = recovery
+        state = self._state or {"epoch": 0, "step": 0}
+        lost = (epoch * per_epoch + batch) - (int(state["epoch"]) * per_epoch + int(state["step"]))
+        self.bus.publish(Recovered(
+            run_id=self.run_id, reason=reason, epoch=int(state["epoch"]),
+            step=int(state["step"]), world_size=int(msg.get("world_size", 0)),
+            lost_steps=max(0, lost), downtime_s=time.monotonic() - failed_at,
+        ))
+
+
+__all__ = ["TrainingController", "check_net", "preflight"]

@@ -1,0 +1,147 @@
+"""Pure decisions of the elastic controller, as functions of plain data.
+
+The controller observes; these functions decide; the controller applies the decision.
+Each is table-tested without a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """What went wrong in a round.
+
+    ``kind`` is ``"lost"`` (a worker or its process went away), ``"hung"`` (a rank
+    stopped sending its liveness beacon), ``"collective"`` (a rank failed only because
+    a peer vanished) or ``"user"`` (user code raised: a bug that a retry repeats).
+    """
+
+    kind: str
+    rank: int | None = None
+    worker: str | None = None
+    message: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FailureDecision:
+    action: str  # "restore" | "give_up"
+    reason: str
+
+
+def decide_after_failure(
+    failure: Failure, *, failures_so_far: int, max_failures: int, workers_alive: int,
+) -> FailureDecision:
+    """Restore from the last checkpoint, or give up with a reason a user can act on.
+
+    Parameters
+    ----------
+    failure : Failure
+        The round's failure.
+    failures_so_far : int
+        Failures in this fit before this one.
+    max_failures : int
+        Recoverable failures allowed per fit.
+    workers_alive : int
+        Workers connected now (the controller waits for at least one before a restore).
+    """
+    if failure.kind == "user":
+        return FailureDecision("give_up", "the error comes from the model or data code; "
+                               "retrying would repeat it")
+    if failures_so_far + 1 > max_failures:
+        return FailureDecision(
+            "give_up",
+            f"{failures_so_far + 1} failures exceed max_failures={max_failures}; raise "
+            "scalekit.training.max-failures to tolerate more",
+        )
+    where = f" on {failure.worker}" if failure.worker else ""
+    if workers_alive == 0:
+        return FailureDecision("restore", f"rank {failure.rank} {failure.kind}{where}; "
+                               "waiting for a worker, then restoring")
+    return FailureDecision("restore", f"rank {failure.rank} {failure.kind}{where}; "
+                           f"restoring on {workers_alive} worker(s)")
+
+
+def classify(errors: Sequence[tuple[int, str, bool]], lost: Sequence[int], hung: Sequence[int]
+             ) -> Failure | None:
+    """Pick the root cause of a failed round.
+
+    Parameters
+    ----------
+    errors : sequence of (rank, message, is_peer_failure)
+        Ranks whose task raised.
+    lost : sequence of int
+        Ranks whose worker left the cluster.
+    hung : sequence of int
+        Ranks whose liveness beacon went silent.
+    """
+    for rank, message, peer in errors:
+        if not peer:
+            return Failure("user", rank=rank, message=message)
+    if hung:
+        return Failure("hung", rank=min(hung))
+    if lost:
+        return Failure("lost", rank=min(lost))
+    if errors:
+        rank, message, _ = min(errors)
+        return Failure("collective", rank=rank, message=message)
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class ResizeDecision:
+    """Whether to end the round at the next safe point, and the world to use next."""
+
+    resize: bool
+    world: tuple[str, ...]
+    reason: str = ""
+
+
+def decide_membership(
+    round_workers: Sequence[str], alive: Sequence[str], *, max_world: int,
+    shrink_to: int | None = None,
+) -> ResizeDecision:
+    """React to workers joining (grow at the next safe point) or a pending shrink.
+
+    ``round_workers`` are the ranks' workers in rank order; ``alive`` the cluster's
+    workers now. Workers that left are a *failure*, not a resize, and are handled by
+    :func:`classify`; here only joins and planned shrinks matter.
+    """
+    current = list(round_workers)
+    joined = [w for w in sorted(alive) if w not in current]
+    if shrink_to is not None and shrink_to < len(current):
+        return ResizeDecision(True, tuple(current[:shrink_to]),
+                              f"scale down to {shrink_to} at the next safe point")
+    room = max(0, max_world - len(current))
+    if joined and room:
+        world = tuple(current + joined[:room])
+        return ResizeDecision(True, world, f"{len(world) - len(current)} worker(s) joined")
+    return ResizeDecision(False, tuple(current))
+
+
+def useful_world_size(n_samples: int, batch_size: int, *, min_per_rank: int = 8,
+                      max_workers: int) -> int:
+    """The largest world that still gives every rank at least ``min_per_rank`` samples
+    of each global batch (beyond it, ranks mostly wait on each other)."""
+    per_batch = min(batch_size, max(n_samples, 1))
+    return max(1, min(max_workers, per_batch // max(min_per_rank, 1)))
+
+
+def adaptive_target(
+    *, minimum: int, maximum: int, dask_target: int, training_demand: int | None,
+    current: int, at_safe_point: bool,
+) -> int:
+    """Workers adaptive scaling should aim for while training may be running.
+
+    Dask's own target ignores long-running tasks (dask/distributed#3627), so a running
+    fit adds its demand; and while a fit is mid-round the target never drops below the
+    current size (a shrink waits for the next safe point).
+    """
+    target = dask_target
+    if training_demand is not None:
+        target = max(target, training_demand)
+        if not at_safe_point:
+            target = max(target, current)
+    return max(minimum, min(maximum, target))

@@ -1,0 +1,90 @@
+"""Checks that run in the notebook before anything is shipped to the workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from scalekit.errors import UsageError
+
+
+def check_net(net: Any) -> None:
+    """Raise a clear error unless ``net`` is a skorch net."""
+    if not hasattr(net, "partial_fit") or not hasattr(net, "initialize"):
+        raise UsageError(
+            f"expected a skorch net (NeuralNet, NeuralNetClassifier, ...), got "
+            f"{type(net).__name__}; for a plain torch module use scalekit.train(...)"
+        )
+
+
+def preflight(net: Any, X: Any, y: Any) -> None:
+    """Fail fast, in the notebook, on inputs that cannot train.
+
+    Checks what skorch checks (lengths, types), that the net can be pickled to the
+    workers, and that the module accepts a two-sample batch of ``X``.
+    """
+    import pickle
+
+    import cloudpickle
+    from skorch.dataset import get_len
+
+    check_net(net)
+    if y is not None:
+        try:
+            n_x, n_y = get_len(X), get_len(y)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"cannot take the length of X or y: {exc}") from exc
+        if n_x != n_y:
+            raise UsageError(
+                f"X has {n_x} samples but y has {n_y}; they must have the same length"
+            )
+    try:
+        cloudpickle.dumps(net)
+    except (pickle.PicklingError, TypeError, AttributeError) as exc:
+        raise UsageError(
+            f"the net cannot be sent to the workers because it cannot be pickled: {exc}. "
+            "Define the module class at the top level of a module or notebook cell, and "
+            "avoid open files, locks or lambdas in its attributes."
+        ) from exc
+    _dry_run(net, X, y)
+
+
+def _dry_run(net: Any, X: Any, y: Any) -> None:
+    """Run a copy of the module on two samples to catch shape and dtype errors."""
+    import copy
+
+    import numpy as np
+
+    from scalekit.training.data import BatchReader
+
+    probe = copy.deepcopy(net)
+    if not getattr(probe, "initialized_", False):
+        probe.initialize()
+    dataset = probe.get_dataset(X, y)
+    n = min(2, len(dataset))
+    if n == 0:
+        raise UsageError("X has no samples")
+    batch = BatchReader(dataset).read(np.arange(n))
+    try:
+        y_pred = probe.evaluation_step(batch, training=False)
+        if y is not None:
+            probe.get_loss(y_pred, batch[1], X=batch[0], training=False)
+    except Exception as exc:
+        raise UsageError(
+            f"the module failed on a {n}-sample batch of X before training started: "
+            f"{type(exc).__name__}: {exc}. Check the module's input size and the dtypes "
+            "of X and y (float32 inputs; int64 class labels for a classifier)."
+        ) from exc
+
+
+def batch_size(net: Any) -> int:
+    """The net's (global) training batch size."""
+    return int(net.get_params_for("iterator_train").get("batch_size", net.batch_size))
+
+
+def n_samples(X: Any) -> int:
+    from skorch.dataset import get_len
+
+    try:
+        return int(get_len(X))
+    except Exception:
+        return 0

@@ -1,0 +1,327 @@
+"""What runs on a worker: one rank of one round of data-parallel training.
+
+A *round* is a run of epochs on a fixed set of workers. The controller submits
+:func:`run_rank` once per worker; the ranks meet through a ``TCPStore`` hosted by rank 0
+(its address travels through a Dask ``Variable``, so it works wherever the workers can
+reach each other, on a laptop or in a Kubernetes cluster), form a ``torch.distributed``
+process group, and train the skorch net with skorch's own loop made data parallel by
+:mod:`scalekit.training.dist_net`. Rank 0 returns the trained state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+
+from scalekit.training.dist_net import RankContext, make_distributed, undo_distributed
+
+
+@dataclasses.dataclass(frozen=True)
+class RankSpec:
+    """Everything a rank needs besides its data (plain data, cheap to pickle)."""
+
+    run_id: str
+    generation: int
+    world_size: int
+    net: Any  # the user's initialized skorch net
+    max_epochs: int  # total epochs of the fit (the round runs what is left)
+    state: dict[str, Any] | None = None  # where to start (see scalekit.training.state)
+    seed: int = 0
+    backend: str = "auto"  # "gloo" | "nccl" | "auto"
+    topic: str = ""
+    rendezvous_timeout: float = 30.0
+    collective_timeout: float = 60.0
+    progress_interval: float = 0.5
+    beacon_interval: float = 1.0
+    stop_event: str = ""  # name of the Dask Event that asks for a stop at a safe point
+    checkpoint: Any = None  # a CheckpointStore, or None
+    checkpoint_epochs: int = 1  # save every n epochs (0: never at epoch ends)
+    checkpoint_seconds: float = 0.0  # also save mid-epoch every m seconds (0: never)
+    fit_params: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RankResult:
+    """What a rank sends back: rank 0 carries the training state."""
+
+    rank: int
+    worker: str
+    epochs_done: int
+    stopped: str = "finished"  # "finished" | "resize" | "early"
+    samples_per_s: float = 0.0
+    state: dict[str, Any] | None = None
+
+
+def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
+    """Train ``spec.net`` as rank ``rank`` of ``spec.world_size`` (a Dask task)."""
+    import torch
+    import torch.distributed as dist
+    from distributed import get_worker
+
+    worker = get_worker()
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, worker.state.nthreads))
+    host = _host_of(worker.address)
+    _pin_gloo_interface(host)
+    publish = _Publisher(worker, spec, rank)
+    publish.rank_state("rendezvous")
+    backend = _backend(spec.backend)
+    try:
+        store = _rendezvous(spec, rank, host)
+        if dist.is_initialized():  # left over from a failed round in this process
+            dist.destroy_process_group()
+        dist.init_process_group(
+            backend,
+            store=dist.PrefixStore(f"{spec.run_id}/{spec.generation}", store),
+            rank=rank,
+            world_size=spec.world_size,
+            timeout=timedelta(seconds=spec.collective_timeout),
+        )
+        try:
+            return _train(spec, rank, worker.address, X, y, publish)
+        except BaseException:
+            publish.rank_state("failed")
+            raise
+        finally:
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Publisher
+           ) -> RankResult:
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from scalekit.training import state as training_state
+    from scalekit.training.callbacks import RoundControl
+
+    net = spec.net
+    ctx = RankContext(rank=rank, world_size=spec.world_size, seed=spec.seed,
+                      on_batch=publish.batch if rank == 0 else None)
+    if spec.state is not None:
+        partial = training_state.restore(net, spec.state)
+        if partial is not None:
+            ctx.resume_epoch, ctx.resume_step = spec.state["epoch"], spec.state["step"]
+            ctx.resume_batches = partial
+    done_before = len(net.history)
+    remaining = spec.max_epochs - done_before
+    if remaining <= 0:
+        return _result(spec, rank, address, net, 0, "finished")
+    _seed_everything(spec.seed + 1000 * spec.generation + done_before)
+    device = torch.device(net.device) if isinstance(net.device, str) else net.device
+    ids = [device.index or 0] if device is not None and device.type == "cuda" else None
+    ddp = DistributedDataParallel(net.module_, device_ids=ids)
+    saver = _Saver(spec, ddp.module) if rank == 0 and spec.checkpoint is not None else None
+    if saver is not None and spec.checkpoint_seconds > 0:
+        ctx.on_step = saver.maybe_mid_epoch
+    publish.start_beacon(ctx)
+    make_distributed(net, ctx, ddp)
+    control = RoundControl(
+        rank, publish.epoch,
+        save=saver.at_epoch_end if saver is not None else None,
+        stop_requested=_stop_flag(spec.stop_event) if spec.stop_event else None,
+    )
+    net.callbacks_.append(("scalekit_round", control))
+    publish.rank_state("training")
+    started = time.perf_counter()
+    try:
+        net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
+    finally:
+        publish.stop_beacon()
+        net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if n != "scalekit_round"]
+        undo_distributed(net)
+    done = len(net.history) - done_before
+    stopped = "resize" if control.stopped else ("early" if done < remaining else "finished")
+    publish.rank_state("done")
+    return _result(spec, rank, address, net, time.perf_counter() - started, stopped)
+
+
+def _result(spec: RankSpec, rank: int, address: str, net: Any, elapsed: float, stopped: str
+            ) -> RankResult:
+    from scalekit.training import state as training_state
+
+    rows = list(net.history)
+    samples = sum(r.get("train_samples_per_s", 0.0) * r.get("dur", 0.0) for r in rows)
+    result = RankResult(rank=rank, worker=address, epochs_done=len(rows), stopped=stopped,
+                        samples_per_s=samples / elapsed if elapsed else 0.0)
+    if rank == 0:
+        result.state = training_state.capture(
+            net, net.module_, epoch=len(rows), step=0, world_size=spec.world_size,
+            seed=spec.seed, run_id=spec.run_id,
+        )
+    return result
+
+
+class _Saver:
+    """Rank 0's checkpoint schedule: every n epochs and/or every m seconds."""
+
+    def __init__(self, spec: RankSpec, module: Any) -> None:
+        self.spec = spec
+        self.module = module
+        self.last = time.monotonic()
+
+    def at_epoch_end(self, net: Any, epoch: int) -> None:
+        every = self.spec.checkpoint_epochs
+        due_by_epoch = every > 0 and (epoch % every == 0 or epoch == self.spec.max_epochs)
+        if due_by_epoch or self._due_by_time():
+            self._save(net, epoch, 0)
+
+    def maybe_mid_epoch(self, net: Any, epoch: int, step: int) -> None:
+        if self._due_by_time():
+            self._save(net, epoch, step)
+
+    def _due_by_time(self) -> bool:
+        every = self.spec.checkpoint_seconds
+        return every > 0 and time.monotonic() - self.last >= every
+
+    def _save(self, net: Any, epoch: int, step: int) -> None:
+        from distributed import get_worker
+
+        from scalekit.training import state as training_state
+
+        state = training_state.capture(
+            net, self.module, epoch=epoch, step=step, world_size=self.spec.world_size,
+            seed=self.spec.seed, run_id=self.spec.run_id,
+        )
+        info = self.spec.checkpoint.save(state, epoch=epoch, step=step)
+        self.last = time.monotonic()
+        if self.spec.topic:
+            get_worker().log_event(self.spec.topic, {
+                "kind": "checkpoint", "generation": self.spec.generation, "epoch": epoch,
+                "step": step, "url": info.url, "seconds": info.seconds, "nbytes": info.nbytes,
+            })
+
+
+def _stop_flag(name: str) -> Any:
+    from distributed import Event, get_client
+
+    event = Event(name, client=get_client())
+    return event.is_set
+
+
+# -- rendezvous -----------------------------------------------------------------------
+
+
+def _rendezvous(spec: RankSpec, rank: int, host: str) -> Any:
+    """Rank 0 hosts a TCPStore on an OS-chosen port; the others learn it via Dask."""
+    import torch.distributed as dist
+    from distributed import Variable, get_client
+
+    timeout = timedelta(seconds=spec.rendezvous_timeout)
+    var = Variable(f"scalekit-rdzv-{spec.run_id}-{spec.generation}", client=get_client())
+    if rank == 0:
+        store = dist.TCPStore(host, 0, spec.world_size, is_master=True, timeout=timeout,
+                              wait_for_workers=False)
+        var.set(f"{host}:{store.port}")
+        return store
+    address = var.get(timeout=spec.rendezvous_timeout)
+    master, port = address.rsplit(":", 1)
+    return dist.TCPStore(master, int(port), spec.world_size, is_master=False, timeout=timeout)
+
+
+def _host_of(address: str) -> str:
+    hostport = address.split("://", 1)[-1]
+    return hostport.rsplit(":", 1)[0].strip("[]")
+
+
+def _pin_gloo_interface(host: str) -> None:
+    """Make gloo use the interface that carries the worker's address.
+
+    Gloo otherwise resolves the machine's hostname, which in containers and sandboxes
+    often points at an interface the other ranks cannot reach.
+    """
+    if "GLOO_SOCKET_IFNAME" in os.environ:
+        return
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.address == host for a in addresses):
+            os.environ["GLOO_SOCKET_IFNAME"] = name
+            return
+
+
+def _backend(requested: str) -> str:
+    import torch
+
+    if requested != "auto":
+        return requested
+    return "nccl" if torch.cuda.is_available() else "gloo"
+
+
+# -- state -----------------------------------------------------------------------------
+
+
+def _seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# -- progress ------------------------------------------------------------------------
+
+
+class _Publisher:
+    """Sends progress to the notebook as Dask structured events (rank 0 mostly)."""
+
+    def __init__(self, worker: Any, spec: RankSpec, rank: int) -> None:
+        self.worker = worker
+        self.spec = spec
+        self.rank = rank
+        self._last_batch = 0.0
+        self._epoch_started = time.perf_counter()
+
+    def send(self, msg: dict[str, Any]) -> None:
+        if self.spec.topic:
+            self.worker.log_event(self.spec.topic, {"generation": self.spec.generation, **msg})
+
+    def rank_state(self, state: str) -> None:
+        self.send({"kind": "rank", "rank": self.rank, "worker": self.worker.address,
+                   "state": state, "world_size": self.spec.world_size})
+
+    def batch(self, epoch: int, batch: int, n_batches: int, samples: int) -> None:
+        now = time.perf_counter()
+        if batch == 1:
+            self._epoch_started = now
+        if now - self._last_batch < self.spec.progress_interval and batch != n_batches:
+            return
+        self._last_batch = now
+        elapsed = max(now - self._epoch_started, 1e-9)
+        self.send({"kind": "batch", "epoch": epoch, "batch": batch, "n_batches": n_batches,
+                   "samples_per_s": samples / elapsed})
+
+    def epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        self.send({"kind": "epoch", "epoch": epoch, "row": row,
+                   "world_size": self.spec.world_size})
+
+    # The liveness beacon: a thread that says "alive at step n" every second. A stopped
+    # or dead process falls silent, which the controller notices within seconds --
+    # gloo alone would wait for the collective timeout.
+    def start_beacon(self, ctx: RankContext) -> None:
+        import socket
+        import threading
+
+        self._beacon_stop = threading.Event()
+        host, pid = socket.gethostname(), os.getpid()
+
+        def beat() -> None:
+            while not self._beacon_stop.wait(self.spec.beacon_interval):
+                self.send({"kind": "beat", "rank": self.rank, "step": ctx.step,
+                           "pid": pid, "host": host})
+
+        self.send({"kind": "beat", "rank": self.rank, "step": 0, "pid": pid, "host": host})
+        threading.Thread(target=beat, name="scalekit-beacon", daemon=True).start()
+
+    def stop_beacon(self) -> None:
+        stop = getattr(self, "_beacon_stop", None)
+        if stop is not None:
+            stop.set()

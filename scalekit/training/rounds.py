@@ -1,0 +1,223 @@
+"""One round of training on a fixed set of workers, watched until it settles.
+
+A round ends in one of three ways: every rank finished (or stopped at a safe point for
+a resize), or a failure: a rank's worker left, a rank's liveness beacon went silent, or
+a rank raised. On a failure the ranks still blocked in a collective are ended so that
+nothing hangs; the controller then decides what to do (:mod:`.policy`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from scalekit.training.policy import Failure, classify, decide_membership
+from scalekit.training.rank import RankResult, RankSpec, run_rank
+
+if TYPE_CHECKING:
+    from distributed import Client, Future
+
+logger = logging.getLogger(__name__)
+
+POLL_S = 0.05
+MEMBERSHIP_S = 0.2
+SETTLE_S = 1.0  # after a failure, how long the surviving ranks get to fail on their own
+
+
+@dataclasses.dataclass
+class RoundOutcome:
+    kind: str  # "finished" | "resize" | "failed"
+    results: list[RankResult] = dataclasses.field(default_factory=list)
+    failure: Failure | None = None
+    next_world: tuple[str, ...] = ()
+    failed_at: float = 0.0  # monotonic time the failure was noticed
+    error: BaseException | None = None  # the root cause's exception, when a rank raised
+
+
+@dataclasses.dataclass
+class Beacons:
+    """Last liveness beat per rank of the current generation (monotonic seconds)."""
+
+    generation: int = -1
+    last: dict[int, float] = dataclasses.field(default_factory=dict)
+    where: dict[int, tuple[str, int]] = dataclasses.field(default_factory=dict)  # host, pid
+
+    def beat(self, generation: int, rank: int, host: str, pid: int) -> None:
+        if generation == self.generation:
+            self.last[rank] = time.monotonic()
+            self.where[rank] = (host, pid)
+
+    def reset(self, generation: int) -> None:
+        self.generation, self.last, self.where = generation, {}, {}
+
+    def silent(self, timeout: float) -> list[int]:
+        now = time.monotonic()
+        return sorted(r for r, t in self.last.items() if now - t > timeout)
+
+
+def kill_local_or_restart(client: Client, address: str, where: tuple[str, int] | None) -> None:
+    """End a hung worker process: SIGKILL when it runs on this host (a stopped process
+    ignores everything else), otherwise ask its nanny to restart it."""
+    if where is not None and where[0] == socket.gethostname():
+        try:
+            os.kill(where[1], signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            return
+    client.restart_workers([address], raise_for_error=False)
+
+
+def warm_worker() -> None:
+    """Pay a fresh worker's one-off costs (importing torch, its first optimizer step,
+    which imports torch._dynamo) before it joins a round."""
+    import torch
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=0.1)
+    p.sum().backward()
+    opt.step()
+    import skorch  # noqa: F401
+
+
+def _exit_process() -> None:  # runs on a worker's event loop, not its blocked thread
+    os._exit(1)
+
+
+def is_peer_failure(exc: BaseException | None) -> bool:
+    """True when a rank failed only because another rank went away."""
+    if exc is None:
+        return True
+    text = f"{type(exc).__name__} {exc}".lower()
+    return any(s in text for s in ("connection closed", "connection reset", "gloo",
+                                   "timed out", "timeout", "broken pipe", "nccl",
+                                   "socket", "rendezvous"))
+
+
+class Round:
+    """Submit the ranks of one generation and watch them."""
+
+    def __init__(self, client: Client, spec: RankSpec, workers: list[str], data: list[Future],
+                 *, beacons: Beacons, hang_timeout: float, max_world: int,
+                 shrink_to: Callable[[], int | None],
+                 kill: Callable[[str, tuple[str, int] | None], None]) -> None:
+        self.client = client
+        self.spec = spec
+        self.workers = workers
+        self.data = data
+        self.beacons = beacons
+        self.hang_timeout = hang_timeout
+        self.max_world = max_world
+        self.shrink_to = shrink_to
+        self.kill = kill
+        self.stop_requested = False
+        self.next_world: tuple[str, ...] = ()
+        self.warming: dict[str, Future] = {}
+
+    def run(self) -> RoundOutcome:
+        from distributed import Event
+
+        self.beacons.reset(self.spec.generation)
+        stop = Event(self.spec.stop_event, client=self.client)
+        spec_future = self.client.scatter(self.spec, hash=False, broadcast=True,
+                                          workers=self.workers)
+        futures = [
+            self.client.submit(
+                run_rank, spec_future, rank, *self.data,
+                key=f"scalekit-rank-{self.spec.run_id}-g{self.spec.generation}-r{rank}",
+                workers=[address], allow_other_workers=False, pure=False,
+            )
+            for rank, address in enumerate(self.workers)
+        ]
+        try:
+            return self._watch(futures, stop)
+        finally:
+            stop.clear()
+
+    def _end(self, workers: list[str]) -> None:
+        try:
+            self.client.run(_exit_process, workers=workers, wait=False)
+        except Exception:
+            logger.debug("could not end %s", workers, exc_info=True)
+
+    def _watch(self, futures: list[Future], stop: Any) -> RoundOutcome:
+        alive = set(self.workers)
+        checked = 0.0
+        while True:
+            states = [f.status for f in futures]
+            if all(s == "finished" for s in states):
+                for f in self.warming.values():
+                    f.cancel()
+                results = self.client.gather(futures)
+                kind = "resize" if results[0].stopped == "resize" else "finished"
+                return RoundOutcome(kind, results=results, next_world=self.next_world)
+            now = time.monotonic()
+            if now - checked > MEMBERSHIP_S:
+                alive = set(self.client.nthreads())
+                checked = now
+                self._maybe_resize(alive, stop)
+            lost = [r for r, w in enumerate(self.workers) if w not in alive]
+            hung = [r for r in self.beacons.silent(self.hang_timeout) if states[r] == "pending"]
+            errors = [
+                (r, str(futures[r].exception()), is_peer_failure(futures[r].exception()))
+                for r, s in enumerate(states) if s == "error"
+            ]
+            if lost or hung or errors:
+                return self._fail(futures, lost, hung, errors)
+            time.sleep(POLL_S)
+
+    def _maybe_resize(self, alive: set[str], stop: Any) -> None:
+        if self.stop_requested:
+            return
+        # a new worker first imports torch and builds an optimizer (1-3 s) on its own;
+        # only then does the round stop for it, so the others do not wait on that
+        for address in alive - set(self.workers) - set(self.warming):
+            self.warming[address] = self.client.submit(
+                warm_worker, key=f"scalekit-warm-{address}-{time.time()}", workers=[address],
+                allow_other_workers=False, pure=False)
+        ready = {a for a, f in self.warming.items() if f.status != "pending"}
+        candidates = sorted((alive & set(self.workers)) | (alive & ready))
+        decision = decide_membership(self.workers, candidates, max_world=self.max_world,
+                                     shrink_to=self.shrink_to())
+        if decision.resize:
+            logger.info("round %d: %s", self.spec.generation, decision.reason)
+            self.stop_requested = True
+            self.next_world = decision.world
+            stop.set()
+
+    def _fail(self, futures: list[Future], lost: list[int], hung: list[int],
+              errors: list[tuple[int, str, bool]]) -> RoundOutcome:
+        noticed = time.monotonic()
+        alive = set(self.client.nthreads())  # the error may have come before the news
+        lost = sorted(set(lost) | {r for r, w in enumerate(self.workers) if w not in alive})
+        failure = classify(errors, lost, hung)
+        assert failure is not None
+        rank = failure.rank if failure.rank is not None else 0
+        failure = dataclasses.replace(failure, worker=self.workers[rank])
+        for r in hung:  # a stopped process answers nothing: kill it
+            self.kill(self.workers[r], self.beacons.where.get(r))
+        # give the surviving ranks a moment to fail on their own (gloo notices a peer's
+        # closed sockets at once), then end those still blocked in a collective
+        deadline = noticed + SETTLE_S
+        while time.monotonic() < deadline:
+            if all(f.status != "pending" for i, f in enumerate(futures) if i not in lost + hung):
+                break
+            time.sleep(POLL_S)
+        stuck = [self.workers[i] for i, f in enumerate(futures)
+                 if f.status == "pending" and i not in lost + hung]
+        for f in futures:
+            f.cancel()
+        if stuck:
+            logger.warning("ending workers stuck in a collective: %s", stuck)
+            # in a thread: reaching a worker that is going away can take a while
+            threading.Thread(target=self._end, args=(stuck,), daemon=True).start()
+        for f in self.warming.values():
+            f.cancel()
+        error = futures[rank].exception() if futures[rank].status == "error" else None
+        return RoundOutcome("failed", failure=failure, failed_at=noticed, error=error)
