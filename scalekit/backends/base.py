@@ -80,9 +80,9 @@ class DaskClusterBackend:
             self._client.wait_for_workers(
                 self.config.workers, timeout=self.config.start_timeout
             )
-        except Exception as exc:
+        except BaseException as exc:  # an interrupted start must not leave a half cluster
             self.close()
-            if isinstance(exc, ClusterError):
+            if isinstance(exc, ClusterError) or not isinstance(exc, Exception):
                 raise
             raise ClusterError(
                 f"the {self.name} cluster failed to start: {type(exc).__name__}: {exc}"

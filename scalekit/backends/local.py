@@ -6,6 +6,7 @@ import logging
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
+import dask.config
 from distributed import Nanny
 
 from scalekit.backends.base import DaskClusterBackend
@@ -24,10 +25,14 @@ class TrainingNanny(Nanny):
     The stock nanny (a) sets ``MALLOC_TRIM_THRESHOLD_=65536``, measured here to slow
     torch by 25-30 %, and (b) writes its "pre-spawn" variables, ``OMP_NUM_THREADS=1``
     among them, into its *own* process, which for a LocalCluster is the notebook kernel.
-    This one sets the thread variables to the worker's thread count in the worker only.
+    This one sets the thread variables to the worker's thread count in the worker only,
+    and preloads :mod:`scalekit.backends.worker_setup` so that interrupting the kernel
+    does not kill the workers.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        preload = kwargs.get("preload") or list(dask.config.get("distributed.worker.preload"))
+        kwargs["preload"] = [*preload, "scalekit.backends.worker_setup"]
         super().__init__(*args, **kwargs)
         threads = str(self.nthreads)
         self.env = {k: v for k, v in self.env.items() if k != "MALLOC_TRIM_THRESHOLD_"}

@@ -202,12 +202,6 @@ def test_jupyter_server_style_shutdown_closes_the_cluster(kernel) -> None:
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.xfail(
-    strict=True,
-    reason="LocalCluster workers share the kernel's process group, and jupyter_client "
-    "interrupts a kernel with killpg(SIGINT): 'Interrupt kernel' kills every worker "
-    "(scalekit/backends/local.py should shield workers from the group's SIGINT)",
-)
 def test_kernel_interrupt_keeps_the_workers(kernel) -> None:
     k = kernel(2)
     k.km.interrupt_kernel()
