@@ -192,7 +192,7 @@ def fit(
     controller = TrainingController(
         client, net, X, y, bus=bus, config=config, fit_params=fit_params,
         checkpoint=checkpoint, resume=resume, max_world=max_workers,
-        scale_to=session.backend.scale if session is not None else None,
+        scale_to=session.backend.resize if session is not None else None,
     )
     run = TrainingRun(controller, bus=bus, session=session)
     if show:

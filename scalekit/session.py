@@ -59,6 +59,8 @@ class ClusterSession:
         self._panel: ClusterPanel | None = None
         self.started_at: float | None = None
         self._training: list[Any] = []  # controllers of fits running on this cluster
+        self.backend.training_demand = self._training_demand
+        self.backend.request_shrink = self._request_shrink
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> ClusterSession:
@@ -98,8 +100,10 @@ class ClusterSession:
             n = self.config.check_workers(n)
             if self._training and n < len(self.client.nthreads()):
                 # a running fit would lose a rank mid-epoch: shrink at its next safe point
-                for controller in list(self._training):
-                    controller.request_shrink(n)
+                if self.backend.adaptive is not None:
+                    self.backend.stop_adapt()
+                    self.bus.publish(AdaptChanged(source=source))
+                self._request_shrink(n)
                 self.bus.publish(ScaleRequested(n=n, source=source))
                 self._notify("info", f"scaling down to {n} at the running fit's next "
                              "epoch boundary")
@@ -141,6 +145,15 @@ class ClusterSession:
     def detach_training(self, controller: Any) -> None:
         if controller in self._training:
             self._training.remove(controller)
+
+    def _training_demand(self) -> int | None:
+        """Workers the running fits can use (None when no fit runs)."""
+        demands = [c.useful_workers() for c in list(self._training)]
+        return max(demands) if demands else None
+
+    def _request_shrink(self, n: int) -> None:
+        for controller in list(self._training):
+            controller.request_shrink(n)
 
     @property
     def client(self) -> Client:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from scalekit.backends.metrics import snapshot_from_info
@@ -35,6 +36,13 @@ class ClusterBackend(Protocol):
     def start(self) -> None: ...
     def scale(self, n: int) -> None: ...
     def adapt(self, bounds: AdaptConfig) -> None: ...
+    def resize(self, n: int) -> None:
+        """Set the worker count without switching adaptive scaling off (used when a fit
+        applies a shrink at its safe point)."""
+        self._running().scale(n)
+        if self._adaptive is None:
+            self._requested = n
+
     def stop_adapt(self) -> None: ...
     def close(self) -> None: ...
     def snapshot(self) -> ClusterSnapshot: ...
@@ -60,6 +68,9 @@ class DaskClusterBackend:
         self._adaptive: tuple[int, int] | None = None
         self._closed = False
         self._lock = threading.Lock()
+        # set by the session: what running fits want from adaptive scaling
+        self.training_demand: Callable[[], int | None] | None = None
+        self.request_shrink: Callable[[int], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def _make_cluster(self) -> Cluster:  # pragma: no cover - abstract
@@ -115,9 +126,14 @@ class DaskClusterBackend:
         self._requested = n
 
     def adapt(self, bounds: AdaptConfig) -> None:
+        from scalekit.backends.adaptive import TrainingAwareAdaptive
+
         bounds.within(self.config.max_workers)
         cluster = self._running()
         cluster.adapt(
+            Adaptive=TrainingAwareAdaptive,
+            demand=self.training_demand,
+            request_shrink=self.request_shrink,
             minimum=bounds.minimum,
             maximum=bounds.maximum,
             interval=f"{bounds.interval}s",
@@ -125,6 +141,13 @@ class DaskClusterBackend:
         )
         self._adaptive = (bounds.minimum, bounds.maximum)
         self._requested = None
+
+    def resize(self, n: int) -> None:
+        """Set the worker count without switching adaptive scaling off (used when a fit
+        applies a shrink at its safe point)."""
+        self._running().scale(n)
+        if self._adaptive is None:
+            self._requested = n
 
     def stop_adapt(self) -> None:
         cluster = self._running()

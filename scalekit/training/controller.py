@@ -34,7 +34,7 @@ from scalekit.events import (
 )
 from scalekit.training import state as training_state
 from scalekit.training.checkpoint import CheckpointStore
-from scalekit.training.policy import decide_after_failure
+from scalekit.training.policy import decide_after_failure, useful_world_size
 from scalekit.training.preflight import batch_size as _batch_size
 from scalekit.training.preflight import check_net, preflight
 from scalekit.training.preflight import n_samples as _n_samples
@@ -104,6 +104,7 @@ class TrainingController:
         self._shrink_to: int | None = None
         self._data: list[Future] = []
         self._state: dict[str, Any] | None = None  # newest state known to the controller
+        self._resized: tuple[int, str] | None = None  # (old world, reason) until reported
 
     # -- public ------------------------------------------------------------------------
     def fit(self) -> Any:
@@ -146,10 +147,20 @@ class TrainingController:
         """Shrink to ``n`` workers at the next safe point (called by the session)."""
         self._shrink_to = n
 
+    def useful_workers(self) -> int:
+        """The largest world this fit still gains from (its demand on adaptive scaling)."""
+        return useful_world_size(_n_samples(self.X), _batch_size(self.net),
+                                 max_workers=min(self.max_world, 4096))
+
     # -- the loop ----------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             workers = self._wait_for_workers()[: self.max_world]
+            if self._resized is not None:  # report the world the resize really led to
+                old, reason = self._resized
+                self._resized = None
+                self.bus.publish(Resized(run_id=self.run_id, old=old, new=len(workers),
+                                         epoch=self._epoch_of(self._state), reason=reason))
             outcome = self._round(workers)
             if outcome.kind == "finished":
                 self.results = outcome.results
@@ -185,14 +196,11 @@ class TrainingController:
 
     def _after_resize(self, workers: list[str], outcome: RoundOutcome) -> None:
         self._state = outcome.results[0].state
-        new = len(outcome.next_world)
         shrink, self._shrink_to = self._shrink_to, None
         if shrink is not None and self.scale_to is not None:
             self.scale_to(shrink)
             self._wait_for_count(shrink)
-        self.bus.publish(Resized(run_id=self.run_id, old=len(workers), new=new,
-                                 epoch=self._epoch_of(self._state),
-                                 reason="scale down" if shrink is not None else "workers joined"))
+        self._resized = (len(workers), "scale down" if shrink is not None else "workers joined")
 
     def _after_failure(self, workers: list[str], outcome: RoundOutcome) -> None:
         failure = outcome.failure

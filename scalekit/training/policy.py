@@ -127,21 +127,3 @@ def useful_world_size(n_samples: int, batch_size: int, *, min_per_rank: int = 8,
     of each global batch (beyond it, ranks mostly wait on each other)."""
     per_batch = min(batch_size, max(n_samples, 1))
     return max(1, min(max_workers, per_batch // max(min_per_rank, 1)))
-
-
-def adaptive_target(
-    *, minimum: int, maximum: int, dask_target: int, training_demand: int | None,
-    current: int, at_safe_point: bool,
-) -> int:
-    """Workers adaptive scaling should aim for while training may be running.
-
-    Dask's own target ignores long-running tasks (dask/distributed#3627), so a running
-    fit adds its demand; and while a fit is mid-round the target never drops below the
-    current size (a shrink waits for the next safe point).
-    """
-    target = dask_target
-    if training_demand is not None:
-        target = max(target, training_demand)
-        if not at_safe_point:
-            target = max(target, current)
-    return max(minimum, min(maximum, target))

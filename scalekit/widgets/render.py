@@ -8,10 +8,10 @@ Nothing here imports ipywidgets, so the same pictures serve the live panel, the
 from __future__ import annotations
 
 import html
-import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 
 from scalekit.events import ClusterSnapshot, Event, WorkerStats
+from scalekit.widgets.charts import PALETTE, line_chart_svg
 from scalekit.widgets.training_state import TrainingState
 
 GIB = float(2**30)
@@ -32,6 +32,7 @@ __all__ = [
     "line_chart_svg",
     "memory_percent",
     "notice_html",
+    "PALETTE",
     "percent_bar",
     "sparkline_svg",
     "totals_html",
@@ -326,116 +327,8 @@ def cluster_html(snapshot: ClusterSnapshot) -> str:
 
 # --- training --------------------------------------------------------------------------
 # The training pictures live in scalekit.widgets.training_render; the entry points below
-# keep one import path for every renderer (``render.training_text`` in ``repr(run)``).
-
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
-
-
-def _tick(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
-
-
-def _y_bounds(values: Sequence[float], y_range: tuple[float, float] | None) -> tuple[float, float]:
-    if y_range is not None:
-        return float(y_range[0]), float(y_range[1])
-    lo, hi = min(values), max(values)
-    if hi - lo < 1e-12:
-        pad = abs(hi) * 0.1 or 1.0
-        return lo - pad, hi + pad
-    pad = (hi - lo) * 0.05
-    return lo - pad, hi + pad
-
-
-def line_chart_svg(
-    series: Mapping[str, Sequence[float | None]],
-    width: int = 360,
-    height: int = 150,
-    *,
-    y_range: tuple[float, float] | None = None,
-    colors: Mapping[str, str] | None = None,
-    x_start: int = 1,
-    css_class: str = "scalekit-line-chart",
-    x_label: str = "epoch",
-) -> str:
-    """An inline SVG line chart: one ``<polyline>`` per series, legend and axis labels.
-
-    Parameters
-    ----------
-    series : mapping of str to sequence of float or None
-        Name to values, one per x position (epoch); ``None`` or NaN values are skipped,
-        so a series has as many points as finite values. Series without any are left out.
-    width, height : int
-        Size of the picture in pixels.
-    y_range : (float, float), optional
-        Fixed y axis (e.g. ``(0, 1)`` for accuracies); by default the data's range.
-    colors : mapping of str to str, optional
-        CSS colour per series name; others take the next colour of :data:`PALETTE`.
-    x_start : int
-        The x value of the first position (the axis shows first and last).
-    css_class : str
-        Class of the ``<svg>`` element.
-    x_label : str
-        Word under the x axis.
-
-    Returns
-    -------
-    str
-        An ``<svg>`` element (names and labels escaped).
-    """
-    left, right, top, bottom = 44.0, 8.0, 16.0, 18.0
-    plot_w, plot_h = max(width - left - right, 1.0), max(height - top - bottom, 1.0)
-    finite = {
-        name: [(i, float(v)) for i, v in enumerate(values)
-               if v is not None and math.isfinite(float(v))]
-        for name, values in series.items()
-    }
-    finite = {name: pts for name, pts in finite.items() if pts}
-    n = max((len(values) for values in series.values()), default=0)
-    head = (
-        f'<svg class="{escape(css_class)}" xmlns="http://www.w3.org/2000/svg" '
-        f'width="{int(width)}" height="{int(height)}" '
-        f'viewBox="0 0 {int(width)} {int(height)}" '
-        'style="background:#fafafa;border:1px solid #ddd;font:10px sans-serif">'
-    )
-    if not finite:
-        return (f'{head}<text x="{width / 2:.0f}" y="{height / 2:.0f}" text-anchor="middle" '
-                'fill="#888">waiting for the first epoch</text></svg>')
-    lo, hi = _y_bounds([v for pts in finite.values() for _, v in pts], y_range)
-
-    def xy(i: int, v: float) -> str:
-        x = left + (i / (n - 1) * plot_w if n > 1 else plot_w / 2)
-        frac = (min(max(v, lo), hi) - lo) / (hi - lo) if hi > lo else 0.5
-        return f"{x:.1f},{top + plot_h - frac * plot_h:.1f}"
-
-    parts = [
-        f'<line x1="{left}" y1="{top}" x2="{left + plot_w}" y2="{top}" stroke="#e0e0e0"/>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
-        'stroke="#bbb"/>',
-        f'<text x="{left - 3}" y="{top + 4}" text-anchor="end" fill="#555">{_tick(hi)}</text>',
-        f'<text x="{left - 3}" y="{top + plot_h}" text-anchor="end" fill="#555">'
-        f"{_tick(lo)}</text>",
-        f'<text x="{left}" y="{height - 4}" fill="#555">{int(x_start)}</text>',
-        f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" fill="#888">'
-        f"{escape(x_label)}</text>",
-    ]
-    if n > 1:
-        parts.append(f'<text x="{left + plot_w}" y="{height - 4}" text-anchor="end" '
-                     f'fill="#555">{int(x_start) + n - 1}</text>')
-    legend_x = left
-    for k, (name, pts) in enumerate(finite.items()):
-        color = escape((colors or {}).get(name, PALETTE[k % len(PALETTE)]))
-        points = " ".join(xy(i, v) for i, v in pts)
-        parts.append(
-            f'<polyline class="scalekit-series" data-series="{escape(name)}" fill="none" '
-            f'stroke="{color}" stroke-width="1.5" points="{points}">'
-            f"<title>{escape(name)}: {_tick(pts[-1][1])}</title></polyline>"
-        )
-        if len(pts) == 1:
-            x, y = xy(*pts[0]).split(",")
-            parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{color}"/>')
-        parts.append(f'<text x="{legend_x:.0f}" y="11" fill="{color}">■ {escape(name)}</text>')
-        legend_x += 6.5 * len(name) + 22
-    return f'{head}{"".join(parts)}</svg>'
+# keep one import path for every renderer (``render.training_text`` in ``repr(run)``);
+# the SVG charts live in scalekit.widgets.charts (``line_chart_svg`` is re-exported).
 
 
 def training_text(events: Iterable[Event] | TrainingState) -> str:

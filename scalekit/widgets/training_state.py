@@ -3,6 +3,10 @@
 :class:`TrainingState` is what the training panel, ``repr(run)`` and the HTML/text
 fallbacks draw. It is pure data: no ipywidgets, no clocks except the events' own
 timestamps (and ``time.time()`` for the elapsed time of a run still going).
+
+Besides the epoch log it keeps the run's timeline: resizes, failures, recoveries and
+checkpoints (:mod:`scalekit.widgets.training_timeline`), the world size per epoch and
+the totals of the recoveries.
 """
 
 from __future__ import annotations
@@ -15,15 +19,26 @@ from typing import Any
 
 from scalekit.events import (
     BatchProgress,
+    CheckpointSaved,
     EpochEnded,
     Event,
     Notice,
     RankStatus,
+    Recovered,
+    Resized,
     RunFinished,
     RunStarted,
 )
+from scalekit.widgets.training_timeline import (
+    CheckpointInfo,
+    TimelineEntry,
+    checkpoint_entry,
+    failure_entry,
+    recovery_entry,
+    resize_entry,
+)
 
-__all__ = ["RankInfo", "TrainingState", "is_number"]
+__all__ = ["CheckpointInfo", "RankInfo", "TimelineEntry", "TrainingState", "is_number"]
 
 # Row keys that are not scores: drawn elsewhere (throughput, duration) or not at all.
 NOT_SCORES = frozenset({"epoch", "dur", "batches", "train_samples_per_s"})
@@ -75,10 +90,13 @@ class TrainingState:
     rows : list of dict
         One history row per finished epoch, oldest first (``row["epoch"]`` is the
         1-based epoch number). A row for an epoch already seen replaces it and drops
-        the later ones (the run rolled back to a checkpoint).
+        the later ones (the run rolled back to a checkpoint); so does a
+        :class:`~scalekit.events.Recovered` from an earlier epoch (those are re-run).
     world_sizes : list of (int, int)
         ``(epoch, world_size)`` each time the number of ranks changed; the first entry
-        is the size at the start, later ones the first epoch trained at a new size.
+        is the size at the start, later ones the first epoch (1-based) trained at a new
+        size, from the epoch rows, :class:`~scalekit.events.Resized` and
+        :class:`~scalekit.events.Recovered`. A rollback forgets the redone epochs' sizes.
     ranks : dict of int to RankInfo
         The ranks of the newest generation (process group).
     failures : list of RankInfo
@@ -91,8 +109,21 @@ class TrainingState:
         Why the run ended, when it failed.
     notice : (str, str) or None
         ``(level, message)`` of the latest :class:`~scalekit.events.Notice`.
+    timeline : list of TimelineEntry
+        Resizes, recoveries, checkpoints and failures (failed ranks, a failed run) in
+        the order they arrived; a rollback keeps them (they happened).
+    last_checkpoint : CheckpointInfo or None
+        The newest checkpoint saved.
+    recoveries, lost_steps : int
+        How many times training recovered from a failure; steps redone in total.
+    downtime_s : float
+        Seconds from failures to the recovered training, in total.
+    n_batches : int or None
+        Batches per epoch (the latest batch progress'), to place events in an epoch.
     version : int
         Grows each time ``rows`` changes (views redraw tables and charts only then).
+    events_version : int
+        Grows each time ``timeline``, ``world_sizes`` or ``max_epochs`` change.
     numeric_keys : dict of str to None
         Every key with a number in some row, in first-seen order.
     """
@@ -114,7 +145,14 @@ class TrainingState:
     notice: tuple[str, str] | None = None
     started_at: float | None = None
     finished_at: float | None = None
+    timeline: list[TimelineEntry] = dataclasses.field(default_factory=list)
+    last_checkpoint: CheckpointInfo | None = None
+    recoveries: int = 0
+    lost_steps: int = 0
+    downtime_s: float = 0.0
+    n_batches: int | None = None
     version: int = 0
+    events_version: int = 0
     numeric_keys: dict[str, None] = dataclasses.field(default_factory=dict)
 
     # -- folding -------------------------------------------------------------------------
@@ -158,12 +196,24 @@ class TrainingState:
             self._begin(event.time)
             self.batch = (event.epoch, event.batch, event.n_batches)
             self.samples_per_s = float(event.samples_per_s)
+            if event.n_batches > 0:
+                self.n_batches = int(event.n_batches)
         elif isinstance(event, RankStatus):
             self._rank(event)
-        elif isinstance(event, RunFinished):
+        elif isinstance(event, CheckpointSaved):
             self._begin(event.time)
-            self.status, self.message = event.status, event.message
-            self.finished_at, self.batch = event.time, None
+            self.last_checkpoint = CheckpointInfo(
+                epoch=int(event.epoch), step=int(event.step), url=event.url,
+                seconds=float(event.seconds), nbytes=int(event.nbytes), time=event.time)
+            self._note(checkpoint_entry(event))
+        elif isinstance(event, Resized):
+            self._begin(event.time)
+            self._note(resize_entry(event))
+            self._world(event.epoch + 1, event.new)  # the first epoch at the new size
+        elif isinstance(event, Recovered):
+            self._recovered(event)
+        elif isinstance(event, RunFinished):
+            self._finished(event)
         else:
             return False
         return True
@@ -179,6 +229,7 @@ class TrainingState:
         self.started_at = e.time
         self.max_epochs, self.start_epoch = e.max_epochs, e.start_epoch
         self.batch_size, self.n_samples = e.batch_size, e.n_samples
+        self.events_version += 1
         self._world(e.start_epoch, e.world_size)
 
     def _epoch(self, e: EpochEnded) -> None:
@@ -196,28 +247,59 @@ class TrainingState:
             self.samples_per_s = float(row["train_samples_per_s"])
 
     def _world(self, epoch: int, size: int | None) -> None:
-        if size is None:
+        if size is None or size <= 0:
             return
-        if not self.world_sizes:
-            self.world_sizes.append((int(epoch), int(size)))
-            return
+        before = list(self.world_sizes)
         # a rollback forgets sizes recorded for the epochs that are redone
         while len(self.world_sizes) > 1 and self.world_sizes[-1][0] >= epoch:
             self.world_sizes.pop()
-        if self.world_sizes[-1][1] != size:
+        if not self.world_sizes or self.world_sizes[-1][1] != size:
             self.world_sizes.append((int(epoch), int(size)))
+        if self.world_sizes != before:
+            self.events_version += 1
 
     def _rank(self, e: RankStatus) -> None:
         self._begin(e.time)
         info = RankInfo(rank=e.rank, worker=e.worker, state=e.state, generation=e.generation)
         if e.state == "failed" and info not in self.failures:
             self.failures.append(info)
+            self._note(failure_entry(
+                f"rank {e.rank} on {e.worker} failed (generation {e.generation})",
+                *self.position, e.time))
         if e.generation < self.generation:
             return  # a group that no longer exists
         if e.generation > self.generation:
             self.generation = e.generation
             self.ranks = {}
         self.ranks[e.rank] = info
+
+    def _recovered(self, e: Recovered) -> None:
+        self._begin(e.time)
+        self.recoveries += 1
+        self.lost_steps += max(int(e.lost_steps), 0)
+        self.downtime_s += max(float(e.downtime_s), 0.0)
+        self._note(recovery_entry(e))
+        # training goes on from the end of epoch ``e.epoch``: later rows are re-run,
+        # as when an EpochEnded repeats an epoch already shown
+        kept = [r for r in self.rows if r["epoch"] <= e.epoch]
+        if len(kept) != len(self.rows):
+            self.rows = kept
+            self.version += 1
+        self.batch = None  # the epoch in progress was lost
+        self._world(e.epoch + 1, e.world_size)
+
+    def _finished(self, e: RunFinished) -> None:
+        self._begin(e.time)
+        if e.status == "failed":
+            first = e.message.splitlines()[0] if e.message else ""
+            self._note(failure_entry(f"run failed: {first}" if first else "run failed",
+                                     *self.position, e.time))
+        self.status, self.message = e.status, e.message
+        self.finished_at, self.batch = e.time, None
+
+    def _note(self, entry: TimelineEntry) -> None:
+        self.timeline.append(entry)
+        self.events_version += 1
 
     # -- derived ---------------------------------------------------------------------
     @property
@@ -233,6 +315,21 @@ class TrainingState:
     def world_size(self) -> int | None:
         """The current number of ranks."""
         return self.world_sizes[-1][1] if self.world_sizes else None
+
+    @property
+    def position(self) -> tuple[int, int]:
+        """``(epochs completed, batches into the next epoch)`` as far as known."""
+        if self.batch is not None and self.batch[0] >= self.epochs_done:
+            return int(self.batch[0]), int(self.batch[1])
+        return self.epochs_done, 0
+
+    def world_size_at(self, epoch: int) -> int | None:
+        """The number of ranks that trained (or train) the 1-based ``epoch``."""
+        size = self.world_sizes[0][1] if self.world_sizes else None
+        for first, n in self.world_sizes:
+            if first <= epoch:
+                size = n
+        return size
 
     @property
     def world_size_changes(self) -> list[tuple[int, int, int]]:

@@ -1,0 +1,88 @@
+"""Adaptive scaling that knows about running fits.
+
+Dask's own adaptive target counts queued work; a long-running training task looks like
+one busy thread per worker, so a fit never asks for more workers (dask/distributed#3627),
+and a scale-down may retire a worker in the middle of an epoch. Here a running fit
+states its *demand* (the largest world that still helps it), the target never drops
+below the current size while a fit runs, and a wanted shrink is handed to the fit,
+which applies it at its next epoch boundary. The decision is the pure
+:func:`adaptive_decision`; :class:`TrainingAwareAdaptive` only feeds it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from distributed.deploy import Adaptive
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class AdaptiveDecision:
+    target: int  # workers the cluster should have now
+    shrink_to: int | None = None  # a smaller size to reach at the fit's next safe point
+    reason: str = ""
+
+
+def adaptive_decision(
+    *, minimum: int, maximum: int, dask_target: int, demand: int | None, current: int
+) -> AdaptiveDecision:
+    """What adaptive scaling should do, from plain numbers.
+
+    Parameters
+    ----------
+    minimum, maximum : int
+        The user's adaptive bounds.
+    dask_target : int
+        What Dask's scheduler asks for (queued work).
+    demand : int or None
+        Workers a running fit can use (``None``: no fit running).
+    current : int
+        Workers planned now.
+    """
+    def clamp(n: int) -> int:
+        return max(minimum, min(maximum, n))
+
+    if demand is None:
+        return AdaptiveDecision(clamp(dask_target), reason="no fit running")
+    wanted = clamp(max(dask_target, demand))
+    if wanted >= current:
+        return AdaptiveDecision(wanted, reason=f"fit can use {demand}")
+    # never retire a rank mid-epoch: keep the workers, let the fit shrink at a safe point
+    return AdaptiveDecision(current, shrink_to=wanted,
+                            reason=f"shrink to {wanted} at the fit's next epoch boundary")
+
+
+class TrainingAwareAdaptive(Adaptive):
+    """``distributed.Adaptive`` whose target comes from :func:`adaptive_decision`.
+
+    Parameters
+    ----------
+    demand : callable() -> int or None
+        The running fits' demand (``None`` when none runs).
+    request_shrink : callable(int)
+        Hands a wanted shrink to the running fits.
+    """
+
+    def __init__(self, *args: Any, demand: Callable[[], int | None] | None = None,
+                 request_shrink: Callable[[int], None] | None = None, **kwargs: Any) -> None:
+        self.demand = demand
+        self.request_shrink = request_shrink
+        self.last_decision: AdaptiveDecision | None = None
+        super().__init__(*args, **kwargs)
+
+    async def target(self) -> int:
+        dask_target = await super().target()
+        decision = adaptive_decision(
+            minimum=int(self.minimum), maximum=int(self.maximum), dask_target=dask_target,
+            demand=self.demand() if self.demand is not None else None,
+            current=len(self.plan),
+        )
+        if decision.shrink_to is not None and self.request_shrink is not None:
+            self.request_shrink(decision.shrink_to)
+        self.last_decision = decision
+        return decision.target

@@ -1,0 +1,262 @@
+"""Small inline SVG charts, pure strings (no ipywidgets).
+
+:func:`line_chart_svg` draws the epoch curves (losses, scores) of the training panel;
+:func:`step_chart_svg` draws a value that holds until it changes (the world size over
+epochs) with markers at events and ticks on the x axis. Every name and title is escaped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import math
+from collections.abc import Mapping, Sequence
+
+__all__ = ["PALETTE", "Marker", "line_chart_svg", "step_chart_svg"]
+
+
+def escape(value: object) -> str:
+    """HTML-escape ``str(value)``, quotes included."""
+    return html.escape(str(value), quote=True)
+
+
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
+
+
+def _tick(value: float) -> str:
+    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
+
+
+def _y_bounds(values: Sequence[float], y_range: tuple[float, float] | None) -> tuple[float, float]:
+    if y_range is not None:
+        return float(y_range[0]), float(y_range[1])
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12:
+        pad = abs(hi) * 0.1 or 1.0
+        return lo - pad, hi + pad
+    pad = (hi - lo) * 0.05
+    return lo - pad, hi + pad
+
+
+def line_chart_svg(
+    series: Mapping[str, Sequence[float | None]],
+    width: int = 360,
+    height: int = 150,
+    *,
+    y_range: tuple[float, float] | None = None,
+    colors: Mapping[str, str] | None = None,
+    x_start: int = 1,
+    css_class: str = "scalekit-line-chart",
+    x_label: str = "epoch",
+) -> str:
+    """An inline SVG line chart: one ``<polyline>`` per series, legend and axis labels.
+
+    Parameters
+    ----------
+    series : mapping of str to sequence of float or None
+        Name to values, one per x position (epoch); ``None`` or NaN values are skipped,
+        so a series has as many points as finite values. Series without any are left out.
+    width, height : int
+        Size of the picture in pixels.
+    y_range : (float, float), optional
+        Fixed y axis (e.g. ``(0, 1)`` for accuracies); by default the data's range.
+    colors : mapping of str to str, optional
+        CSS colour per series name; others take the next colour of :data:`PALETTE`.
+    x_start : int
+        The x value of the first position (the axis shows first and last).
+    css_class : str
+        Class of the ``<svg>`` element.
+    x_label : str
+        Word under the x axis.
+
+    Returns
+    -------
+    str
+        An ``<svg>`` element (names and labels escaped).
+    """
+    left, right, top, bottom = 44.0, 8.0, 16.0, 18.0
+    plot_w, plot_h = max(width - left - right, 1.0), max(height - top - bottom, 1.0)
+    finite = {
+        name: [(i, float(v)) for i, v in enumerate(values)
+               if v is not None and math.isfinite(float(v))]
+        for name, values in series.items()
+    }
+    finite = {name: pts for name, pts in finite.items() if pts}
+    n = max((len(values) for values in series.values()), default=0)
+    head = (
+        f'<svg class="{escape(css_class)}" xmlns="http://www.w3.org/2000/svg" '
+        f'width="{int(width)}" height="{int(height)}" '
+        f'viewBox="0 0 {int(width)} {int(height)}" '
+        'style="background:#fafafa;border:1px solid #ddd;font:10px sans-serif">'
+    )
+    if not finite:
+        return (f'{head}<text x="{width / 2:.0f}" y="{height / 2:.0f}" text-anchor="middle" '
+                'fill="#888">waiting for the first epoch</text></svg>')
+    lo, hi = _y_bounds([v for pts in finite.values() for _, v in pts], y_range)
+
+    def xy(i: int, v: float) -> str:
+        x = left + (i / (n - 1) * plot_w if n > 1 else plot_w / 2)
+        frac = (min(max(v, lo), hi) - lo) / (hi - lo) if hi > lo else 0.5
+        return f"{x:.1f},{top + plot_h - frac * plot_h:.1f}"
+
+    parts = [
+        f'<line x1="{left}" y1="{top}" x2="{left + plot_w}" y2="{top}" stroke="#e0e0e0"/>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
+        'stroke="#bbb"/>',
+        f'<text x="{left - 3}" y="{top + 4}" text-anchor="end" fill="#555">{_tick(hi)}</text>',
+        f'<text x="{left - 3}" y="{top + plot_h}" text-anchor="end" fill="#555">'
+        f"{_tick(lo)}</text>",
+        f'<text x="{left}" y="{height - 4}" fill="#555">{int(x_start)}</text>',
+        f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" fill="#888">'
+        f"{escape(x_label)}</text>",
+    ]
+    if n > 1:
+        parts.append(f'<text x="{left + plot_w}" y="{height - 4}" text-anchor="end" '
+                     f'fill="#555">{int(x_start) + n - 1}</text>')
+    legend_x = left
+    for k, (name, pts) in enumerate(finite.items()):
+        color = escape((colors or {}).get(name, PALETTE[k % len(PALETTE)]))
+        points = " ".join(xy(i, v) for i, v in pts)
+        parts.append(
+            f'<polyline class="scalekit-series" data-series="{escape(name)}" fill="none" '
+            f'stroke="{color}" stroke-width="1.5" points="{points}">'
+            f"<title>{escape(name)}: {_tick(pts[-1][1])}</title></polyline>"
+        )
+        if len(pts) == 1:
+            x, y = xy(*pts[0]).split(",")
+            parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{color}"/>')
+        parts.append(f'<text x="{legend_x:.0f}" y="11" fill="{color}">■ {escape(name)}</text>')
+        legend_x += 6.5 * len(name) + 22
+    return f'{head}{"".join(parts)}</svg>'
+
+
+def _num(value: float) -> str:
+    """Whole numbers in full (``1000``, not ``1e+03``), others as :func:`_tick`."""
+    return f"{value:.0f}" if float(value).is_integer() else _tick(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Marker:
+    """A point on a step chart: a dot (``tick=False``) or a tick on the x axis."""
+
+    x: float
+    y: float
+    color: str
+    kind: str
+    title: str
+    tick: bool = False
+
+
+def step_chart_svg(
+    steps: Sequence[tuple[float, float]],
+    x_range: tuple[float, float],
+    markers: Sequence[Marker] = (),
+    width: int = 360,
+    height: int = 100,
+    *,
+    solid_until: float | None = None,
+    planned: bool = False,
+    color: str = "#444",
+    title: str = "",
+    css_class: str = "scalekit-step-chart",
+    x_label: str = "epoch",
+) -> str:
+    """An inline SVG of a value that holds until it changes, with event markers.
+
+    Parameters
+    ----------
+    steps : sequence of (float, float)
+        ``(x, value)``, x ascending: ``value`` holds from ``x`` to the next step's x.
+    x_range : (float, float)
+        The x axis; the y axis runs from 0 to the largest value.
+    markers : sequence of Marker
+        Dots (class ``scalekit-marker scalekit-marker-<kind>``) and x-axis ticks (class
+        ``scalekit-tick scalekit-tick-<kind>``; one per pixel column, the last wins),
+        each with its title as a tooltip.
+    width, height : int
+        Size of the picture in pixels.
+    solid_until : float, optional
+        Where the line ends (the progress so far); by default the end of the x axis.
+    planned : bool
+        Continue the last value, dashed, from ``solid_until`` to the end of the axis.
+    color : str
+        CSS colour of the line.
+    title : str
+        Legend text above the plot.
+    css_class : str
+        Class of the ``<svg>`` element.
+    x_label : str
+        Word under the x axis.
+
+    Returns
+    -------
+    str
+        An ``<svg>`` element (titles and labels escaped).
+    """
+    left, right, top, bottom = 44.0, 8.0, 16.0, 18.0
+    plot_w, plot_h = max(width - left - right, 1.0), max(height - top - bottom, 1.0)
+    head = (
+        f'<svg class="{escape(css_class)}" xmlns="http://www.w3.org/2000/svg" '
+        f'width="{int(width)}" height="{int(height)}" '
+        f'viewBox="0 0 {int(width)} {int(height)}" '
+        'style="background:#fafafa;border:1px solid #ddd;font:10px sans-serif">'
+    )
+    legend = f'<text x="{left}" y="11" fill="#555">{escape(title)}</text>' if title else ""
+    if not steps:
+        return (f'{head}{legend}<text x="{width / 2:.0f}" y="{height / 2:.0f}" '
+                'text-anchor="middle" fill="#888">waiting for the run to start</text></svg>')
+    x0, x1 = float(x_range[0]), float(x_range[1])
+    if x1 <= x0:
+        x1 = x0 + 1.0
+    hi = max(max(v for _, v in steps), max((m.y for m in markers), default=0.0), 1.0)
+
+    def px(x: float) -> float:
+        return left + (min(max(x, x0), x1) - x0) / (x1 - x0) * plot_w
+
+    def py(v: float) -> float:
+        return top + plot_h - min(max(v, 0.0), hi) / hi * plot_h
+
+    base = top + plot_h
+    end = x1 if solid_until is None else max(min(solid_until, x1), steps[-1][0], x0)
+    points: list[str] = []
+    for i, (x, v) in enumerate(steps):
+        if i:
+            points.append(f"{px(x):.1f},{py(steps[i - 1][1]):.1f}")
+        points.append(f"{px(x):.1f},{py(v):.1f}")
+    last = steps[-1][1]
+    points.append(f"{px(end):.1f},{py(last):.1f}")
+    parts = [
+        legend,
+        f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#bbb"/>',
+        f'<text x="{left - 3}" y="{top + 4}" text-anchor="end" fill="#555">{_num(hi)}</text>',
+        f'<text x="{left - 3}" y="{base}" text-anchor="end" fill="#555">0</text>',
+        f'<text x="{left}" y="{height - 4}" fill="#555">{_num(x0)}</text>',
+        f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" fill="#888">'
+        f"{escape(x_label)}</text>",
+        f'<text x="{left + plot_w}" y="{height - 4}" text-anchor="end" fill="#555">'
+        f"{_num(x1)}</text>",
+        f'<polyline class="scalekit-step-line" fill="none" stroke="{escape(color)}" '
+        f'stroke-width="1.5" points="{" ".join(points)}"><title>{escape(title)}: '
+        f"{_num(last)}</title></polyline>",
+    ]
+    if planned and end < x1:
+        parts.append(
+            f'<line class="scalekit-step-planned" x1="{px(end):.1f}" y1="{py(last):.1f}" '
+            f'x2="{px(x1):.1f}" y2="{py(last):.1f}" stroke="{escape(color)}" '
+            'stroke-opacity="0.4" stroke-dasharray="3,3"/>'
+        )
+    ticks = {round(px(m.x)): m for m in markers if m.tick}
+    for x, m in ticks.items():
+        parts.append(
+            f'<line class="scalekit-tick scalekit-tick-{escape(m.kind)}" x1="{x}" '
+            f'y1="{base - 4}" x2="{x}" y2="{base + 4}" stroke="{escape(m.color)}" '
+            f'stroke-width="1.5"><title>{escape(m.title)}</title></line>'
+        )
+    for m in markers:
+        if not m.tick:
+            parts.append(
+                f'<circle class="scalekit-marker scalekit-marker-{escape(m.kind)}" '
+                f'cx="{px(m.x):.1f}" cy="{py(m.y):.1f}" r="3.5" fill="{escape(m.color)}" '
+                f'stroke="#fff"><title>{escape(m.title)}</title></circle>'
+            )
+    return f'{head}{"".join(parts)}</svg>'
