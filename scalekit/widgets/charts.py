@@ -172,7 +172,7 @@ def step_chart_svg(
     markers : sequence of Marker
         Dots (class ``scalekit-marker scalekit-marker-<kind>``) and x-axis ticks (class
         ``scalekit-tick scalekit-tick-<kind>``; one per pixel column, the last wins),
-        each with its title as a tooltip.
+        each with its title as a tooltip; a legend names the kinds.
     width, height : int
         Size of the picture in pixels.
     solid_until : float, optional
@@ -245,6 +245,12 @@ def step_chart_svg(
             f'x2="{px(x1):.1f}" y2="{py(last):.1f}" stroke="{escape(color)}" '
             'stroke-opacity="0.4" stroke-dasharray="3,3"/>'
         )
+    kinds = {m.kind: m for m in markers}  # a legend, right-aligned, in first-seen order
+    legend_x = left + plot_w
+    for m in reversed(kinds.values()):
+        parts.append(f'<text x="{legend_x:.0f}" y="11" text-anchor="end" '
+                     f'fill="{escape(m.color)}">{"|" if m.tick else "●"} {escape(m.kind)}</text>')
+        legend_x -= 6.0 * len(m.kind) + 16
     ticks = {round(px(m.x)): m for m in markers if m.tick}
     for x, m in ticks.items():
         parts.append(

@@ -10,9 +10,10 @@ Threading and throttling: events arrive on whichever thread published them (the
 client's thread for training messages). Folding an event is cheap and happens at once;
 drawing is coalesced: at most one redraw per ``min_interval`` seconds, with a trailing
 redraw on a timer thread so the last event is always shown. The start and end of the
-run, the end of an epoch and a failed rank redraw at once; the table and charts are
-rebuilt only when a new epoch row arrived. Training runs on the workers and never
-waits for the panel.
+run, the end of an epoch, a resize, a recovery and a failed rank redraw at once (a
+saved checkpoint waits like batch progress); the table and charts are rebuilt only when
+the epoch rows changed, the world-size chart and timeline only when they did. Training
+runs on the workers and never waits for the panel.
 """
 
 from __future__ import annotations
@@ -31,10 +32,12 @@ from scalekit.events import (
     EventBus,
     Notice,
     RankStatus,
+    Recovered,
+    Resized,
     RunFinished,
     RunStarted,
 )
-from scalekit.widgets import render, training_render
+from scalekit.widgets import render, timeline_render, training_render
 from scalekit.widgets.cluster_panel import WIDGET_VIEW
 from scalekit.widgets.training_state import TrainingState
 
@@ -42,11 +45,11 @@ logger = logging.getLogger(__name__)
 
 BAR_STYLES = {"running": "info", "finished": "success", "failed": "danger",
               "cancelled": "warning"}
-URGENT = (EpochEnded, RunFinished, RunStarted)
+URGENT = (EpochEnded, RunFinished, RunStarted, Resized, Recovered)
 
 
 class TrainingPanel:
-    """Epoch and batch progress, throughput, world size, ranks, curves and epoch log.
+    """Epoch and batch progress, throughput, ranks, curves, world size and timeline, log.
 
     Parameters
     ----------
@@ -68,8 +71,9 @@ class TrainingPanel:
     epoch_bar, batch_bar : ipywidgets.IntProgress
         Finished epochs of ``max_epochs``; batches of the epoch in progress.
     epoch_label, batch_label, header_html, stats_html, ranks_html, charts_html,
-    table_html, status_html : ipywidgets.HTML
-        The read-only parts.
+    events_html, table_html, status_html : ipywidgets.HTML
+        The read-only parts; ``events_html`` holds the world-size chart, the last
+        checkpoint, the recoveries and the timeline.
     renders : int
         How many redraws happened (for tests and benchmarks).
     """
@@ -90,6 +94,7 @@ class TrainingPanel:
         self._timer: threading.Timer | None = None
         self._last_render = 0.0
         self._drawn_version = -1
+        self._drawn_events: tuple[int, int, str] | None = None
         self._build()
         with self._lock:  # live events wait until the past ones are folded in
             self._unsubscribe: Callable[[], None] | None = bus.subscribe(
@@ -116,13 +121,15 @@ class TrainingPanel:
         self.stats_html = widgets.HTML("")
         self.ranks_html = widgets.HTML("")
         self.charts_html = widgets.HTML("")
+        self.events_html = widgets.HTML("")
         self.table_html = widgets.HTML("")
         self.status_html = widgets.HTML("")
         self.epoch_box = widgets.HBox([self.epoch_bar, self.epoch_label])
         self.batch_box = widgets.HBox([self.batch_bar, self.batch_label])
         self.widget = widgets.VBox([
             self.header_html, self.epoch_box, self.batch_box, self.stats_html,
-            self.ranks_html, self.charts_html, self.table_html, self.status_html,
+            self.ranks_html, self.charts_html, self.events_html, self.table_html,
+            self.status_html,
         ])
         for w, css in (
             (self.widget, "scalekit-training-panel"),
@@ -131,6 +138,7 @@ class TrainingPanel:
             (self.stats_html, "scalekit-training-stats"),
             (self.ranks_html, "scalekit-training-ranks"),
             (self.charts_html, "scalekit-training-charts"),
+            (self.events_html, "scalekit-training-timeline"),
             (self.table_html, "scalekit-epoch-log"),
             (self.status_html, "scalekit-training-status"),
         ):
@@ -269,6 +277,10 @@ class TrainingPanel:
                 (self.charts_html, "value", training_render.charts_html(s)),
                 (self.table_html, "value", training_render.epoch_table_html(s)),
             ]
+        events_key = (s.version, s.events_version, s.status)
+        if events_key != self._drawn_events:  # world sizes, timeline or progress changed
+            self._drawn_events = events_key
+            values.append((self.events_html, "value", timeline_render.events_html(s)))
         return values
 
     # -- helpers ---------------------------------------------------------------------

@@ -1,10 +1,11 @@
 """Pure renderers for a training run: text, HTML pieces and the whole HTML block.
 
-Everything here draws a :class:`~scalekit.widgets.training_state.TrainingState`; the
-live :class:`~scalekit.widgets.training_panel.TrainingPanel` puts the pieces into its
-widgets, ``render.training_html`` / ``render.training_text`` put them together for
-the fallbacks and ``repr(run)``. No ipywidgets here; every value reaching HTML is
-escaped.
+Everything here draws a :class:`~scalekit.widgets.training_state.TrainingState` (the
+timeline's pieces, world-size chart, checkpoint and recovery lines, come from
+:mod:`scalekit.widgets.timeline_render`); the live
+:class:`~scalekit.widgets.training_panel.TrainingPanel` puts the pieces into its
+widgets, ``render.training_html`` / ``render.training_text`` put them together for the
+fallbacks and ``repr(run)``. No ipywidgets here; every value reaching HTML is escaped.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from scalekit.widgets.render import (
     notice_html,
     percent_bar,
 )
+from scalekit.widgets.timeline_render import events_html, events_lines
 from scalekit.widgets.training_state import TrainingState, is_number
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "charts_html",
     "epoch_table_html",
     "epoch_text",
+    "events_html",
     "fmt_duration",
     "fmt_value",
     "rank_chips_html",
@@ -158,6 +161,7 @@ def state_text(state: TrainingState) -> str:
         ranks = ", ".join(f"{r.rank} {r.state}" for _, r in sorted(state.ranks.items()))
         lines.append(f"  ranks: {ranks}")
     lines += [f"  {line}" for line in _status_lines(state)]
+    lines += [f"  {line}" for line in events_lines(state)]
     if state.rows:
         lines += ["", *table_text(state)]
     return "\n".join(lines)
@@ -272,7 +276,8 @@ def state_html(state: TrainingState) -> str:
         parts.append(f'<div class="scalekit-batch-progress">'
                      f"{percent_bar(state.batch_fraction, batch, width='22em')}</div>")
     parts.append(f'<div class="scalekit-training-stats">{escape(stats_text(state))}</div>')
-    parts += [rank_chips_html(state), charts_html(state), epoch_table_html(state)]
+    parts += [rank_chips_html(state), charts_html(state), events_html(state),
+              epoch_table_html(state)]
     parts.append(f'<div class="scalekit-training-status">{status_html(state)}</div>')
     return f'<div class="scalekit-training">{"".join(parts)}</div>'
 

@@ -114,10 +114,8 @@ class TrainingState:
         the order they arrived; a rollback keeps them (they happened).
     last_checkpoint : CheckpointInfo or None
         The newest checkpoint saved.
-    recoveries, lost_steps : int
-        How many times training recovered from a failure; steps redone in total.
-    downtime_s : float
-        Seconds from failures to the recovered training, in total.
+    recoveries, lost_steps, downtime_s : int, int, float
+        Recoveries from failures; steps redone and seconds lost by them, in total.
     n_batches : int or None
         Batches per epoch (the latest batch progress'), to place events in an epoch.
     version : int
@@ -279,8 +277,7 @@ class TrainingState:
         self.lost_steps += max(int(e.lost_steps), 0)
         self.downtime_s += max(float(e.downtime_s), 0.0)
         self._note(recovery_entry(e))
-        # training goes on from the end of epoch ``e.epoch``: later rows are re-run,
-        # as when an EpochEnded repeats an epoch already shown
+        # later rows are re-run: drop them, as a repeated EpochEnded does
         kept = [r for r in self.rows if r["epoch"] <= e.epoch]
         if len(kept) != len(self.rows):
             self.rows = kept

@@ -113,8 +113,8 @@ def resize_entry(e: Resized) -> TimelineEntry:
 
 
 def recovery_entry(e: Recovered) -> TimelineEntry:
-    """``recovered from epoch 3 (step 12) on 2 ranks · lost 40 steps · down 4.0 s · why``."""
-    text = f"recovered from {where(e.epoch, e.step)}"
+    """``recovered on 2 ranks · lost 40 steps · down 4.0 s · why`` (from epoch/step)."""
+    text = "recovered"
     if e.world_size > 0:
         text += f" on {plural(e.world_size, 'rank')}"
     text += f" · lost {plural(e.lost_steps, 'step')} · down {fmt_seconds(e.downtime_s)}"

@@ -11,17 +11,20 @@ import pytest
 
 from scalekit.events import (
     BatchProgress,
+    CheckpointSaved,
     EpochEnded,
     EventBus,
     Notice,
     RankStatus,
+    Recovered,
+    Resized,
     RunFinished,
 )
-from scalekit.widgets import render
+from scalekit.widgets import render, timeline_render
 from scalekit.widgets.cluster_panel import WIDGET_VIEW
 from scalekit.widgets.training_panel import TrainingPanel
 
-from .training_events import run_events
+from .training_events import elastic_events, run_events
 
 
 @pytest.fixture
@@ -241,6 +244,7 @@ def test_css_classes_for_the_browser(bus: EventBus, panels: list[TrainingPanel])
     assert "scalekit-training-panel" in p.widget._dom_classes
     assert "scalekit-epoch-progress" in p.epoch_box._dom_classes
     assert "scalekit-training-status" in p.status_html._dom_classes
+    assert "scalekit-training-timeline" in p.events_html._dom_classes
 
 
 def test_close_unsubscribes_and_stops_drawing(bus: EventBus,
@@ -250,3 +254,72 @@ def test_close_unsubscribes_and_stops_drawing(bus: EventBus,
     p.close()
     bus.publish(RunFinished(run_id="run-1", status="finished", epochs=0))
     assert p.disposed and p.state.status == "waiting"
+
+
+# --- timeline: resizes, failures, recoveries, checkpoints ---------------------------------
+
+
+def test_live_elastic_run_shows_its_timeline(bus: EventBus,
+                                             panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels, min_interval=0.0)
+    _publish(bus, elastic_events())
+    events = p.events_html.value
+    assert '<svg class="scalekit-world-chart"' in events
+    assert events.count("scalekit-marker-resize") == 1
+    assert events.count("scalekit-marker-recovery") == 1
+    assert events.count("scalekit-tick-checkpoint") == 3
+    assert "last checkpoint: epoch 3 (step 5) · 12 ms · file:///ck/3-5" in events
+    assert "recoveries: 1 · downtime 4.5 s · lost 10 steps" in events
+    assert events.count("scalekit-timeline-entry") == 6
+    assert "3 → 2 at epoch 4" in p.stats_html.value
+    assert p.table_html.value.count("scalekit-epoch-row") == 4
+
+
+def test_resize_and_recovery_redraw_at_once(bus: EventBus,
+                                            panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels, min_interval=60.0)
+    _publish(bus, run_events(epochs=3, max_epochs=6, status=None))
+    bus.publish(CheckpointSaved(run_id="run-1", epoch=3, step=0, url="file:///c",
+                                seconds=0.5))
+    assert "scalekit-checkpoint-line" not in p.events_html.value  # throttled
+    bus.publish(Resized(run_id="run-1", old=2, new=3, epoch=3, reason="workers joined"))
+    assert "scalekit-marker-resize" in p.events_html.value
+    assert "last checkpoint: epoch 3 (step 0) · 500 ms · file:///c" in p.events_html.value
+    bus.publish(BatchProgress(run_id="run-1", epoch=3, batch=1, n_batches=9,
+                              samples_per_s=1.0))
+    bus.publish(Recovered(run_id="run-1", reason="rank 1 lost", epoch=1, step=0,
+                          world_size=2, lost_steps=19, downtime_s=2.0))
+    assert "scalekit-marker-recovery" in p.events_html.value
+    assert "recoveries: 1 · downtime 2.0 s · lost 19 steps" in p.events_html.value
+    assert p.table_html.value.count("scalekit-epoch-row") == 1  # epochs 2-3 are redone
+    assert "epoch 1/6" in p.epoch_label.value
+
+
+def test_timeline_is_not_redrawn_for_batches(bus: EventBus, panels: list[TrainingPanel],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[object] = []
+    real = timeline_render.events_html
+    monkeypatch.setattr(timeline_render, "events_html",
+                        lambda s: calls.append(s) or real(s))
+    p = _panel(bus, panels, min_interval=0.0)
+    _publish(bus, run_events(epochs=1, max_epochs=3, status=None))
+    before = len(calls)
+    for i in range(1, 6):
+        bus.publish(BatchProgress(run_id="run-1", epoch=1, batch=i, n_batches=5,
+                                  samples_per_s=1.0))
+    assert p.batch_bar.value == 5 and len(calls) == before
+    bus.publish(CheckpointSaved(run_id="run-1", epoch=1, step=5, url="u", seconds=1.0))
+    assert len(calls) == before + 1
+
+
+def test_panel_made_after_an_elastic_run_shows_the_timeline(
+    bus: EventBus, panels: list[TrainingPanel]
+) -> None:
+    events = elastic_events(finished=True)
+    p = _panel(bus, panels, events=events)
+    assert p.renders == 1 and p._unsubscribe is None
+    assert "scalekit-step-planned" not in p.events_html.value  # over: nothing planned
+    assert "last checkpoint: epoch 3 (step 5)" in p.events_html.value
+    data = p._repr_mimebundle_()
+    assert "recoveries: 1 · downtime 4.5 s · lost 10 steps" in data["text/plain"]
+    assert "scalekit-world-chart" in data["text/html"]
