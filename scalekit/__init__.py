@@ -32,7 +32,7 @@ _LAZY = {
     "UsageError": "scalekit.errors",
 }
 
-__all__ = sorted([*_LAZY, "load_ipython_extension", "unload_ipython_extension"])
+__all__ = sorted([*_LAZY, "strategies", "load_ipython_extension", "unload_ipython_extension"])
 
 if TYPE_CHECKING:
     from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, TrainConfig  # noqa: F401
@@ -48,7 +48,14 @@ if TYPE_CHECKING:
     from scalekit.session import ClusterSession, active_sessions, close_all, cluster  # noqa: F401
 
 
+_MODULES = {"strategies": "scalekit.training.strategies"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        value = import_module(_MODULES[name])
+        globals()[name] = value
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'scalekit' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -291,6 +292,165 @@ class CheckpointConfig(_Section):
 
         root = self.root or os.path.join(tempfile.gettempdir(), "scalekit-checkpoints")
         return f"{root.rstrip('/')}/{run_id}"
+
+
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PULL_POLICIES = ("Always", "IfNotPresent", "Never")
+_SERVICE_TYPES = ("ClusterIP", "NodePort", "LoadBalancer")
+_TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+
+
+@dataclasses.dataclass(frozen=True)
+class KubernetesConfig(_Section):
+    """How the Kubernetes backend builds its ``DaskCluster`` (the Dask operator's resource).
+
+    Attributes
+    ----------
+    image : str
+        Scheduler and worker image; it must hold scalekit, torch and the notebook's
+        dask/distributed versions (see docs/kubernetes.md). Required to start.
+    namespace : str or None
+        ``None``: the kubeconfig context's namespace (inside a pod: the pod's).
+    name : str
+        ``DaskCluster`` name, a template with ``{user}`` and ``{uuid}``. A fixed name
+        reconnects to a cluster kept with ``keep_on_shutdown``.
+    resources, scheduler_resources : dict
+        ``{"requests": {"cpu", "memory"}, "limits": {"cpu", "memory", "gpu"}}`` per worker
+        (scheduler) pod; quantities as Kubernetes writes them (``"2"``, ``"500m"``,
+        ``"4Gi"``); ``gpu`` counts ``nvidia.com/gpu``. A worker's CPU request defaults to
+        its thread count.
+    env, labels, node_selector : dict
+        Extra environment variables, labels and node selector of every pod.
+    tolerations : list of dict
+        Pod tolerations (``key``, ``operator``, ``value``, ``effect``).
+    service_account : str or None
+        Service account of the pods.
+    image_pull_secrets : list of str
+        Secrets for a private registry.
+    image_pull_policy : str or None
+        ``Always``, ``IfNotPresent`` or ``Never`` (``None``: Kubernetes' default).
+    port_forward : "auto", True or False
+        Reach the scheduler through a port-forward (True), by cluster DNS (False), or
+        decide by where the notebook runs ("auto": DNS inside a pod, else port-forward).
+    keep_on_shutdown : bool
+        Leave the cluster running when the kernel shuts down or the session closes.
+    start_timeout : float
+        Seconds for the whole start (image pulls included) before giving up.
+    operator_timeout : float
+        Seconds for the operator to act on a new ``DaskCluster``.
+    close_timeout : float
+        Seconds ``close`` waits for the pods to be gone.
+    scheduler_service_type : str
+        ``ClusterIP``, ``NodePort`` or ``LoadBalancer``.
+    idle_timeout : float
+        The operator deletes a cluster idle this long (0: never).
+    """
+
+    section: ClassVar[str] = "kubernetes"
+
+    image: str | None = None
+    namespace: str | None = None
+    name: str = "scalekit-{user}-{uuid}"
+    resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scheduler_resources: dict[str, Any] = dataclasses.field(default_factory=dict)
+    env: dict[str, Any] = dataclasses.field(default_factory=dict)
+    node_selector: dict[str, Any] = dataclasses.field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    service_account: str | None = None
+    image_pull_secrets: list[str] = dataclasses.field(default_factory=list)
+    image_pull_policy: str | None = None
+    labels: dict[str, Any] = dataclasses.field(default_factory=dict)
+    port_forward: str | bool = "auto"
+    keep_on_shutdown: bool = False
+    start_timeout: float = 300.0
+    operator_timeout: float = 30.0
+    close_timeout: float = 60.0
+    scheduler_service_type: str = "ClusterIP"
+    idle_timeout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.image is not None and (not isinstance(self.image, str) or not self.image
+                                       or any(c.isspace() for c in self.image)):
+            raise ConfigError(self._field("image"), self.image,
+                              "an image reference such as 'ghcr.io/you/scalekit-worker:1.0'")
+        if self.namespace is not None and not (
+                isinstance(self.namespace, str) and _DNS_LABEL.match(self.namespace)):
+            raise ConfigError(self._field("namespace"), self.namespace,
+                              "a namespace name (lower-case letters, digits and '-') or None")
+        if not isinstance(self.name, str) or not self.name:
+            raise ConfigError(self._field("name"), self.name,
+                              "a name or template such as 'scalekit-{user}-{uuid}'")
+        self._set("resources", self._resources("resources", gpu=True))
+        self._set("scheduler_resources", self._resources("scheduler_resources", gpu=False))
+        for name in ("env", "labels", "node_selector"):
+            self._str_map(name)
+        if isinstance(self.image_pull_secrets, str):
+            self._set("image_pull_secrets", [self.image_pull_secrets])
+        if not isinstance(self.image_pull_secrets, (list, tuple)) or not all(
+                isinstance(s, str) and s for s in self.image_pull_secrets):
+            raise ConfigError(self._field("image_pull_secrets"), self.image_pull_secrets,
+                              "a list of secret names")
+        self._set("image_pull_secrets", list(self.image_pull_secrets))
+        tolerations = self.tolerations
+        if not isinstance(tolerations, (list, tuple)) or not all(
+                isinstance(t, dict) and set(t) <= _TOLERATION_KEYS for t in tolerations):
+            raise ConfigError(self._field("tolerations"), tolerations,
+                              f"a list of mappings with keys from {sorted(_TOLERATION_KEYS)}")
+        self._set("tolerations", [dict(t) for t in tolerations])
+        if self.service_account is not None and not isinstance(self.service_account, str):
+            raise ConfigError(self._field("service_account"), self.service_account,
+                              "a service account name or None")
+        if self.image_pull_policy not in (None, *_PULL_POLICIES):
+            raise ConfigError(self._field("image_pull_policy"), self.image_pull_policy,
+                              f"one of {', '.join(_PULL_POLICIES)} or None")
+        if self.scheduler_service_type not in _SERVICE_TYPES:
+            raise ConfigError(self._field("scheduler_service_type"),
+                              self.scheduler_service_type, f"one of {', '.join(_SERVICE_TYPES)}")
+        forward = self.port_forward
+        if isinstance(forward, str) and forward.lower() == "auto":
+            self._set("port_forward", "auto")
+        else:
+            self._bool("port_forward")
+        self._bool("keep_on_shutdown")
+        self._seconds("start_timeout", lo=1.0)
+        self._seconds("operator_timeout", lo=1.0)
+        self._seconds("close_timeout", lo=0.0)
+        self._seconds("idle_timeout", lo=0.0)
+
+    def _str_map(self, name: str) -> None:
+        value = getattr(self, name)
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(self._field(name), value, "a mapping of names to strings")
+        self._set(name, {k: str(v) for k, v in value.items() if v is not None})
+
+    def _resources(self, name: str, gpu: bool) -> dict[str, dict[str, str]]:
+        value = getattr(self, name) or {}
+        allowed = {"requests": {"cpu", "memory"},
+                   "limits": {"cpu", "memory", *(("gpu",) if gpu else ())}}
+        expected = ("{'requests': {'cpu': '1', 'memory': '4Gi'}, 'limits': {...}} with keys "
+                    + "; ".join(f"{k}: {', '.join(sorted(v))}" for k, v in allowed.items()))
+        if not isinstance(value, Mapping) or not set(value) <= set(allowed):
+            raise ConfigError(self._field(name), value, expected)
+        out: dict[str, dict[str, str]] = {}
+        for section, entries in value.items():
+            entries = entries or {}
+            if not isinstance(entries, Mapping) or not set(entries) <= allowed[section]:
+                raise ConfigError(f"{self._field(name)}.{section}", entries, expected)
+            for key, quantity in entries.items():
+                if quantity is None or (key == "gpu" and quantity in (0, "0")):
+                    continue
+                text = str(quantity)
+                ok = (text.isdigit() if key == "gpu" else bool(_QUANTITY.match(text)))
+                if isinstance(quantity, bool) or not ok:
+                    raise ConfigError(
+                        f"{self._field(name)}.{section}.{key}", quantity,
+                        "a whole number of GPUs" if key == "gpu"
+                        else "a Kubernetes quantity such as '2', '500m', '4Gi'")
+                out.setdefault(section, {})[key] = text
+        return out
 
 
 def as_dict(config: Any) -> Mapping[str, Any]:

@@ -274,3 +274,15 @@ class Recovered(Event):
     @property
     def key(self) -> str:
         return f"Recovered/{self.time}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingReport(Event):
+    """Memory and throughput of a finished run, per rank (bytes; samples/s overall)."""
+
+    run_id: str
+    strategy: str
+    world_size: int
+    samples_per_s: float
+    peak_rss: tuple[int, ...] = ()
+    state_bytes: tuple[int, ...] = ()

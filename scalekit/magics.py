@@ -63,6 +63,8 @@ class Command:
         ``up`` options; ``None`` means "from ``dask.config``".
     panel : bool
         ``up`` shows the live panel unless ``--no-panel``.
+    image, namespace, keep : optional
+        ``up`` options of the kubernetes backend (``scalekit.kubernetes.*``).
     minimum, maximum : int, optional
         ``adapt MIN MAX`` (both ``None``: the configured defaults).
     text : str
@@ -79,6 +81,9 @@ class Command:
     minimum: int | None = None
     maximum: int | None = None
     text: str = ""
+    image: str | None = None
+    namespace: str | None = None
+    keep: bool = False
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -93,6 +98,13 @@ class Command:
             "memory_limit": self.memory_limit,
             "max_workers": self.max_workers,
         }
+
+    def kubernetes_options(self) -> dict[str, Any]:
+        """``scalekit.kubernetes.*`` settings given on the ``up`` line (``up`` only)."""
+        options: dict[str, Any] = {"image": self.image, "namespace": self.namespace}
+        if self.keep:
+            options["keep-on-shutdown"] = True
+        return {k: v for k, v in options.items() if v is not None}
 
 
 class _Help(Exception):
@@ -140,6 +152,11 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
                     help="upper bound for scale, the slider and adaptive")
     up.add_argument("--no-panel", dest="panel", action="store_false",
                     help="do not display the live panel")
+    up.add_argument("--image", metavar="IMAGE",
+                    help="kubernetes: scheduler and worker image")
+    up.add_argument("--namespace", metavar="NS", help="kubernetes: namespace of the cluster")
+    up.add_argument("--keep", action="store_true",
+                    help="kubernetes: keep the cluster running after the kernel shuts down")
 
     scale = sub["scale"] = commands.add_parser(
         "scale", help="scale to N workers (switches adaptive off)", allow_abbrev=False,
@@ -207,6 +224,9 @@ def parse(line: str) -> Command:
             backend=ns.backend,
             max_workers=ns.max_workers,
             panel=ns.panel,
+            image=ns.image,
+            namespace=ns.namespace,
+            keep=ns.keep,
         )
     if ns.command == "scale":
         return Command("scale", workers=ns.n)
@@ -317,7 +337,20 @@ class ScalekitMagics(Magics):
                 f"its size or `{PROG} down` to close it first."
             )
         kwargs = {k: v for k, v in command.cluster_kwargs().items() if v is not None}
-        session = self.factory(**kwargs)
+        options = command.kubernetes_options()
+        if options:
+            import dask.config
+
+            backend = command.backend or dask.config.get("scalekit.cluster.backend", "local")
+            if backend != "kubernetes":
+                raise UsageError(
+                    f"{PROG} up: --image, --namespace and --keep apply to the kubernetes "
+                    "backend; add `--backend kubernetes`."
+                )
+            with dask.config.set({f"scalekit.kubernetes.{k}": v for k, v in options.items()}):
+                session = self.factory(**kwargs)
+        else:
+            session = self.factory(**kwargs)
         with self._lock:
             self.sessions.append(session)
         if command.panel:
@@ -502,6 +535,9 @@ def load_ipython_extension(
     else:
         magics.factory = factory or magics.factory
         magics.display = display or magics.display
+    from scalekit import labext  # the JupyterLab extension's comm target (extensions/)
+
+    labext.register(ipython)
     return magics
 
 

@@ -61,6 +61,14 @@ class TrainingRun:
         return self.net.history
 
     @property
+    def report(self) -> Any:
+        """Memory and throughput per rank (a ``TrainingReport``), once finished."""
+        from scalekit.events import TrainingReport
+
+        found = [e for e in self.events if isinstance(e, TrainingReport)]
+        return found[-1] if found else None
+
+    @property
     def status(self) -> str:
         """``running``, ``finished`` or ``failed``."""
         if not self._done.is_set():
@@ -141,6 +149,7 @@ def fit(
     show: bool = True,
     seed: int | None = None,
     max_workers: int | None = None,
+    strategy: Any = "ddp",
     **fit_params: Any,
 ) -> TrainingRun:
     """Fit a skorch net across the cluster's workers (synchronous data parallel).
@@ -175,6 +184,11 @@ def fit(
         Seeds the batch order and the ranks' RNGs (default: ``scalekit.training.seed``).
     max_workers : int, optional
         Largest world size to train on (default: every worker of the cluster).
+    strategy : {"ddp", "fsdp", "hybrid", "local_sgd"} or a strategy object
+        How the model is spread over the workers (see ``scalekit.strategies``):
+        ``sk.strategies.FSDP(wrap=("Linear",))``, ``sk.strategies.Hybrid(shard_size=2)``,
+        ``sk.strategies.LocalSGD(sync_every=8)``. After the fit the net holds the full,
+        unsharded weights whatever the strategy.
     **fit_params :
         Passed on to the net's ``fit`` loop on every worker.
 
@@ -193,6 +207,7 @@ def fit(
         client, net, X, y, bus=bus, config=config, fit_params=fit_params,
         checkpoint=checkpoint, resume=resume, max_world=max_workers,
         scale_to=session.backend.resize if session is not None else None,
+        strategy=strategy,
     )
     run = TrainingRun(controller, bus=bus, session=session)
     if show:

@@ -24,7 +24,8 @@ class RoundControl(Callback):
     report : callable(epoch, row)
         Sends a finished epoch's numbers to the notebook (rank 0 only).
     save : callable(net, epoch) or None
-        Saves a checkpoint at an epoch boundary if one is due (rank 0 only).
+        Saves a checkpoint at an epoch boundary if one is due (given to rank 0, or to
+        every rank when each writes its own shard).
     stop_requested : callable() -> bool, or None
         Asked on rank 0 at each epoch end.
     """
@@ -41,7 +42,7 @@ class RoundControl(Callback):
 
     def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
         self._report(net)
-        if self.rank == 0 and self.save is not None:
+        if self.save is not None:  # rank 0; every rank when shards are saved
             self.save(net, len(net.history))
         if self.stop_requested is not None and self._agree(self.stop_requested):
             self.stopped = True

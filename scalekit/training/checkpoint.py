@@ -4,6 +4,8 @@ Layout under the store's URL::
 
     ckpt-000004-00000000.pt     # epoch 4, step 0 (an epoch boundary)
     ckpt-000005-00000120.pt     # mid-epoch: epoch 5, 120 steps done
+    ckpt-000006-00000000.dcp/   # sharded (FSDP): torch.distributed.checkpoint, one file
+                                #   per rank, plus meta.pt (history, epoch, step)
     latest.json                 # {"name": ..., "sha256": ..., "epoch": ..., "step": ...}
 
 A checkpoint is written to a temporary name and renamed into place (a single ``put`` on
@@ -29,7 +31,8 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-_NAME = re.compile(r"^ckpt-(\d{6})-(\d{8})\.pt$")
+_NAME = re.compile(r"^ckpt-(\d{6})-(\d{8})\.(pt|dcp)$")
+_META = "meta.pt"  # inside a sharded checkpoint folder: history, epoch, step, ...
 POINTER = "latest.json"
 
 
@@ -99,6 +102,69 @@ class CheckpointStore:
         self._prune()
         return dataclasses.replace(info, seconds=time.perf_counter() - started)
 
+    def save_sharded(self, model: Any, optimizer: Any, meta: dict[str, Any], *, epoch: int,
+                     step: int, rank: int) -> CheckpointInfo | None:
+        """Collective: every rank writes its own shard (no gather through one process).
+
+        The shards go to a temporary folder that rank 0 renames into place once
+        ``torch.distributed.checkpoint`` has written its metadata (which it does after
+        every rank finished), then ``latest.json`` is replaced. A checkpoint written at
+        one world size loads at any other (DCP reshards on load).
+        """
+        import torch
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecWriter
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+        )
+
+        started = time.perf_counter()
+        name = f"ckpt-{epoch:06d}-{step:08d}.dcp"
+        tmp = self._path(f".{name}.tmp")
+        if rank == 0 and self.fs.exists(tmp):
+            self.fs.rm(tmp, recursive=True)  # left by a writer that died
+        dist.barrier()
+        state = {"model": get_model_state_dict(model),
+                 "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(state, storage_writer=FsspecWriter(self._url(f".{name}.tmp"),
+                                                    **self.storage_options))
+        if rank != 0:
+            return None
+        buffer = io.BytesIO()
+        torch.save(meta, buffer)
+        with self.fs.open(posixpath.join(tmp, _META), "wb") as f:
+            f.write(buffer.getvalue())
+        final = self._path(name)
+        if self.fs.exists(final):
+            self.fs.rm(final, recursive=True)
+        self.fs.mv(tmp, final, recursive=True)
+        nbytes = sum(self.fs.du(final, total=False).values()) if hasattr(self.fs, "du") else 0
+        pointer = {"name": name, "sha256": "", "epoch": epoch, "step": step, "nbytes": nbytes,
+                   "sharded": True, "time": time.time()}
+        self._write_atomic(POINTER, json.dumps(pointer).encode())
+        self._prune()
+        return CheckpointInfo(url=self._url(name), name=name, epoch=epoch, step=step,
+                              nbytes=nbytes, sha256="", seconds=time.perf_counter() - started)
+
+    def load_sharded(self, model: Any, optimizer: Any, url: str) -> None:
+        """Collective: load a sharded checkpoint into this rank's (sharded) model."""
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint._fsspec_filesystem import FsspecReader
+        from torch.distributed.checkpoint.state_dict import (
+            get_model_state_dict,
+            get_optimizer_state_dict,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
+
+        state = {"model": get_model_state_dict(model),
+                 "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.load(state, storage_reader=FsspecReader(url, **self.storage_options))
+        set_model_state_dict(model, state["model"])
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+
     def _write_atomic(self, name: str, data: bytes) -> None:
         final = self._path(name)
         tmp = self._path(f".{name}.{uuid.uuid4().hex[:8]}.tmp")
@@ -113,7 +179,7 @@ class CheckpointStore:
     def _prune(self) -> None:
         for name in self.names()[: -self.keep]:
             try:
-                self.fs.rm(self._path(name))
+                self.fs.rm(self._path(name), recursive=name.endswith(".dcp"))
             except FileNotFoundError:
                 pass
 
@@ -166,12 +232,18 @@ class CheckpointStore:
     def _load(self, name: str, expected_sha: str | None) -> tuple[dict[str, Any], CheckpointInfo]:
         import torch
 
-        with self.fs.open(self._path(name), "rb") as f:
+        sharded = name.endswith(".dcp")
+        path = posixpath.join(self._path(name), _META) if sharded else self._path(name)
+        with self.fs.open(path, "rb") as f:
             data = f.read()
         digest = hashlib.sha256(data).hexdigest()
         if expected_sha and digest != expected_sha:
             raise CheckpointError("content does not match the digest in latest.json")
         state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
+        if sharded:
+            if not self.fs.exists(posixpath.join(self._path(name), ".metadata")):
+                raise CheckpointError("sharded checkpoint without its .metadata")
+            state = {**state, "sharded": self._url(name)}
         match = _NAME.match(name)
         assert match is not None
         info = CheckpointInfo(url=self._url(name), name=name, epoch=int(match[1]),

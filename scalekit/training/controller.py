@@ -31,6 +31,7 @@ from scalekit.events import (
     Resized,
     RunFinished,
     RunStarted,
+    TrainingReport,
 )
 from scalekit.training import state as training_state
 from scalekit.training.checkpoint import CheckpointStore
@@ -81,7 +82,11 @@ class TrainingController:
         run_id: str | None = None, checkpoint: str | CheckpointStore | None = None,
         checkpoint_config: CheckpointConfig | None = None, resume: bool = False,
         max_world: int | None = None, scale_to: Callable[[int], None] | None = None,
+        strategy: Any = "ddp",
     ) -> None:
+        from scalekit.training.strategies import resolve
+
+        self.strategy = resolve(strategy)
         self.client = client
         self.net = net
         self.X = X
@@ -139,9 +144,20 @@ class TrainingController:
         finally:
             self.client.unsubscribe_topic(self.topic)
         training_state.restore(net, self._state)
+        self.bus.publish(self.report())
         self.bus.publish(RunFinished(run_id=self.run_id, status="finished",
                                      epochs=len(net.history)))
         return net
+
+    def report(self) -> TrainingReport:
+        """Memory and throughput of the last round, per rank."""
+        results = sorted(self.results, key=lambda r: r.rank)
+        return TrainingReport(
+            run_id=self.run_id, strategy=self.strategy.name, world_size=len(results),
+            samples_per_s=results[0].samples_per_s if results else 0.0,
+            peak_rss=tuple(r.peak_rss for r in results),
+            state_bytes=tuple(r.state_bytes for r in results),
+        )
 
     def request_shrink(self, n: int) -> None:
         """Shrink to ``n`` workers at the next safe point (called by the session)."""
@@ -183,6 +199,7 @@ class TrainingController:
             stop_event=f"scalekit-stop-{self.run_id}-g{self.generation}",
             checkpoint=self.store, checkpoint_epochs=self.ckpt_config.every_epochs,
             checkpoint_seconds=self.ckpt_config.every_seconds, fit_params=self.fit_params,
+            strategy=self.strategy,
         )
         try:
             return Round(

@@ -5,8 +5,9 @@ changes four things:
 
 * batches come from :mod:`scalekit.training.sharding` (global batch = ``batch_size``,
   each rank gets its piece; read a batch at a time, not a sample at a time);
-* training forwards go through ``DistributedDataParallel``, with the loss weighted so
-  that the averaged gradient is exactly the global batch's mean gradient;
+* training forwards go through the strategy's module (``DistributedDataParallel``, an
+  FSDP2-sharded module, ...; see :mod:`.strategies`), with the loss weighted so that
+  the averaged gradient is exactly the global batch's mean gradient;
 * per-batch training losses are made global with one all-reduce per epoch, before the
   ``on_epoch_end`` callbacks read them;
 * validation is sharded too, and each batch's predictions are all-gathered, so loss and
@@ -75,7 +76,7 @@ class DistributedNetMixin:
     """Mixed in front of the user's net class on a rank (see :func:`make_distributed`)."""
 
     _sk_ctx: RankContext
-    _sk_ddp: Any
+    _sk_par: Any  # scalekit.training.strategies.Prepared
     _sk_weight: float = 1.0
 
     # -- data --------------------------------------------------------------------------
@@ -125,13 +126,14 @@ class DistributedNetMixin:
             skip = ctx.resume_step
             self.history[-1]["batches"].extend(dict(b) for b in ctx.resume_batches or ())
             ctx.resume_epoch, ctx.resume_step, ctx.resume_batches = None, 0, None
-        self.module_ = self._sk_ddp
+        par = self._sk_par
+        self.module_ = par.train_module
         try:
             for i, (batch_idx, piece) in enumerate(iterator):
                 if i < skip:
                     continue
                 batch = iterator.reader.read(piece)
-                self._sk_weight = len(piece) * ctx.world_size / len(batch_idx)
+                self._sk_weight = par.loss_weight(len(piece), len(batch_idx), ctx.world_size)
                 self.notify("on_batch_begin", batch=batch, training=True)
                 step = step_fn(batch, **fit_params)
                 loss = step["loss"].item() / self._sk_weight
@@ -141,13 +143,14 @@ class DistributedNetMixin:
                 local_losses.append(loss * len(piece))
                 sizes.append((len(piece), len(batch_idx)))
                 seen += len(batch_idx)
+                par.after_step()
                 ctx.step += 1
                 if ctx.on_batch is not None:
                     ctx.on_batch(epoch, i + 1, n_batches, seen)
                 if ctx.on_step is not None:
                     ctx.on_step(self, epoch, i + 1)
         finally:
-            self.module_ = self._sk_ddp.module
+            self.module_ = par.eval_module
             self._sk_weight = 1.0
         # one collective an epoch turns the recorded losses into global-batch losses
         sums = torch.tensor(local_losses, dtype=torch.float64)
@@ -164,6 +167,7 @@ class DistributedNetMixin:
 
         ctx = self._sk_ctx
         count = 0
+        self._sk_par.before_eval()
         for batch_idx, piece in iterator:
             batch = iterator.reader.read(batch_idx)
             self.notify("on_batch_begin", batch=batch, training=False)
@@ -203,14 +207,14 @@ def _gather_pieces(local: Any, size: int, world_size: int) -> Any:
     return torch.cat([p[:n] for p, n in zip(parts, sizes, strict=True)])
 
 
-def make_distributed(net: Any, ctx: RankContext, ddp: Any) -> Any:
+def make_distributed(net: Any, ctx: RankContext, prepared: Any) -> Any:
     """Turn an initialized skorch ``net`` into this rank's data-parallel net, in place."""
     base = type(net)
     cls = type(f"Distributed{base.__name__}", (DistributedNetMixin, base), {})
     net.__class__ = cls
     # plain attributes: skorch's __setattr__ refuses modules set outside initialize()
     net.__dict__["_sk_ctx"] = ctx
-    net.__dict__["_sk_ddp"] = ddp
+    net.__dict__["_sk_par"] = prepared
     return net
 
 
@@ -218,6 +222,6 @@ def undo_distributed(net: Any) -> Any:
     """Restore the plain class after a round (the module stays unwrapped)."""
     if isinstance(net, DistributedNetMixin):
         net.__class__ = type(net).__mro__[2]
-        for attr in ("_sk_ctx", "_sk_ddp"):
+        for attr in ("_sk_ctx", "_sk_par"):
             net.__dict__.pop(attr, None)
     return net

@@ -43,6 +43,7 @@ class RankSpec:
     checkpoint: Any = None  # a CheckpointStore, or None
     checkpoint_epochs: int = 1  # save every n epochs (0: never at epoch ends)
     checkpoint_seconds: float = 0.0  # also save mid-epoch every m seconds (0: never)
+    strategy: Any = None  # a scalekit.training.strategies object (None: DDP)
     fit_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -55,6 +56,8 @@ class RankResult:
     epochs_done: int
     stopped: str = "finished"  # "finished" | "resize" | "early"
     samples_per_s: float = 0.0
+    peak_rss: int = 0  # bytes, highest resident memory of the rank's process seen
+    state_bytes: int = 0  # bytes of parameters, gradients and optimizer state it held
     state: dict[str, Any] | None = None
 
 
@@ -98,32 +101,40 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
 def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Publisher
            ) -> RankResult:
     import torch
-    from torch.nn.parallel import DistributedDataParallel
 
     from scalekit.training import state as training_state
     from scalekit.training.callbacks import RoundControl
+    from scalekit.training.strategies import DDP, prepare
 
     net = spec.net
+    strategy = spec.strategy or DDP()
     ctx = RankContext(rank=rank, world_size=spec.world_size, seed=spec.seed,
                       on_batch=publish.batch if rank == 0 else None)
-    if spec.state is not None:
-        partial = training_state.restore(net, spec.state)
+    state = spec.state
+    if state is not None:
+        partial = training_state.restore(net, state, optimizer=not strategy.sharded)
         if partial is not None:
-            ctx.resume_epoch, ctx.resume_step = spec.state["epoch"], spec.state["step"]
+            ctx.resume_epoch, ctx.resume_step = state["epoch"], state["step"]
             ctx.resume_batches = partial
     done_before = len(net.history)
     remaining = spec.max_epochs - done_before
-    if remaining <= 0:
-        return _result(spec, rank, address, net, 0, "finished")
     _seed_everything(spec.seed + 1000 * spec.generation + done_before)
     device = torch.device(net.device) if isinstance(net.device, str) else net.device
     ids = [device.index or 0] if device is not None and device.type == "cuda" else None
-    ddp = DistributedDataParallel(net.module_, device_ids=ids)
-    saver = _Saver(spec, ddp.module) if rank == 0 and spec.checkpoint is not None else None
-    if saver is not None and spec.checkpoint_seconds > 0:
-        ctx.on_step = saver.maybe_mid_epoch
+    par = prepare(strategy, net, world_size=spec.world_size, device_ids=ids)
+    if state is not None and state.get("sharded"):
+        spec.checkpoint.load_sharded(par.model, net.optimizer_, state["sharded"])
+    elif state is not None and strategy.sharded:
+        training_state.load_optimizer(par.model, net.optimizer_, state)
+    if remaining <= 0:
+        return _result(spec, rank, address, net, par, 0.0, "finished", publish)
+    saver = None
+    if spec.checkpoint is not None and (rank == 0 or strategy.sharded):
+        saver = _Saver(spec, par, rank)
+        if spec.checkpoint_seconds > 0 and not strategy.sharded:
+            ctx.on_step = saver.maybe_mid_epoch
     publish.start_beacon(ctx)
-    make_distributed(net, ctx, ddp)
+    make_distributed(net, ctx, par)
     control = RoundControl(
         rank, publish.epoch,
         save=saver.at_epoch_end if saver is not None else None,
@@ -141,37 +152,45 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
     done = len(net.history) - done_before
     stopped = "resize" if control.stopped else ("early" if done < remaining else "finished")
     publish.rank_state("done")
-    return _result(spec, rank, address, net, time.perf_counter() - started, stopped)
+    return _result(spec, rank, address, net, par, time.perf_counter() - started, stopped,
+                   publish)
 
 
-def _result(spec: RankSpec, rank: int, address: str, net: Any, elapsed: float, stopped: str
-            ) -> RankResult:
+def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed: float,
+            stopped: str, publish: _Publisher) -> RankResult:
     from scalekit.training import state as training_state
 
     rows = list(net.history)
-    samples = sum(r.get("train_samples_per_s", 0.0) * r.get("dur", 0.0) for r in rows)
+    recent = rows[-max(1, len(rows)):]
+    samples = sum(r.get("train_samples_per_s", 0.0) * r.get("dur", 0.0) for r in recent)
     result = RankResult(rank=rank, worker=address, epochs_done=len(rows), stopped=stopped,
-                        samples_per_s=samples / elapsed if elapsed else 0.0)
-    if rank == 0:
-        result.state = training_state.capture(
-            net, net.module_, epoch=len(rows), step=0, world_size=spec.world_size,
+                        samples_per_s=samples / elapsed if elapsed else 0.0,
+                        peak_rss=publish.sample_rss(),
+                        state_bytes=par.local_state_bytes(net.optimizer_))
+    if rank == 0 or par.strategy.sharded:  # gathering a sharded model is a collective
+        captured = training_state.capture(
+            net, par.model, epoch=len(rows), step=0, world_size=spec.world_size,
             seed=spec.seed, run_id=spec.run_id,
         )
+        if rank == 0:
+            result.state = captured
     return result
 
 
 class _Saver:
-    """Rank 0's checkpoint schedule: every n epochs and/or every m seconds."""
+    """The checkpoint schedule (rank 0; every rank for sharded strategies, which write
+    one shard each): every n epochs and/or every m seconds."""
 
-    def __init__(self, spec: RankSpec, module: Any) -> None:
+    def __init__(self, spec: RankSpec, par: Any, rank: int) -> None:
         self.spec = spec
-        self.module = module
+        self.par = par
+        self.rank = rank
         self.last = time.monotonic()
 
     def at_epoch_end(self, net: Any, epoch: int) -> None:
         every = self.spec.checkpoint_epochs
         due_by_epoch = every > 0 and (epoch % every == 0 or epoch == self.spec.max_epochs)
-        if due_by_epoch or self._due_by_time():
+        if due_by_epoch or (self._due_by_time() and not self.par.strategy.sharded):
             self._save(net, epoch, 0)
 
     def maybe_mid_epoch(self, net: Any, epoch: int, step: int) -> None:
@@ -187,13 +206,21 @@ class _Saver:
 
         from scalekit.training import state as training_state
 
-        state = training_state.capture(
-            net, self.module, epoch=epoch, step=step, world_size=self.spec.world_size,
-            seed=self.spec.seed, run_id=self.spec.run_id,
-        )
-        info = self.spec.checkpoint.save(state, epoch=epoch, step=step)
+        store = self.spec.checkpoint
+        if self.par.strategy.sharded:
+            extra = training_state.capture_meta(
+                net, epoch=epoch, step=step, world_size=self.spec.world_size,
+                seed=self.spec.seed, run_id=self.spec.run_id)
+            info = store.save_sharded(self.par.model, net.optimizer_, extra, epoch=epoch,
+                                      step=step, rank=self.rank)
+        else:
+            state = training_state.capture(
+                net, self.par.model, epoch=epoch, step=step, world_size=self.spec.world_size,
+                seed=self.spec.seed, run_id=self.spec.run_id,
+            )
+            info = store.save(state, epoch=epoch, step=step)
         self.last = time.monotonic()
-        if self.spec.topic:
+        if self.spec.topic and info is not None:
             get_worker().log_event(self.spec.topic, {
                 "kind": "checkpoint", "generation": self.spec.generation, "epoch": epoch,
                 "step": step, "url": info.url, "seconds": info.seconds, "nbytes": info.nbytes,
@@ -315,11 +342,19 @@ class _Publisher:
 
         def beat() -> None:
             while not self._beacon_stop.wait(self.spec.beacon_interval):
+                self.sample_rss()
                 self.send({"kind": "beat", "rank": self.rank, "step": ctx.step,
                            "pid": pid, "host": host})
 
         self.send({"kind": "beat", "rank": self.rank, "step": 0, "pid": pid, "host": host})
         threading.Thread(target=beat, name="scalekit-beacon", daemon=True).start()
+
+    def sample_rss(self) -> int:
+        import psutil
+
+        rss = psutil.Process().memory_info().rss
+        self.peak_rss = max(getattr(self, "peak_rss", 0), rss)
+        return self.peak_rss
 
     def stop_beacon(self) -> None:
         stop = getattr(self, "_beacon_stop", None)

@@ -86,7 +86,9 @@ def warm_worker() -> None:
     import skorch  # noqa: F401
 
 
-def _exit_process() -> None:  # runs on a worker's event loop, not its blocked thread
+async def _exit_process() -> None:  # runs on a worker's event loop, not its blocked thread
+    # a coroutine: distributed's Worker.run refuses wait=False for plain functions
+    # ("Combination not supported"), which left stuck ranks running
     os._exit(1)
 
 
@@ -211,6 +213,8 @@ class Round:
             time.sleep(POLL_S)
         stuck = [self.workers[i] for i, f in enumerate(futures)
                  if f.status == "pending" and i not in lost + hung]
+        # before cancelling: a cancelled future no longer holds its exception
+        error = futures[rank].exception() if futures[rank].status == "error" else None
         for f in futures:
             f.cancel()
         if stuck:
@@ -219,5 +223,4 @@ class Round:
             threading.Thread(target=self._end, args=(stuck,), daemon=True).start()
         for f in self.warming.values():
             f.cancel()
-        error = futures[rank].exception() if futures[rank].status == "error" else None
         return RoundOutcome("failed", failure=failure, failed_at=noticed, error=error)

@@ -20,14 +20,26 @@ import numpy as np
 FORMAT = 1
 
 
-def capture(net: Any, module: Any, *, epoch: int, step: int, world_size: int, seed: int,
+def capture(net: Any, model: Any, *, epoch: int, step: int, world_size: int, seed: int,
             run_id: str) -> dict[str, Any]:
-    """The state of ``net`` (whose bare module is ``module``) as a plain dict."""
+    """The state of ``net`` (whose bare or sharded module is ``model``) as a plain dict.
+
+    Model and optimizer state are *full* (unsharded) and keyed by parameter name, so a
+    state captured under one strategy or world size loads under any other. With a
+    sharded model this is a collective: every rank calls it; rank 0 gets the result.
+    """
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+        get_optimizer_state_dict,
+    )
+
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     criterion = getattr(net, "criterion_", None)
     return {
         "format": FORMAT,
-        "module": cpu_state(module.state_dict()),
-        "optimizer": net.optimizer_.state_dict(),
+        "module": get_model_state_dict(model, options=options),
+        "optimizer": get_optimizer_state_dict(model, net.optimizer_, options=options),
         "criterion": cpu_state(criterion.state_dict())
         if criterion is not None and hasattr(criterion, "state_dict") else None,
         "history": plain(list(net.history)),
@@ -39,19 +51,32 @@ def capture(net: Any, module: Any, *, epoch: int, step: int, world_size: int, se
     }
 
 
-def restore(net: Any, state: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """Load ``state`` into an initialized ``net``.
+def capture_meta(net: Any, *, epoch: int, step: int, world_size: int, seed: int, run_id: str
+                 ) -> dict[str, Any]:
+    """Everything but the model and optimizer (those go to a sharded checkpoint)."""
+    return {
+        "format": FORMAT, "history": plain(list(net.history)), "epoch": int(epoch),
+        "step": int(step), "world_size": int(world_size), "seed": int(seed),
+        "run_id": str(run_id),
+    }
+
+
+def restore(net: Any, state: dict[str, Any], *, optimizer: bool = True
+            ) -> list[dict[str, Any]] | None:
+    """Load ``state`` into an initialized, unsharded ``net``.
 
     Returns the batches recorded so far in the unfinished epoch (``None`` at an epoch
-    boundary); the history keeps only complete epochs.
+    boundary); the history keeps only complete epochs. ``optimizer=False`` leaves the
+    optimizer for :func:`load_optimizer` (after a sharded strategy rebuilt it).
     """
     from skorch.history import History
 
     if state.get("format") != FORMAT:
         raise ValueError(f"unknown training-state format {state.get('format')!r}")
-    net.module_.load_state_dict(state["module"])
-    if state.get("optimizer") is not None:
-        net.optimizer_.load_state_dict(state["optimizer"])
+    if state.get("module") is not None:
+        net.module_.load_state_dict(state["module"])
+    if optimizer:
+        load_optimizer(net.module_, net.optimizer_, state)
     if state.get("criterion") and hasattr(net.criterion_, "load_state_dict"):
         net.criterion_.load_state_dict(state["criterion"])
     rows = [dict(r) for r in state.get("history") or []]
@@ -60,6 +85,19 @@ def restore(net: Any, state: dict[str, Any]) -> list[dict[str, Any]] | None:
         partial = list(rows[state["epoch"]].get("batches", []))
     net.history_ = History(rows[: state["epoch"]])
     return partial
+
+
+def load_optimizer(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+    """Load the name-keyed full optimizer state of ``state`` (sharding it if needed)."""
+    if not state.get("optimizer"):
+        return
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_optimizer_state_dict,
+    )
+
+    set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                             options=StateDictOptions(full_state_dict=True))
 
 
 def cpu_state(state: dict[str, Any]) -> dict[str, Any]:
