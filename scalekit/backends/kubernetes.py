@@ -355,8 +355,21 @@ class KubernetesBackend(DaskClusterBackend):
                 f"{self.kube.start_timeout:g}s (scalekit.kubernetes.start-timeout); last "
                 f"observed DaskCluster phase: {self.last_phase or 'none'}"
                 + (" (a 'Pending' cluster may be dask/dask-kubernetes#968)"
-                   if self.last_phase == "Pending" else ""),
+                   if self.last_phase == "Pending" else "")
+                + f"; still waiting for {self._waiting_for(pods)}",
                 self._pods_text(pods), self.last_phase)
+
+    def _waiting_for(self, pods: list[PodState]) -> str:
+        schedulers = [p for p in pods if p.component == "scheduler"]
+        if not schedulers:
+            return "the scheduler pod to be created (is the operator running?)"
+        if not any(p.phase == "Running" for p in schedulers):
+            return ("the scheduler pod to run (Pending: unschedulable, or an image still "
+                    "pulling? see the pods below)")
+        if not any(p.ready for p in schedulers):
+            return "the scheduler to become ready (its /health readiness probe)"
+        have = len(self._client.nthreads()) if self._client is not None else 0
+        return f"workers to connect ({have} of {self.config.workers})"
 
     def _wait_for_workers(self) -> None:
         assert self._io is not None and self._client is not None

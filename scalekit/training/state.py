@@ -88,16 +88,35 @@ def restore(net: Any, state: dict[str, Any], *, optimizer: bool = True
 
 
 def load_optimizer(model: Any, optimizer: Any, state: dict[str, Any]) -> None:
-    """Load the name-keyed full optimizer state of ``state`` (sharding it if needed)."""
-    if not state.get("optimizer"):
-        return
-    from torch.distributed.checkpoint.state_dict import (
-        StateDictOptions,
-        set_optimizer_state_dict,
-    )
+    """Load the name-keyed full optimizer state of ``state`` into ``optimizer``.
 
-    set_optimizer_state_dict(model, optimizer, state["optimizer"],
-                             options=StateDictOptions(full_state_dict=True))
+    A sharded model gets it through ``set_optimizer_state_dict`` (which shards it);
+    a plain one by mapping names back to the optimizer's parameter positions.
+    """
+    saved = state.get("optimizer")
+    if not saved:
+        return
+    if any(hasattr(p, "to_local") for p in model.parameters()):
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(model, optimizer, saved,
+                                 options=StateDictOptions(full_state_dict=True))
+        return
+    names = {id(p): n for n, p in model.named_parameters()}
+    position: dict[str, int] = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            position[names[id(p)]] = len(position)
+    groups = [
+        {**g, "params": [position[n] for n in g["params"]]} for g in saved["param_groups"]
+    ]
+    optimizer.load_state_dict({
+        "state": {position[n]: v for n, v in saved["state"].items()},
+        "param_groups": groups,
+    })
 
 
 def cpu_state(state: dict[str, Any]) -> dict[str, Any]:
