@@ -504,6 +504,11 @@ class KubernetesBackend(DaskClusterBackend):
             autoscaler = await DaskAutoscaler.get(self.cluster_name, namespace=self.namespace,
                                                   timeout=1)
             await autoscaler.delete()
+            # the operator holds a finalizer while its autoscaling timer stops; once it is
+            # gone no late decision can change the worker count any more
+            deadline = time.monotonic() + 15
+            while await autoscaler.exists() and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
         with contextlib.suppress(kr8s.NotFoundError):
             group = await DaskWorkerGroup.get(f"{self.cluster_name}-default",
                                               namespace=self.namespace, timeout=1)

@@ -254,8 +254,24 @@ class TrainingController:
 
     # -- data, state and checkpoints ------------------------------------------------------
     def _ensure_data(self) -> list[Future]:
-        """The data's futures; scattered again if every copy was lost with its workers."""
-        if not self._data or any(f.status != "finished" for f in self._data):
+        """The data's futures, on every worker; sent again if all copies were lost.
+
+        Arrays and tensors are scattered once to every worker. Dask collections are
+        computed on the cluster (each partition where it already lives) into one array,
+        then replicated to the workers; it never passes through the notebook.
+        """
+        if self._data and all(f.status == "finished" for f in self._data):
+            return self._data
+        from dask import is_dask_collection
+
+        if any(is_dask_collection(d) for d in (self.X, self.y)):
+            parts = [self.client.compute(d) if is_dask_collection(d) else d
+                     for d in (self.X, self.y)]
+            local = [d for d in parts if not hasattr(d, "key")]
+            scattered = iter(self.client.scatter(local, hash=False) if local else [])
+            self._data = [d if hasattr(d, "key") else next(scattered) for d in parts]
+            self.client.replicate(self._data)
+        else:
             self._data = self.client.scatter([self.X, self.y], broadcast=True, hash=False)
         return self._data
 

@@ -37,6 +37,12 @@ def preflight(net: Any, X: Any, y: Any) -> None:
             raise UsageError(
                 f"X has {n_x} samples but y has {n_y}; they must have the same length"
             )
+    from dask import is_dask_collection
+
+    if is_dask_collection(X) or is_dask_collection(y):
+        # probe on the first rows only; the whole array is computed on the cluster
+        X = X[:2].compute() if is_dask_collection(X) else X
+        y = y[:2].compute() if is_dask_collection(y) else y
     try:
         cloudpickle.dumps(net)
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
