@@ -70,9 +70,11 @@ class TrainingRun:
 
     @property
     def status(self) -> str:
-        """``running``, ``finished`` or ``failed``."""
+        """``running``, ``finished``, ``cancelled`` or ``failed``."""
         if not self._done.is_set():
             return "running"
+        if isinstance(self.error, KeyboardInterrupt):
+            return "cancelled"
         return "failed" if self.error is not None else "finished"
 
     @property
@@ -111,6 +113,10 @@ class TrainingRun:
         return self.net
 
     result = wait
+
+    def cancel(self) -> None:
+        """Stop a running fit now; its ranks are ended and ``wait()`` raises."""
+        self.controller.cancel()
 
     # -- display -----------------------------------------------------------------------
     def _record(self, event: Event) -> None:

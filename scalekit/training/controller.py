@@ -110,6 +110,8 @@ class TrainingController:
         self._data: list[Future] = []
         self._state: dict[str, Any] | None = None  # newest state known to the controller
         self._resized: tuple[int, str] | None = None  # (old world, reason) until reported
+        self._current: Round | None = None
+        self._cancelled = False
 
     # -- public ------------------------------------------------------------------------
     def fit(self) -> Any:
@@ -159,6 +161,12 @@ class TrainingController:
             state_bytes=tuple(r.state_bytes for r in results),
         )
 
+    def cancel(self) -> None:
+        """Stop the fit now (from another thread); ``fit`` raises KeyboardInterrupt."""
+        self._cancelled = True
+        if self._current is not None:
+            self._current.cancelled.set()
+
     def request_shrink(self, n: int) -> None:
         """Shrink to ``n`` workers at the next safe point (called by the session)."""
         self._shrink_to = n
@@ -201,13 +209,16 @@ class TrainingController:
             checkpoint_seconds=self.ckpt_config.every_seconds, fit_params=self.fit_params,
             strategy=self.strategy,
         )
+        self._current = Round(
+            self.client, spec, workers, self._ensure_data(), beacons=self._beacons,
+            hang_timeout=self.config.hang_timeout, max_world=self.max_world,
+            shrink_to=lambda: self._shrink_to,
+            kill=lambda address, where: kill_local_or_restart(self.client, address, where),
+        )
+        if self._cancelled:
+            self._current.cancelled.set()
         try:
-            return Round(
-                self.client, spec, workers, self._ensure_data(), beacons=self._beacons,
-                hang_timeout=self.config.hang_timeout, max_world=self.max_world,
-                shrink_to=lambda: self._shrink_to,
-                kill=lambda address, where: kill_local_or_restart(self.client, address, where),
-            ).run()
+            return self._current.run()
         finally:
             self.generation += 1
 

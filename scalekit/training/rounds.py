@@ -121,6 +121,7 @@ class Round:
         self.stop_requested = False
         self.next_world: tuple[str, ...] = ()
         self.warming: dict[str, Future] = {}
+        self.cancelled = threading.Event()  # set from another thread: end the round now
 
     def run(self) -> RoundOutcome:
         from distributed import Event
@@ -139,8 +140,20 @@ class Round:
         ]
         try:
             return self._watch(futures, stop)
+        except BaseException:  # interrupted or cancelled: no rank may run on
+            self._abandon(futures)
+            raise
         finally:
             stop.clear()
+
+    def _abandon(self, futures: list[Future]) -> None:
+        """End every rank still running (a running task cannot be cancelled; its
+        process can, and the nanny starts a fresh worker)."""
+        running = [self.workers[i] for i, f in enumerate(futures) if f.status == "pending"]
+        for f in [*futures, *self.warming.values()]:
+            f.cancel()
+        if running:
+            self._end(running)
 
     def _end(self, workers: list[str]) -> None:
         try:
@@ -152,6 +165,8 @@ class Round:
         alive = set(self.workers)
         checked = 0.0
         while True:
+            if self.cancelled.is_set():
+                raise KeyboardInterrupt("training cancelled")
             states = [f.status for f in futures]
             if all(s == "finished" for s in states):
                 for f in self.warming.values():
