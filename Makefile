@@ -16,9 +16,13 @@ LAB_ARGS ?=
 # Jupyter refuses to run as root unless told (containers often run as root)
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 PYTEST_ARGS ?=
+# The browser tests (tests/ui) drive Debian's Chromium through Playwright (Playwright's
+# own browser download is not used); `make test` installs it once when it is missing.
+CHROMIUM ?= $(or $(SCALEKIT_CHROMIUM),/usr/bin/chromium)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help lab test test-fast demo lint install install-lab install-test constraints
+.PHONY: help lab test test-fast demo lint install install-lab install-test constraints chromium
 
 help:
 	@echo "make lab        install (once) and open $(NOTEBOOK) in JupyterLab on 127.0.0.1"
@@ -43,8 +47,22 @@ $(VENV)/.installed-test: pyproject.toml constraints.txt | $(BIN)/python
 	@touch $@ $(VENV)/.installed-lab
 
 install-lab: $(VENV)/.installed-lab
-install-test: $(VENV)/.installed-test
+install-test: $(VENV)/.installed-test chromium
 install: install-test
+
+# Idempotent: does nothing when $(CHROMIUM) exists. Without apt-get (not Debian/Ubuntu)
+# it only says so; the browser tests then skip, except under CI=true, where they fail.
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests (tests/ui)"; \
+	    $(SUDO) apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; \
+	  else \
+	    echo "note: $(CHROMIUM) missing and no apt-get; install Chromium and set" \
+	         "SCALEKIT_CHROMIUM to run the browser tests"; \
+	  fi; \
+	fi
 
 # -- the two main commands ------------------------------------------------------------
 lab: $(VENV)/.installed-lab
@@ -73,3 +91,14 @@ constraints: | $(BIN)/python
 	     | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > constraints.txt.new
 	@mv constraints.txt.new constraints.txt
 	@echo "wrote constraints.txt"
+
+# -- the JupyterLab extension (extensions/) --------------------------------------------
+# The install builds it (pyproject's jupyter-builder hook: npm install + a production
+# build, skipped while extensions/labextension is newer than extensions/src). Editing
+# its sources, styles or dependencies drops the old build, so the next install rebuilds.
+EXT_SOURCES := $(wildcard extensions/src/*.ts extensions/style/*) \
+	extensions/package.json extensions/package-lock.json extensions/tsconfig.json
+$(VENV)/.installed-lab $(VENV)/.installed-test: extensions/.sources-stamp
+extensions/.sources-stamp: $(EXT_SOURCES)
+	rm -rf extensions/labextension
+	@touch $@

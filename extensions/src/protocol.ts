@@ -1,0 +1,145 @@
+/**
+ * The messages between the kernel (`scalekit/labext.py`) and this extension.
+ *
+ * The kernel broadcasts snapshots (at most twice a second) as `comm_msg` on IOPub; the
+ * extension opens its own comm to the `scalekit` target to send intents, which the
+ * kernel answers with a reply on that comm.
+ */
+
+/** The comm target the kernel registers when `%load_ext scalekit` runs. */
+export const TARGET = 'scalekit';
+/** Present on every message of this protocol (`protocol` field). */
+export const PROTOCOL = 'scalekit/1';
+
+export interface IWorker {
+  name: string;
+  address: string;
+  nthreads: number;
+  /** percent of one core, as psutil reports it (100 * nthreads = fully busy) */
+  cpu: number;
+  memory: number;
+  memory_limit: number;
+  status: string;
+}
+
+export interface INotice {
+  level: string;
+  message: string;
+  time: number;
+}
+
+export interface ICluster {
+  id: string;
+  backend: string;
+  status: string;
+  workers: IWorker[];
+  n_workers: number;
+  requested: number | null;
+  totals: {
+    threads: number;
+    cpu: number;
+    /** percent of capacity: 100 = every thread busy */
+    cpu_percent: number;
+    memory: number;
+    memory_limit: number;
+  };
+  adaptive: { minimum: number; maximum: number } | null;
+  dashboard_link: string | null;
+  scheduler_address: string | null;
+  max_workers: number | null;
+  notice: INotice | null;
+  time: number;
+}
+
+export interface ICheckpoint {
+  epoch: number;
+  step: number;
+  url: string;
+  time: number;
+}
+
+export interface IRun {
+  run_id: string;
+  status: string;
+  epochs_done: number;
+  max_epochs: number | null;
+  start_epoch: number;
+  batch: [number, number, number] | null;
+  progress: number | null;
+  loss_key: string | null;
+  loss: number | null;
+  valid_loss: number | null;
+  world_size: number | null;
+  samples_per_s: number | null;
+  eta_s: number | null;
+  last_checkpoint: ICheckpoint | null;
+  recoveries: number;
+  lost_steps: number;
+  downtime_s: number;
+  started_at: number | null;
+  finished_at: number | null;
+  message: string;
+}
+
+export interface ISnapshot {
+  protocol: string;
+  type: 'snapshot';
+  seq: number;
+  time: number;
+  cluster: ICluster | null;
+  clusters: number;
+  runs: IRun[];
+}
+
+export interface IReply {
+  protocol: string;
+  type: 'reply';
+  request_id: string | null;
+  action: string | null;
+  ok: boolean;
+  message: string;
+}
+
+export type Intent =
+  | { action: 'scale'; n: number }
+  | { action: 'adapt'; minimum: number; maximum: number }
+  | { action: 'stop_adapt' }
+  | { action: 'close' }
+  | { action: 'sync' };
+
+function isRecord(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+/** Whether a comm message's data is a snapshot of this protocol. */
+export function isSnapshot(data: unknown): data is ISnapshot {
+  return (
+    isRecord(data) &&
+    data.protocol === PROTOCOL &&
+    data.type === 'snapshot' &&
+    typeof data.seq === 'number' &&
+    Array.isArray(data.runs) &&
+    (data.cluster === null || isRecord(data.cluster))
+  );
+}
+
+/** Whether a comm message's data is a reply of this protocol. */
+export function isReply(data: unknown): data is IReply {
+  return (
+    isRecord(data) &&
+    data.protocol === PROTOCOL &&
+    data.type === 'reply' &&
+    typeof data.ok === 'boolean'
+  );
+}
+
+/**
+ * Whether `next` should replace `current`: newer in the same kernel process, or from a
+ * new process (its counter starts again, its clock does not go back).
+ */
+export function isNewer(next: ISnapshot, current: ISnapshot | null): boolean {
+  if (current === null) {
+    return true;
+  }
+  return next.seq > current.seq || next.time > current.time;
+}

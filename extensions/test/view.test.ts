@@ -1,0 +1,260 @@
+import { describe, expect, it } from 'vitest';
+
+import {
+  ICluster,
+  IRun,
+  ISnapshot,
+  PROTOCOL,
+  isNewer,
+  isReply,
+  isSnapshot
+} from '../src/protocol';
+import {
+  clusterSummary,
+  formatLoss,
+  parseAdapt,
+  parseScale,
+  runRow,
+  runRows,
+  safeUrl,
+  statusText,
+  workerRow
+} from '../src/view';
+
+const GIB = 2 ** 30;
+
+function cluster(over: Partial<ICluster> = {}): ICluster {
+  return {
+    id: 'c1',
+    backend: 'local',
+    status: 'running',
+    workers: [0, 1].map(i => ({
+      name: `w${i}`,
+      address: `tcp://127.0.0.1:${4000 + i}`,
+      nthreads: 1,
+      cpu: 24,
+      memory: GIB / 4,
+      memory_limit: 4 * GIB,
+      status: 'running'
+    })),
+    n_workers: 2,
+    requested: 2,
+    totals: {
+      threads: 2,
+      cpu: 24,
+      cpu_percent: 24,
+      memory: GIB / 2,
+      memory_limit: 8 * GIB
+    },
+    adaptive: null,
+    dashboard_link: 'http://127.0.0.1:8787/status',
+    scheduler_address: 'tcp://127.0.0.1:4000',
+    max_workers: 8,
+    notice: null,
+    time: 1000,
+    ...over
+  };
+}
+
+function run(over: Partial<IRun> = {}): IRun {
+  return {
+    run_id: 'run-1',
+    status: 'running',
+    epochs_done: 3,
+    max_epochs: 10,
+    start_epoch: 0,
+    batch: null,
+    progress: 0.3,
+    loss_key: 'train_loss',
+    loss: 0.41234,
+    valid_loss: null,
+    world_size: 2,
+    samples_per_s: 512.4,
+    eta_s: 70,
+    last_checkpoint: null,
+    recoveries: 0,
+    lost_steps: 0,
+    downtime_s: 0,
+    started_at: 900,
+    finished_at: null,
+    message: '',
+    ...over
+  };
+}
+
+function snapshot(over: Partial<ISnapshot> = {}): ISnapshot {
+  return {
+    protocol: PROTOCOL,
+    type: 'snapshot',
+    seq: 1,
+    time: 1000,
+    cluster: cluster(),
+    clusters: 1,
+    runs: [],
+    ...over
+  };
+}
+
+describe('status bar text', () => {
+  it('shows workers, CPU and memory', () => {
+    expect(statusText(snapshot())).toBe(
+      '⚙ 2 workers · CPU 24% · mem 0.5/8.0 GiB'
+    );
+  });
+
+  it('adds epoch and loss while a fit runs', () => {
+    const s = snapshot({
+      runs: [run({ status: 'finished' }), run({ run_id: 'b' })]
+    });
+    expect(statusText(s)).toBe(
+      '⚙ 2 workers · CPU 24% · mem 0.5/8.0 GiB · epoch 3/10 · loss 0.412'
+    );
+  });
+
+  it('shows nothing for kernels without scalekit or without a cluster and fit', () => {
+    expect(statusText(null)).toBeNull();
+    expect(statusText(snapshot({ cluster: null }))).toBeNull();
+    expect(
+      statusText(
+        snapshot({ cluster: null, runs: [run({ status: 'finished' })] })
+      )
+    ).toBeNull();
+  });
+
+  it('says one worker and memory without limits', () => {
+    const c = cluster({
+      n_workers: 1,
+      totals: {
+        threads: 1,
+        cpu: 0,
+        cpu_percent: 0,
+        memory: GIB,
+        memory_limit: 0
+      }
+    });
+    expect(statusText(snapshot({ cluster: c }))).toBe(
+      '⚙ 1 worker · CPU 0% · mem 1.0 GiB'
+    );
+  });
+});
+
+describe('cluster view', () => {
+  it('draws per-worker bars as fractions of threads and limits', () => {
+    const row = workerRow({ ...cluster().workers[0], nthreads: 2, cpu: 150 });
+    expect(row.cpu.fraction).toBeCloseTo(0.75);
+    expect(row.cpu.label).toBe('150%');
+    expect(row.memory.fraction).toBeCloseTo(1 / 16);
+    expect(row.memory.warn).toBe(false);
+    const hot = workerRow({
+      ...cluster().workers[0],
+      cpu: 130,
+      memory: 3.5 * GIB
+    });
+    expect(hot.cpu.fraction).toBe(1);
+    expect(hot.cpu.warn).toBe(true);
+    expect(hot.memory.warn).toBe(true);
+  });
+
+  it('summarises requested size and adaptive bounds', () => {
+    expect(clusterSummary(cluster({ requested: 3 }))).toBe(
+      '2 workers (requested 3) · 2 threads · CPU 24% · mem 0.5/8.0 GiB'
+    );
+    expect(
+      clusterSummary(cluster({ adaptive: { minimum: 1, maximum: 4 } }))
+    ).toMatch(/^2 workers · adaptive 1\.\.4 · /);
+  });
+
+  it('links only to http(s) dashboards', () => {
+    expect(safeUrl('http://127.0.0.1:8787/status')).toBe(
+      'http://127.0.0.1:8787/status'
+    );
+    expect(safeUrl('javascript:alert(1)')).toBeNull();
+    expect(safeUrl(null)).toBeNull();
+  });
+});
+
+describe('runs', () => {
+  it('lists runs newest first with checkpoint and recoveries', () => {
+    const s = snapshot({
+      runs: [
+        run({ run_id: 'old', status: 'finished', progress: 1 }),
+        run({
+          run_id: 'new',
+          batch: [3, 5, 10],
+          recoveries: 2,
+          lost_steps: 7,
+          downtime_s: 4,
+          last_checkpoint: { epoch: 3, step: 0, url: 'file:///ck/3', time: 990 }
+        })
+      ]
+    });
+    const rows = runRows(s, 1000);
+    expect(rows.map(r => r.id)).toEqual(['new', 'old']);
+    expect(rows[0].headline).toBe('epoch 3/10 · loss 0.412');
+    expect(rows[0].details).toContain('batch 5/10 of epoch 4');
+    expect(rows[0].details).toContain(
+      'checkpoint: epoch 3 · 10 s ago · file:///ck/3'
+    );
+    expect(rows[0].details).toContain(
+      '2 recoveries · 7 steps redone · 4 s down'
+    );
+    expect(rows[1].progress).toBe(1);
+    expect(rows[1].details).toContain('no checkpoint yet');
+  });
+
+  it('formats losses for a narrow space', () => {
+    expect(formatLoss(0.000012)).toBe('1.20e-5');
+    expect(formatLoss(1.5)).toBe('1.50');
+    expect(formatLoss(null)).toBe('–');
+    expect(runRow(run({ valid_loss: 0.5 }), 0).headline).toBe(
+      'epoch 3/10 · loss 0.412 · valid 0.500'
+    );
+  });
+});
+
+describe('controls', () => {
+  it('checks the worker count as the kernel will', () => {
+    expect(parseScale('3', 8)).toEqual({ ok: true, value: 3 });
+    expect(parseScale(' 8 ', 8)).toEqual({ ok: true, value: 8 });
+    expect(parseScale('9', 8)).toEqual({
+      ok: false,
+      error: 'workers: choose 1..8'
+    });
+    expect(parseScale('0', null).ok).toBe(false);
+    expect(parseScale('2.5', 8).ok).toBe(false);
+    expect(parseScale('', 8).ok).toBe(false);
+  });
+
+  it('checks adaptive bounds', () => {
+    expect(parseAdapt('1', '4', 8)).toEqual({
+      ok: true,
+      value: { minimum: 1, maximum: 4 }
+    });
+    expect(parseAdapt('5', '2', 8)).toEqual({
+      ok: false,
+      error: 'minimum must not exceed maximum'
+    });
+    expect(parseAdapt('1', '9', 8).ok).toBe(false);
+    expect(parseAdapt('x', '2', 8).ok).toBe(false);
+  });
+});
+
+describe('protocol', () => {
+  it('recognises snapshots and replies', () => {
+    expect(isSnapshot(snapshot())).toBe(true);
+    expect(isSnapshot({ ...snapshot(), protocol: 'other/1' })).toBe(false);
+    expect(isSnapshot({ method: 'update', state: {} })).toBe(false);
+    expect(
+      isReply({ protocol: PROTOCOL, type: 'reply', ok: true, request_id: 'r1' })
+    ).toBe(true);
+  });
+
+  it('keeps the newest snapshot, and takes a restarted kernel’s first one', () => {
+    const a = snapshot({ seq: 5, time: 1000 });
+    expect(isNewer(snapshot({ seq: 6, time: 1001 }), a)).toBe(true);
+    expect(isNewer(snapshot({ seq: 4, time: 999 }), a)).toBe(false);
+    expect(isNewer(a, a)).toBe(false);
+    expect(isNewer(snapshot({ seq: 1, time: 2000 }), a)).toBe(true);
+    expect(isNewer(a, null)).toBe(true);
+  });
+});
