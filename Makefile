@@ -68,7 +68,7 @@ chromium:
 lab: $(VENV)/.installed-lab
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 --ServerApp.root_dir="$(CURDIR)" $(ROOT_ARGS) $(LAB_ARGS) $(NOTEBOOK)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test chromium
 	$(BIN)/python -m pytest --durations=15 $(PYTEST_ARGS)
 
 # -- the rest -------------------------------------------------------------------------

@@ -35,7 +35,8 @@ def _y_bounds(values: Sequence[float], y_range: tuple[float, float] | None) -> t
         pad = abs(hi) * 0.1 or 1.0
         return lo - pad, hi + pad
     pad = (hi - lo) * 0.05
-    return lo - pad, hi + pad
+    # losses and scores are not negative: keep the axis from dipping below zero
+    return (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
 
 
 def line_chart_svg(

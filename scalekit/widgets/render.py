@@ -57,9 +57,15 @@ def _fraction(used: float, limit: float) -> float:
 
 
 def _safe_url(url: str | None) -> str | None:
-    """The URL if it is plain http(s), else ``None`` (never a ``javascript:`` href)."""
-    if url and url.strip().lower().startswith(("http://", "https://")):
-        return url.strip()
+    """The URL if it is plain http(s) or a same-origin path (JupyterHub/Binder proxy
+    links such as ``/user/x/proxy/8787/status``), else ``None`` (never ``javascript:``)."""
+    if not url:
+        return None
+    url = url.strip()
+    if url.lower().startswith(("http://", "https://")):
+        return url
+    if url.startswith("/") and not url.startswith("//"):
+        return url
     return None
 
 

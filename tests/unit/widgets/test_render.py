@@ -76,7 +76,13 @@ def test_html_is_escaped() -> None:
     assert "<script>" not in render.notice_html("error", evil)
 
 
-@pytest.mark.parametrize("url", ["javascript:alert(1)", "", None, "data:text/html,x"])
+def test_dashboard_link_keeps_a_jupyterhub_proxy_path():
+    html = render.dashboard_html("/user/binder-abc/proxy/8787/status")
+    assert 'href="/user/binder-abc/proxy/8787/status"' in html
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "", None, "data:text/html,x",
+                                 "//evil.example/x"])
 def test_dashboard_link_only_for_http(url: str | None) -> None:
     assert render.dashboard_html(url) == ""
 

@@ -1,0 +1,61 @@
+"""The distributed-training tutorial in JupyterLab: the live training panel and the result."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from ui_harness import element_screenshot, find_cell, wait_for_widget
+
+pytestmark = pytest.mark.slow
+
+TRAINING = "02_distributed_training.ipynb"
+COMPARE = find_cell(TRAINING, "results.items()", "code")  # the table of accuracies
+
+
+def last_fit_cell() -> int:
+    """The last code cell that calls ``sk.fit``: its panel shows the final run."""
+    import nbformat
+    from ui_harness import NOTEBOOKS
+
+    nb = nbformat.read(NOTEBOOKS / TRAINING, as_version=4)
+    return max(i for i, c in enumerate(nb.cells)
+               if c.cell_type == "code" and "sk.fit(" in c.source)
+
+
+@pytest.mark.timeout(600)
+def test_training_tutorial_shows_progress_loss_curve_and_accuracy(open_notebook: Any,
+                                                                 lab_server: Any) -> None:
+    from playwright.sync_api import expect
+
+    nb = open_notebook(lab_server, TRAINING)
+    nb.run_all(timeout=480)
+
+    fit = last_fit_cell()
+    panel = wait_for_widget(nb.output(fit), ".scalekit-training-panel", page=nb.page,
+                            name="training-panel", timeout=60)
+    # the progress reached the last epoch and the run finished
+    progress = panel.locator(".scalekit-epoch-progress")
+    expect(progress).to_contain_text(re.compile(r"epoch (\d+)/\1\b"))
+    done, total = map(int, re.search(r"epoch (\d+)/(\d+)", progress.inner_text()).groups())
+    assert done == total > 1
+    expect(panel.locator(".scalekit-training-status")).to_contain_text("finished")
+    # the loss chart is drawn: one point per epoch on a visible polyline
+    chart = panel.locator("svg.scalekit-loss-chart")
+    expect(chart).to_be_visible()
+    line = chart.locator("polyline").first
+    points = line.get_attribute("points").split()
+    assert len(points) == total, f"{len(points)} points on the loss curve for {total} epochs"
+    # one row per epoch in the epoch log
+    expect(panel.locator("table.scalekit-epoch-table tr.scalekit-epoch-row")).to_have_count(
+        total)
+    element_screenshot(nb.page, panel, "training-panel", docs=True)
+
+    # the final accuracies are printed, and good
+    table = nb.output(COMPARE).inner_text()
+    rows = re.findall(r"^(.*?)\s+(\d\.\d+)\s+(\d+\.\d+)\s*$", table, flags=re.M)
+    assert any("2 workers" in how for how, _, _ in rows), table
+    for how, accuracy, _seconds in rows:
+        assert float(accuracy) > 0.85, f"{how.strip()}: test accuracy {accuracy}"
+    element_screenshot(nb.page, nb.output(COMPARE), "training-accuracy")
