@@ -18,9 +18,9 @@ from scalekit.errors import ClusterError
 logger = logging.getLogger(__name__)
 
 DOCS = "docs/kubernetes.md"
-RBAC_DOC = f"{DOCS} (section 'Minimum RBAC')"
-OPERATOR_DOC = f"{DOCS} (section 'Install the Dask operator')"
-IMAGE_DOC = f"{DOCS} (section 'The image')"
+RBAC_DOC = f"{DOCS}, section 'Minimum RBAC'"
+OPERATOR_DOC = f"{DOCS}, section 'Install the Dask operator'"
+IMAGE_DOC = f"{DOCS}, section 'The image'"
 # container states that will not get better by waiting
 FATAL_REASONS = ("CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName",
                  "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError",
@@ -56,7 +56,7 @@ class ForbiddenError(KubernetesError):
         super().__init__(
             f"Kubernetes refused to {verb} {resource} ({api_group}){where}: the notebook's "
             f"credentials lack RBAC permission {verb!r} on {resource!r}. Grant it with a Role "
-            f"as in {RBAC_DOC}.",
+            f"(see {RBAC_DOC}).",
             f"API server said: {server_message}" if server_message else "")
 
 
@@ -155,10 +155,10 @@ def failure_message(pod: PodState, cluster: str) -> str:
     if "Image" in pod.reason or pod.reason == "ErrImagePull":
         return (f"the {pod.component} pod {pod.name} of cluster {cluster!r} cannot pull its "
                 f"image ({pod.reason}). Check the image name and tag, and the "
-                f"image-pull-secrets for a private registry ({IMAGE_DOC}).")
+                f"image-pull-secrets for a private registry (see {IMAGE_DOC}).")
     return (f"the {pod.component} pod {pod.name} of cluster {cluster!r} is crash-looping "
             f"({pod.describe()}). Its image must run `dask {pod.component}` with the "
-            f"notebook's dask, distributed, torch and scalekit versions ({IMAGE_DOC}).")
+            f"notebook's dask, distributed, torch and scalekit versions (see {IMAGE_DOC}).")
 
 
 async def collect_evidence(namespace: str, pod: PodState, lines: int = 25) -> str:
@@ -270,7 +270,7 @@ def translate(exc: BaseException, *, namespace: str | None = None,
                         "scalekit.kubernetes.namespace.")
                 return OperatorMissingError(
                     "the Dask operator's custom resources (kubernetes.dask.org/v1) are not "
-                    f"installed in this cluster. Install the operator first: {OPERATOR_DOC}.",
+                    f"installed in this cluster. Install the operator first (see {OPERATOR_DOC}).",
                     f"API server said: {message} ({response.request.method} "
                     f"{response.request.url.path})")
             if code == 404 and "namespaces" in message and "not found" in message:

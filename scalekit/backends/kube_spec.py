@@ -133,17 +133,23 @@ def _http_probe(initial: int, period: int, timeout: int | None = None) -> dict[s
     return probe
 
 
-def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig,
-                       name: str) -> dict[str, Any]:
-    """The ``DaskCluster`` manifest for ``cluster`` (worker count, threads, memory) and
-    ``kube`` (image, resources, scheduling, labels).
-    """
+def require_image(kube: KubernetesConfig) -> str:
+    """The configured image, or a ConfigError that says how to set one."""
     if not kube.image:
         raise ConfigError(
             "scalekit.kubernetes.image", kube.image,
             "an image with scalekit, torch and this notebook's dask/distributed versions",
             "Pass --image to `%scalekit up` or set scalekit.kubernetes.image "
-            "(docs/kubernetes.md, 'The image').")
+            "(see docs/kubernetes.md, section 'The image').")
+    return kube.image
+
+
+def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig,
+                       name: str) -> dict[str, Any]:
+    """The ``DaskCluster`` manifest for ``cluster`` (worker count, threads, memory) and
+    ``kube`` (image, resources, scheduling, labels).
+    """
+    require_image(kube)
     labels = {**kube.labels, **MANAGED_BY}
     gpus = int(kube.resources.get("limits", {}).get("gpu", 0))
     threads = str(cluster.threads_per_worker)

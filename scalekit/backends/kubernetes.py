@@ -42,7 +42,12 @@ from scalekit.backends.kube_errors import (
     pod_failure,
     translate,
 )
-from scalekit.backends.kube_spec import SCHEDULER_PORT, build_cluster_spec, cluster_name
+from scalekit.backends.kube_spec import (
+    SCHEDULER_PORT,
+    build_cluster_spec,
+    cluster_name,
+    require_image,
+)
 from scalekit.config import AdaptConfig, ClusterConfig, KubernetesConfig
 from scalekit.errors import ClusterError, ConfigError
 
@@ -50,7 +55,17 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 DETAILS_TTL = 2.0  # the panel samples twice a second; the pod list is read at most this often
+MAX_POD_LINES = 8  # the snapshot lists every pod up to this many, else the troubled ones
 PENDING_FIX_AFTER = 2.0  # seconds a ready cluster may sit in "Pending" before we fix it
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
 
 
 class _Loop:
@@ -197,12 +212,7 @@ class KubernetesBackend(DaskClusterBackend):
     def __init__(self, config: ClusterConfig, kube: KubernetesConfig | None = None) -> None:
         super().__init__(config)
         self.kube = kube or KubernetesConfig.from_config()
-        if not self.kube.image:
-            raise ConfigError(
-                "scalekit.kubernetes.image", self.kube.image,
-                "an image with scalekit, torch and this notebook's dask/distributed versions",
-                "Pass --image to `%scalekit up` or set scalekit.kubernetes.image "
-                "(docs/kubernetes.md, 'The image').")
+        require_image(self.kube)  # fail before anything starts
         self.cluster_name: str | None = None
         self.namespace: str | None = self.kube.namespace
         self.last_phase: str | None = None  # of the DaskCluster, as last observed
@@ -213,6 +223,7 @@ class KubernetesBackend(DaskClusterBackend):
         self._pending_since: float | None = None
         self._pods: list[PodState] = []
         self._pods_read = 0.0
+        self._created: bool | None = False  # we created the DaskCluster (None: unknown)
 
     # -- where the notebook runs -----------------------------------------------------------
     @property
@@ -235,9 +246,14 @@ class KubernetesBackend(DaskClusterBackend):
             self.namespace = self._io.run(self._preflight(), timeout=60)
             self.cluster_name = cluster_name(self.kube.name)
             spec = build_cluster_spec(self.kube, self.config, self.cluster_name)
+            # created here, on our own loop, so that a refusal comes back as it is (kr8s
+            # retries 403s with a re-login that races with KubeCluster's other requests);
+            # KubeCluster then finds it and connects
+            self._created = None  # unknown until the API answers
+            self._created = self._io.run(self._create(spec), timeout=60)
             forward = self.port_forward
             self._cluster = _KubeCluster(
-                watch=self._watch_start, forward=forward, custom_cluster_spec=spec,
+                watch=self._watch_from_cluster_loop, forward=forward, custom_cluster_spec=spec,
                 namespace=self.namespace, shutdown_on_close=not self.kube.keep_on_shutdown,
                 port_forward_cluster_ip=True if forward else None,
                 resource_timeout=int(self.kube.operator_timeout) + 30, quiet=True)
@@ -247,6 +263,8 @@ class KubernetesBackend(DaskClusterBackend):
             error = self._failed_start(exc)
             if error is exc or not isinstance(exc, Exception):
                 raise
+            if any(error is e for e in _causes(exc)):  # raised inside, wrapped on the way
+                raise error  # noqa: B904 - it keeps its own cause
             raise error from exc
         self._requested = self.config.workers
         logger.info("kubernetes cluster %s/%s up with %d workers in %.1fs", self.namespace,
@@ -269,8 +287,8 @@ class KubernetesBackend(DaskClusterBackend):
                     getattr(exc, "response", None), "status_code", None) == 404:
                 raise OperatorMissingError(
                     "the Dask operator's custom resources (kubernetes.dask.org/v1) are not "
-                    "installed in this cluster. Install the operator with Helm: "
-                    "docs/kubernetes.md (section 'Install the Dask operator').",
+                    "installed in this cluster. Install the operator with Helm (see "
+                    "docs/kubernetes.md, section 'Install the Dask operator').",
                     "GET /apis/kubernetes.dask.org/v1 answered 404 Not Found") from exc
             if error is not None:
                 raise error from exc
@@ -279,8 +297,31 @@ class KubernetesBackend(DaskClusterBackend):
         if missing:
             raise OperatorMissingError(
                 f"the Dask operator's CRDs are incomplete (missing {sorted(missing)}); "
-                "reinstall the operator (docs/kubernetes.md, 'Install the Dask operator').")
+                "reinstall the operator (see docs/kubernetes.md, section 'Install the Dask "
+                "operator').")
         return namespace
+
+    async def _create(self, spec: dict[str, Any]) -> bool:
+        """Create the DaskCluster; False if one of that name exists (a kept cluster)."""
+        import kr8s
+        from dask_kubernetes.operator._objects import DaskCluster
+
+        cluster = await DaskCluster(spec, namespace=self.namespace)
+        try:
+            await cluster.create()
+        except kr8s.ServerError as exc:
+            if getattr(exc.response, "status_code", None) == 409:
+                logger.info("DaskCluster %s/%s exists: connecting to it", self.namespace,
+                            self.cluster_name)
+                return False
+            raise translate(exc, namespace=self.namespace) or exc from exc
+        return True
+
+    def _watch_from_cluster_loop(self) -> Awaitable[None]:
+        """The start watch, run on our loop (our own kr8s client) for KubeCluster's loop."""
+        assert self._io is not None
+        return asyncio.wrap_future(
+            asyncio.run_coroutine_threadsafe(self._watch_start(), self._io.loop))
 
     async def _observe(self) -> list[PodState]:
         """Read the DaskCluster phase and the pods; fix #968's stuck 'Pending'."""
@@ -317,6 +358,9 @@ class KubernetesBackend(DaskClusterBackend):
                     service.status.get("loadBalancer", {}).get("ingress")):
                 return  # really pending: the load balancer has no address yet
             await cluster.patch({"status": {"phase": "Running"}})
+            if cluster.raw.get("status", {}).get("phase") != "Running":
+                # a CRD with a status subresource ignores status in the main resource
+                await cluster.patch({"status": {"phase": "Running"}}, subresource="status")
         except (kr8s.NotFoundError, kr8s.ServerError) as exc:
             logger.warning("DaskCluster %s stays Pending (dask/dask-kubernetes#968) and "
                            "could not be set Running: %s", self.cluster_name, exc)
@@ -348,16 +392,23 @@ class KubernetesBackend(DaskClusterBackend):
                 f"{self.kube.operator_timeout:g}s (it has no status.phase): the operator is "
                 f"not running or does not watch namespace {self.namespace!r}. Check "
                 "`kubectl get pods -A -l app.kubernetes.io/name=dask-kubernetes-operator` "
-                "and its logs (docs/kubernetes.md, 'Install the Dask operator').")
+                "and its logs (see docs/kubernetes.md, section 'Install the Dask operator').")
         if now > self._deadline:
+            scheduler_ready = any(p.component == "scheduler" and p.ready for p in pods)
+            stuck = sorted((p for p in pods if not p.ready),
+                           key=lambda p: p.component != "scheduler")
+            evidence = self._pods_text(pods)
+            if stuck:
+                evidence += "\n\n" + await collect_evidence(self.namespace or "default",
+                                                            stuck[0])
             raise StartTimeoutError(
                 f"the kubernetes cluster {self.cluster_name!r} did not start within "
                 f"{self.kube.start_timeout:g}s (scalekit.kubernetes.start-timeout); last "
                 f"observed DaskCluster phase: {self.last_phase or 'none'}"
-                + (" (a 'Pending' cluster may be dask/dask-kubernetes#968)"
-                   if self.last_phase == "Pending" else "")
+                + (" (dask/dask-kubernetes#968: patching it to Running failed)"
+                   if self.last_phase == "Pending" and scheduler_ready else "")
                 + f"; still waiting for {self._waiting_for(pods)}",
-                self._pods_text(pods), self.last_phase)
+                evidence, self.last_phase)
 
     def _waiting_for(self, pods: list[PodState]) -> str:
         schedulers = [p for p in pods if p.component == "scheduler"]
@@ -400,7 +451,7 @@ class KubernetesBackend(DaskClusterBackend):
                     f"the kubernetes cluster {self.cluster_name!r} failed to start: "
                     f"{type(exc).__name__}: {exc} (last DaskCluster phase: "
                     f"{self.last_phase or 'none'})\n\n{self._pods_text(self._pods)}")
-        self._cleanup(delete=True)
+        self._cleanup(delete=self._created is not False)  # a kept one we joined stays
         return error
 
     # -- close -----------------------------------------------------------------------------
@@ -416,8 +467,15 @@ class KubernetesBackend(DaskClusterBackend):
         self._closed = True
         io, client, cluster = self._io, self._client, self._cluster
         if delete and io is not None and self.cluster_name:
-            with contextlib.suppress(Exception):  # first: a kernel shutdown may cut us short
+            try:  # first: a kernel shutdown may cut the rest short
                 io.run(self._delete(), timeout=10)
+            except Exception as exc:
+                delete = False  # nothing to wait for below
+                logger.warning(
+                    "could not delete DaskCluster %s/%s: %s; delete it with `kubectl delete "
+                    "daskcluster -n %s %s`", self.namespace, self.cluster_name,
+                    translate(exc, namespace=self.namespace) or exc, self.namespace,
+                    self.cluster_name)
         for thing in (client, cluster):
             if thing is None:
                 continue
@@ -429,13 +487,13 @@ class KubernetesBackend(DaskClusterBackend):
                     thing.close()
             except Exception:  # closing must always finish; log what went wrong
                 logger.warning("closing %r failed", thing, exc_info=True)
-        if delete and io is not None and self.cluster_name:
+        if delete and io is not None and self.cluster_name and self.kube.close_timeout:
             try:
-                io.run(self._wait_gone(), timeout=self.kube.close_timeout + 5)
+                io.run(self._wait_gone(), timeout=self.kube.close_timeout)
             except Exception:
                 logger.warning("pods of %s/%s were still terminating after %gs",
                                self.namespace, self.cluster_name, self.kube.close_timeout)
-        elif self.cluster_name and not delete:
+        elif self.cluster_name and self.kube.keep_on_shutdown:
             logger.info("keeping kubernetes cluster %s/%s (keep-on-shutdown); delete it with "
                         "`kubectl delete daskcluster -n %s %s`", self.namespace,
                         self.cluster_name, self.namespace, self.cluster_name)
@@ -520,6 +578,7 @@ class KubernetesBackend(DaskClusterBackend):
         """The cluster's pods (scheduler and workers) as the API server has them."""
         if (fresh or time.monotonic() - self._pods_read > DETAILS_TTL) and (
                 self._io is not None and not self._closed and self.cluster_name):
+            self._pods_read = time.monotonic()  # an unreachable API is not asked at 2 Hz
             with self._translating():
                 self._io.run(self._observe(), timeout=10)
         return list(self._pods)
@@ -533,6 +592,15 @@ class KubernetesBackend(DaskClusterBackend):
         lines = [("cluster", f"{self.namespace}/{self.cluster_name} "
                              f"({self.last_phase or 'unknown'})"),
                  ("pods", f"{running} running, {len(pods) - running} other")]
-        lines += [(p.name, p.describe()) for p in sorted(
-            pods, key=lambda p: (p.component != "scheduler", p.name))]
+        ordered = sorted(pods, key=lambda p: (p.component != "scheduler", p.name))
+        if len(ordered) > MAX_POD_LINES:  # a big cluster: the scheduler and the troubled
+            healthy = [p for p in ordered if p.component != "scheduler" and p.ready
+                       and not p.restarts and not p.deleting]
+            shown = [p for p in ordered if p not in healthy][:MAX_POD_LINES]
+            rest = [p for p in ordered if p not in shown]
+            lines += [(p.name, p.describe()) for p in shown]
+            lines.append(("other pods", f"{len(rest)} more" + (
+                ", all running, ready, 0 restarts" if set(rest) <= set(healthy) else "")))
+        else:
+            lines += [(p.name, p.describe()) for p in ordered]
         return tuple(lines)

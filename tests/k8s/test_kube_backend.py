@@ -1,0 +1,165 @@
+"""The kubernetes backend on the emulated cluster: start, scale, adapt, snapshot, close,
+in-cluster DNS, keep-on-shutdown, and the #968 'Pending' race."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import dask.config
+import pytest
+from harness import Fault
+
+from scalekit.backends.kubernetes import KubernetesBackend
+from scalekit.events import ClusterSnapshot
+from scalekit.session import ClusterSession, cluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+
+def pod_ips(kube, component: str) -> list[str]:
+    return sorted(p["status"]["podIP"] for p in kube.pods(f"dask.org/component={component}")
+                  if p.get("status", {}).get("podIP") and not p["metadata"].get(
+                      "deletionTimestamp"))
+
+
+def worker_hosts(session: ClusterSession) -> list[str]:
+    return sorted(a.split("://")[1].rsplit(":", 1)[0] for a in session.client.nthreads())
+
+
+def wait_until(predicate, timeout: float = 120.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while not (result := predicate()):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.25)
+    return result
+
+
+def forward_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("scalekit-forward")]
+
+
+def test_start_scale_1_3_1_snapshot_and_close(notebook):
+    kube = notebook
+    s = cluster(workers=1, backend="kubernetes")
+    try:
+        backend = s.backend
+        assert isinstance(backend, KubernetesBackend) and backend.port_forward
+        name = backend.cluster_name
+        # the notebook is outside the cluster: it talks to the scheduler through a forward
+        assert s.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert forward_threads()
+        assert s.dashboard_link and s.dashboard_link.startswith("http://127.0.0.1:")
+        (dc,) = kube.dask("daskclusters")
+        assert dc["metadata"]["name"] == name
+        assert dc["status"]["phase"] == "Running"
+        assert dc["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "scalekit"
+        # workers are pods, each with its own address
+        assert worker_hosts(s) == pod_ips(kube, "worker")
+
+        snap = s.snapshot(fresh=True)
+        assert snap.backend == "kubernetes" and snap.status == "running"
+        assert snap.n_workers == 1 and snap.requested == 1
+        details = dict(snap.details)
+        assert details["cluster"] == f"scalekit/{name} (Running)"
+        pods = {k: v for k, v in snap.details if k.startswith(name)}
+        assert len(pods) == 2  # scheduler and one worker
+        assert all(v.startswith("Running, ready, 0 restarts") for v in pods.values()), pods
+        assert "pods:" in repr(s) or name in repr(s)
+
+        s.scale(3)
+        s.wait_for_workers(3, timeout=120)
+        assert kube.dask("daskworkergroups")[0]["spec"]["worker"]["replicas"] == 3
+        assert len(set(worker_hosts(s))) == 3
+        wait_until(lambda: len(pod_ips(kube, "worker")) == 3, what="three worker pods")
+        assert worker_hosts(s) == pod_ips(kube, "worker")
+        # the panel's snapshots (sampled by the session) show the three worker pods
+        wait_until(lambda: sum("worker" in k for k, _ in s.bus.latest(
+            ClusterSnapshot).details) == 3, 30, "three worker pods in the snapshot")
+
+        s.scale(1)
+        s.wait_for_workers(1, timeout=120)
+        wait_until(lambda: len(pod_ips(kube, "worker")) == 1, what="one worker pod")
+        assert s.backend.requested == 1
+    finally:
+        s.close()
+    assert s.closed and s.snapshot(fresh=True).status == "closed"
+    # close deleted the DaskCluster and waited for its pods; the forward is stopped
+    assert not kube.dask("daskclusters") and not kube.pods()
+    assert not kube.processes()
+    assert not forward_threads()
+
+
+def test_adapt_uses_a_dask_autoscaler(notebook):
+    kube = notebook
+    with cluster(workers=1, backend="kubernetes") as s:
+        name = s.backend.cluster_name
+        s.adapt(1, 3)
+        assert s.backend.adaptive == (1, 3) and s.backend.requested is None
+        (autoscaler,) = kube.dask("daskautoscalers")
+        assert autoscaler["spec"] == {"cluster": name, "minimum": 1, "maximum": 3}
+        assert s.snapshot(fresh=True).adaptive == (1, 3)
+        # load makes the scheduler ask for more workers; the operator scales every 5 s
+        futures = s.client.map(time.sleep, [0.5] * 400, pure=False)
+        wait_until(lambda: len(s.client.nthreads()) >= 2, 120, "the autoscaler to add workers")
+        s.client.cancel(futures)
+        s.stop_adapt()
+        assert not kube.dask("daskautoscalers")  # gone, finalizer and all
+        assert s.backend.adaptive is None
+        replicas = kube.dask("daskworkergroups")[0]["spec"]["worker"]["replicas"]
+        assert 2 <= replicas <= 3 and s.backend.requested == replicas
+        s.adapt(1, 2)
+        s.scale(1)  # a manual count ends adaptive scaling, as on the local backend
+        assert s.backend.adaptive is None and not kube.dask("daskautoscalers")
+        s.wait_for_workers(1, timeout=120)
+
+
+def test_inside_the_cluster_the_scheduler_is_reached_by_dns(notebook, monkeypatch):
+    kube = notebook
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")  # what every pod has
+    with kube.in_cluster_dns():
+        with cluster(workers=1, backend="kubernetes") as s:
+            assert not s.backend.port_forward
+            name = s.backend.cluster_name
+            assert s.scheduler_address == f"tcp://{name}-scheduler.scalekit:8786"
+            assert not forward_threads()
+            assert s.client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+
+
+def test_keep_on_shutdown_leaves_the_cluster_and_a_fixed_name_reconnects(notebook):
+    kube = notebook
+    name = f"kept-{os.getpid()}"
+    settings = {"scalekit.kubernetes.keep-on-shutdown": True, "scalekit.kubernetes.name": name}
+    with dask.config.set(settings):
+        first = cluster(workers=1, backend="kubernetes")
+        first.close()
+    try:
+        assert [c["metadata"]["name"] for c in kube.dask("daskclusters")] == [name]
+        wait_until(lambda: len(pod_ips(kube, "worker")) == 1, what="the kept worker")
+        with dask.config.set({"scalekit.kubernetes.name": name}):
+            second = cluster(workers=1, backend="kubernetes")  # connects to the kept one
+        assert second.backend.cluster_name == name
+        assert len(second.client.nthreads()) == 1
+        second.close()  # not kept this time: deleted
+    finally:
+        if kube.dask("daskclusters"):
+            kube.call(lambda: kube.store.delete(
+                kube.store.kind("kubernetes.dask.org", "v1", "daskclusters"), "scalekit",
+                name))
+    assert not kube.dask("daskclusters")
+
+
+def test_a_cluster_left_pending_by_the_operator_race_still_starts(notebook, caplog):
+    """dask/dask-kubernetes#968: the operator's 'Pending' lands after 'Running'."""
+    kube = notebook
+    race = kube.fault(Fault(
+        "patch", "daskclusters", code=None, delay=1.5,
+        when=lambda body: isinstance(body, dict)
+        and (body.get("status") or {}).get("phase") == "Pending"))
+    with cluster(workers=1, backend="kubernetes") as s:
+        assert race.hits >= 1
+        assert s.backend.pending_fixed
+        assert kube.dask("daskclusters")[0]["status"]["phase"] == "Running"
+    assert "dask/dask-kubernetes#968" in caplog.text
