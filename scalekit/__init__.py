@@ -15,6 +15,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "cluster": "scalekit.session",
     "fit": "scalekit.runs",
+    "plan": "scalekit.planner",
     "train": "scalekit.runs",
     "TrainingRun": "scalekit.runs",
     "TrainConfig": "scalekit.config",

@@ -11,6 +11,7 @@ import atexit
 import logging
 import threading
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from scalekit.backends import ClusterBackend, make_backend
@@ -50,11 +51,12 @@ class ClusterSession:
         *,
         panel: PanelConfig | None = None,
         backend: ClusterBackend | None = None,
+        kubernetes: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.panel_config = panel or PanelConfig.from_config()
         self.bus = EventBus()
-        self.backend = backend or make_backend(config)
+        self.backend = backend or make_backend(config, kubernetes)
         self.sampler = MetricsSampler(self.backend.snapshot, self.bus, self.panel_config.refresh)
         self._panel: ClusterPanel | None = None
         self.started_at: float | None = None
@@ -244,12 +246,15 @@ def cluster(
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
     max_workers: int | None = None,
+    kubernetes: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> ClusterSession:
     """Start a Dask cluster and return its :class:`ClusterSession`.
 
     Unset (``None``) arguments come from ``dask.config`` (``scalekit.cluster.*``); to
-    run workers without a memory limit pass ``memory_limit="none"``.
+    run workers without a memory limit pass ``memory_limit="none"``. For
+    ``backend="kubernetes"``, ``kubernetes={"image": ..., "namespace": ...}`` overrides
+    ``scalekit.kubernetes.*`` (see docs/kubernetes.md).
 
     Examples
     --------
@@ -266,7 +271,7 @@ def cluster(
         max_workers=max_workers,
         **options,
     )
-    return ClusterSession(config).start()
+    return ClusterSession(config, kubernetes=kubernetes).start()
 
 
 def active_sessions() -> list[ClusterSession]:

@@ -46,6 +46,34 @@ class RankSpec:
     strategy: Any = None  # a scalekit.training.strategies object (None: DDP)
     fit_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # skorch's __getstate__ pickles module_/optimizer_/criterion_ with the stdlib
+        # pickle, i.e. by reference: a module class defined in a notebook (__main__)
+        # then fails to unpickle on a worker, and again between workers. Send the net
+        # by value, all of it.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        net = fields.pop("net")
+        return (_spec_from, (fields, dumps_by_value(net)))
+
+
+def _spec_from(fields: dict[str, Any], net: bytes) -> RankSpec:
+    import cloudpickle
+
+    return RankSpec(net=cloudpickle.loads(net), **fields)
+
+
+def dumps_by_value(net: Any) -> bytes:
+    """``cloudpickle.dumps(net)``, also for the parts skorch pickles itself."""
+    import cloudpickle
+    import skorch.net
+
+    original = skorch.net.pickle
+    skorch.net.pickle = cloudpickle  # its output loads with the stdlib unpickler
+    try:
+        return cloudpickle.dumps(net)
+    finally:
+        skorch.net.pickle = original
+
 
 @dataclasses.dataclass
 class RankResult:

@@ -176,6 +176,7 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
     if isinstance(strategy, FSDP):
         from torch.distributed.fsdp import fully_shard
 
+        keep_large_buffers_out_of_the_heap()
         mesh = None
         if isinstance(strategy, Hybrid):
             from torch.distributed.device_mesh import init_device_mesh
@@ -193,6 +194,30 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
 
     ddp = DistributedDataParallel(module, device_ids=device_ids)
     return Prepared(strategy, ddp, module, module)
+
+
+def keep_large_buffers_out_of_the_heap(threshold: int = 1 << 20) -> None:
+    """glibc: serve allocations of ``threshold`` bytes and more with ``mmap``, so their
+    memory goes back to the system when freed.
+
+    FSDP gathers each unit's full parameters and gradients and frees them again, every
+    step. glibc's default mmap threshold is *dynamic*: after the first such buffer is
+    freed it rises to its size, later buffers come from the heap, and the freed heap
+    fragments and stays resident. Measured here (a 12.7M-parameter MLP, 2 ranks, gloo):
+    an fsdp rank's peak RSS grew to 800-880 MiB, above ddp's 510 MiB, instead of the
+    440 MiB it reaches with a fixed threshold. A no-op where there is no ``mallopt``.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, int(threshold))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        pass
 
 
 def _shard_units(module: Any, wrap: str | tuple[str, ...]) -> list[Any]:
