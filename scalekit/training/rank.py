@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import random
+import threading
 import time
 from datetime import timedelta
 from typing import Any
@@ -56,10 +57,18 @@ class RankSpec:
         return (_spec_from, (fields, dumps_by_value(net)))
 
 
+# A fresh worker may unpickle a RankSpec (on its event loop: it imports skorch and
+# torch) while warm_worker imports the same packages in its executor thread. Concurrent
+# first imports of one package can fail in CPython < 3.14 (KeyError('skorch') from
+# importlib, python/cpython#83065), which failed whole fits: take turns.
+FIRST_IMPORTS = threading.Lock()
+
+
 def _spec_from(fields: dict[str, Any], net: bytes) -> RankSpec:
     import cloudpickle
 
-    return RankSpec(net=cloudpickle.loads(net), **fields)
+    with FIRST_IMPORTS:
+        return RankSpec(net=cloudpickle.loads(net), **fields)
 
 
 def dumps_by_value(net: Any) -> bytes:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from scalekit.training.policy import Failure, classify, decide_membership
-from scalekit.training.rank import RankResult, RankSpec, run_rank
+from scalekit.training.rank import FIRST_IMPORTS, RankResult, RankSpec, run_rank
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 POLL_S = 0.05
 MEMBERSHIP_S = 0.2
 SETTLE_S = 1.0  # after a failure, how long the surviving ranks get to fail on their own
+GONE_S = 15.0  # how long to wait for ended workers to leave before the next round
 
 
 @dataclasses.dataclass
@@ -77,13 +78,14 @@ def kill_local_or_restart(client: Client, address: str, where: tuple[str, int] |
 def warm_worker() -> None:
     """Pay a fresh worker's one-off costs (importing torch, its first optimizer step,
     which imports torch._dynamo) before it joins a round."""
-    import torch
+    with FIRST_IMPORTS:  # not while a RankSpec is unpickled (see rank.FIRST_IMPORTS)
+        import torch
 
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.SGD([p], lr=0.1)
-    p.sum().backward()
-    opt.step()
-    import skorch  # noqa: F401
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=0.1)
+        p.sum().backward()
+        opt.step()
+        import skorch  # noqa: F401
 
 
 async def _exit_process() -> None:  # runs on a worker's event loop, not its blocked thread
@@ -128,8 +130,11 @@ class Round:
 
         self.beacons.reset(self.spec.generation)
         stop = Event(self.spec.stop_event, client=self.client)
-        spec_future = self.client.scatter(self.spec, hash=False, broadcast=True,
-                                          workers=self.workers)
+        try:
+            spec_future = self.client.scatter(self.spec, hash=False, broadcast=True,
+                                              workers=self.workers)
+        except OSError as exc:  # CommClosedError: a worker of this round went away
+            return self._lost_before_start(exc)
         futures = [
             self.client.submit(
                 run_rank, spec_future, rank, *self.data,
@@ -238,4 +243,28 @@ class Round:
             threading.Thread(target=self._end, args=(stuck,), daemon=True).start()
         for f in self.warming.values():
             f.cancel()
+        # the next round must not count on workers that are being ended
+        self._wait_gone(stuck + [self.workers[r] for r in hung])
         return RoundOutcome("failed", failure=failure, failed_at=noticed, error=error)
+
+    def _wait_gone(self, workers: list[str], timeout: float = GONE_S) -> None:
+        deadline = time.monotonic() + timeout
+        while workers and time.monotonic() < deadline:
+            if not set(workers) & set(self.client.nthreads()):
+                return
+            time.sleep(POLL_S)
+
+    def _lost_before_start(self, exc: BaseException) -> RoundOutcome:
+        """A worker left between the membership check and the start of the round."""
+        noticed = time.monotonic()
+        deadline = noticed + GONE_S
+        while True:
+            alive = set(self.client.nthreads())
+            gone = [r for r, w in enumerate(self.workers) if w not in alive]
+            if gone or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        rank = gone[0] if gone else 0
+        failure = Failure("lost", rank=rank, worker=self.workers[rank],
+                          message=f"{type(exc).__name__}: {exc}")
+        return RoundOutcome("failed", failure=failure, failed_at=noticed)

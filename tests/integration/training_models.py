@@ -1,0 +1,194 @@
+"""Models and data for tests/integration/test_training.py and test_elastic.py.
+
+They live in an importable module, not inside test functions: the workers unpickle the
+nets the tests send them, and that needs the classes to be importable by name.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from skorch.callbacks import Callback
+from torch import nn
+
+FAIL_ENV = "SCALEKIT_TEST_FAIL_IN_FORWARD"
+
+
+class DigitsMLP(nn.Module):
+    """8x8 digit images in, class probabilities out (skorch's NeuralNetClassifier
+    applies NLLLoss to the log of the output)."""
+
+    def __init__(self, n_in: int = 64, hidden: int = 64) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 10), nn.Softmax(dim=-1)
+        )
+
+    def forward(self, X):
+        return self.seq(X)
+
+
+class FailingMLP(DigitsMLP):
+    """Raises in forward on a worker where ``FAIL_ENV`` is set (see ``client.run``)."""
+
+    def forward(self, X):
+        if os.environ.get(FAIL_ENV):
+            raise RuntimeError(f"injected failure in forward ({FAIL_ENV} is set)")
+        return super().forward(X)
+
+
+def set_failing(on: bool) -> bool:
+    """Run on a worker with ``client.run``: make ``FailingMLP`` fail there (or not).
+
+    (``client.run(os.environ.__setitem__, ...)`` would not do: that bound method pickles
+    a *copy* of this process's ``os.environ``.)
+    """
+    if on:
+        os.environ[FAIL_ENV] = "1"
+    else:
+        os.environ.pop(FAIL_ENV, None)
+    return FAIL_ENV in os.environ
+
+
+class Logits(nn.Module):
+    """A plain torch model for ``sk.train`` (logits; CrossEntropyLoss)."""
+
+    def __init__(self, n_in: int = 64, hidden: int = 32) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, X):
+        return self.seq(X)
+
+
+NOTEBOOK_CELL = """
+from torch import nn
+
+
+class NotebookMLP(nn.Module):
+    def __init__(self, hidden=64):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+    def forward(self, X):
+        return self.seq(X)
+"""
+
+
+def notebook_class():
+    """A module class as a notebook cell defines it: in ``__main__``, where the workers
+    cannot import it from, so it must travel by value."""
+    namespace = {"__name__": "__main__"}
+    exec(compile(NOTEBOOK_CELL, "<notebook cell>", "exec"), namespace)
+    cls = namespace["NotebookMLP"]
+    assert cls.__module__ == "__main__"
+    return cls
+
+
+def digits():
+    """load_digits as float32 in [0, 1] and int64 labels, split 75/25 with a fixed seed."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    X, y = load_digits(return_X_y=True)
+    X = (X / 16.0).astype(np.float32)
+    y = y.astype(np.int64)
+    return train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
+
+
+# -- tests/integration/test_elastic.py --------------------------------------------------
+
+
+class WideMLP(nn.Module):
+    """64 -> 256 -> 256 -> 10 (logits; use CrossEntropyLoss): big enough that an epoch of
+    :func:`digits_x4` takes about a second, so injected faults land mid-epoch."""
+
+    def __init__(self, n_in: int = 64, hidden: int = 256) -> None:
+        super().__init__()
+        self.seq = nn.Sequential(
+            nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+            nn.Linear(hidden, 10),
+        )
+
+    def forward(self, X):
+        return self.seq(X)
+
+
+def digits_x4():
+    """:func:`digits` with the training set repeated four times (same test set)."""
+    X_train, X_test, y_train, y_test = digits()
+    return np.concatenate([X_train] * 4), X_test, np.concatenate([y_train] * 4), y_test
+
+
+class _SlowWrites:
+    """An fsspec filesystem stand-in: writes of the temporary files of chosen checkpoints
+    trickle out in small chunks, so a test can kill the writer in the middle."""
+
+    def __init__(self, fs, slow_names, seconds):
+        self._fs = fs
+        self._slow = tuple(slow_names)
+        self._seconds = seconds
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def open(self, path, mode="rb", *args, **kwargs):
+        f = self._fs.open(path, mode, *args, **kwargs)
+        base = str(path).rsplit("/", 1)[-1]
+        if "w" in mode and base.endswith(".tmp") and any(n in base for n in self._slow):
+            return _Trickle(f, self._seconds)
+        return f
+
+
+class _Trickle:
+    def __init__(self, f, seconds, chunks=20):
+        self.f, self.seconds, self.chunks = f, seconds, chunks
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+        return False
+
+    def write(self, data):
+        import time
+
+        step = max(1, -(-len(data) // self.chunks))
+        for start in range(0, len(data), step):
+            self.f.write(data[start:start + step])
+            self.f.flush()
+            time.sleep(self.seconds / self.chunks)
+        return len(data)
+
+
+def slow_store(url, slow_names=(), seconds=2.0, keep=3):
+    """A CheckpointStore at ``url`` whose writes of ``slow_names`` (e.g.
+    ``"ckpt-000003-00000000.pt"``) take ``seconds``; it pickles as these arguments."""
+    from scalekit.training.checkpoint import CheckpointStore
+
+    class SlowStore(CheckpointStore):
+        def __reduce__(self):
+            return (slow_store, (self.url, slow_names, seconds, self.keep))
+
+    store = SlowStore(url, keep=keep)
+    store.fs = _SlowWrites(store.fs, slow_names, seconds)
+    return store
+
+
+class HoldWhileFileExists(Callback):
+    """Keeps every rank at the end of each epoch while ``path`` exists, so a test can hold
+    a fit still (e.g. while new workers start). It changes no number of the training.
+    While holding it creates ``path + ".held"``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def on_epoch_end(self, net, **kwargs):
+        import time
+
+        if os.path.exists(self.path):
+            open(self.path + ".held", "w").close()
+        while os.path.exists(self.path):
+            time.sleep(0.05)

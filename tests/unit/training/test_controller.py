@@ -1,0 +1,405 @@
+"""The controller's checks and bookkeeping, without a cluster."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from skorch import NeuralNetClassifier, NeuralNetRegressor
+from torch import nn
+
+from scalekit.config import TrainConfig
+from scalekit.errors import TrainingError, UsageError
+from scalekit.events import (
+    BatchProgress,
+    EpochEnded,
+    EventBus,
+    Notice,
+    RankStatus,
+)
+from scalekit.training import state as training_state
+from scalekit.training.controller import TrainingController, _is_peer_failure
+from scalekit.training.policy import Failure
+from scalekit.training.preflight import check_net, preflight
+from scalekit.training.rank import RankResult, RankSpec
+from scalekit.training.rounds import Beacons, Round, RoundOutcome
+
+RNG = np.random.default_rng(0)
+X = RNG.normal(size=(40, 6)).astype(np.float32)
+Y = (X[:, 0] > 0).astype(np.int64)
+
+
+class MLP(nn.Module):
+    def __init__(self, n_in=6, hidden=8):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, 2),
+                                 nn.Softmax(dim=-1))
+
+    def forward(self, X):
+        return self.seq(X)
+
+
+class Locked(MLP):
+    """Holds a lock: cannot be pickled to the workers."""
+
+    def __init__(self):
+        super().__init__()
+        self.lock = threading.Lock()
+
+
+def classifier(**kwargs):
+    params = {"max_epochs": 2, "lr": 0.1, "batch_size": 8, "verbose": 0, **kwargs}
+    return NeuralNetClassifier(MLP, **params)
+
+
+# -- preflight -----------------------------------------------------------------------
+
+
+def test_preflight_accepts_good_inputs():
+    preflight(classifier(), X, Y)
+    preflight(classifier().initialize(), X, Y)
+
+
+def test_preflight_rejects_x_and_y_of_different_lengths():
+    with pytest.raises(UsageError, match="X has 40 samples but y has 39"):
+        preflight(classifier(), X, Y[:-1])
+
+
+@pytest.mark.parametrize("obj", [MLP(), object(), "net", None])
+def test_preflight_rejects_what_is_not_a_skorch_net(obj):
+    with pytest.raises(UsageError, match="expected a skorch net") as info:
+        preflight(obj, X, Y)
+    assert type(obj).__name__ in str(info.value)
+    with pytest.raises(UsageError, match="scalekit.train"):
+        check_net(obj)
+
+
+@pytest.mark.parametrize("module", [Locked, Locked()], ids=["class", "instance"])
+def test_preflight_rejects_a_net_that_cannot_be_pickled(module):
+    net = NeuralNetClassifier(module, verbose=0)
+    if not isinstance(module, nn.Module):
+        net.initialize()  # the lock only exists once the module is built
+    with pytest.raises(UsageError, match="cannot be pickled") as info:
+        preflight(net, X, Y)
+    assert "lock" in str(info.value).lower()
+
+
+@pytest.mark.parametrize(
+    ("net", "X_", "y_", "words"),
+    [
+        # the module wants 6 features; X has 5
+        (classifier(), X[:, :5], Y, ["input size", "mat1 and mat2"]),
+        (classifier(module__n_in=9), X, Y, ["input size", "shapes cannot be multiplied"]),
+        # float64 inputs against float32 weights
+        (classifier(), X.astype(np.float64), Y, ["dtype"]),
+    ],
+    ids=["too-few-features", "too-many-features", "float64"],
+)
+def test_preflight_runs_the_module_on_two_samples(net, X_, y_, words):
+    with pytest.raises(UsageError, match="failed on a 2-sample batch of X") as info:
+        preflight(net, X_, y_)
+    message = str(info.value)
+    for word in words:
+        assert word in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def test_preflight_does_not_touch_the_users_net():
+    net = classifier().initialize()
+    before = copy.deepcopy(net.module_.state_dict())
+    preflight(net, X, Y)
+    for k, v in net.module_.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert len(net.history) == 0
+
+
+def test_preflight_rejects_labels_the_loss_cannot_use():
+    # NLLLoss wants int64 class labels
+    with pytest.raises(UsageError, match="before training started") as info:
+        preflight(classifier(), X, Y.astype(np.float32))
+    assert "int64 class labels" in str(info.value)
+
+
+def test_preflight_accepts_a_regressor_and_data_without_y():
+    preflight(NeuralNetRegressor(MLP, verbose=0), X, X[:, :2].copy())
+    preflight(classifier(), X, None)  # nothing to compare lengths with; forward only
+
+
+def test_preflight_rejects_empty_data():
+    with pytest.raises(UsageError, match="no samples"):
+        preflight(classifier(), X[:0], Y[:0])
+
+
+# -- peer failures -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("exc", "peer"),
+    [
+        (RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] "
+                      "Connection closed by peer [127.0.0.1]:4242"), True),
+        (RuntimeError("Connection reset by peer"), True),
+        (RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] "
+                      "Timed out waiting 60000ms for recv operation to complete"), True),
+        (TimeoutError("rendezvous timeout"), True),
+        (BrokenPipeError(32, "Broken pipe"), True),
+        (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled system error"), True),
+        (RuntimeError("injected failure in forward"), False),
+        (ValueError("Expected input batch_size (3) to match target batch_size (4)"), False),
+        (ZeroDivisionError("division by zero"), False),
+        (KeyError("weight"), False),
+        (MemoryError(), False),
+    ],
+)
+def test_is_peer_failure(exc, peer):
+    assert _is_peer_failure(exc) is peer
+
+
+# -- applying rank 0's result ----------------------------------------------------------
+
+
+def controller(net, client=None, **config):
+    return TrainingController(client, net, X, Y, bus=EventBus(),
+                              config=TrainConfig(**config), run_id="test")
+
+
+def trained_elsewhere(epochs=2):
+    torch.manual_seed(1)
+    other = classifier(max_epochs=epochs, optimizer=torch.optim.SGD, optimizer__momentum=0.9)
+    other.fit(X, Y)
+    return other
+
+
+def result_of(other, **state_overrides):
+    """What rank 0 sends back after training ``other``."""
+    state = training_state.capture(other, other.module_, epoch=len(other.history), step=0,
+                                   world_size=2, seed=0, run_id="test")
+    state.update(state_overrides)
+    return RankResult(rank=0, worker="tcp://127.0.0.1:1", epochs_done=len(other.history),
+                      state=state)
+
+
+def test_apply_loads_state_and_history_into_the_users_net():
+    other = trained_elsewhere()
+    torch.manual_seed(2)
+    net = classifier(optimizer=torch.optim.SGD, optimizer__momentum=0.9).initialize()
+    controller(net)._apply(result_of(other))
+
+    for k, v in other.module_.state_dict().items():
+        assert torch.equal(net.module_.state_dict()[k], v)
+    momentum = [s["momentum_buffer"] for s in net.optimizer_.state_dict()["state"].values()]
+    expected = [s["momentum_buffer"] for s in other.optimizer_.state_dict()["state"].values()]
+    assert len(momentum) == len(expected) > 0
+    for a, b in zip(momentum, expected, strict=True):
+        assert torch.equal(a, b)
+    # an ordinary skorch history: indexing and slicing work
+    assert len(net.history) == 2
+    assert net.history[:, "epoch"] == [1, 2]
+    assert net.history[-1, "train_loss"] == other.history[-1, "train_loss"]
+    assert net.history[-1, "valid_acc"] == other.history[-1, "valid_acc"]
+    assert net.history[-1, "batches", 0, "train_loss"] == other.history[-1, "batches", 0,
+                                                                        "train_loss"]
+    np.testing.assert_array_equal(net.predict(X), other.predict(X))
+    assert net.score(X, Y) == other.score(X, Y)
+    # warm-starting from the applied state continues where rank 0 stopped
+    net.partial_fit(X, Y, epochs=1)
+    assert len(net.history) == 3
+    assert net.history[-1, "epoch"] == 3
+
+
+def test_apply_without_optimizer_state_keeps_the_optimizer():
+    other = trained_elsewhere(epochs=1)
+    net = classifier().initialize()
+    optimizer = net.optimizer_
+    controller(net)._apply(result_of(other, optimizer=None, history=[]))
+    assert net.optimizer_ is optimizer
+    np.testing.assert_array_equal(net.predict(X), other.predict(X))
+
+
+def test_apply_of_a_result_without_state_changes_nothing():
+    net = classifier().initialize()
+    before = copy.deepcopy(net.module_.state_dict())
+    controller(net)._apply(RankResult(rank=1, worker="w", epochs_done=2))
+    for k, v in net.module_.state_dict().items():
+        assert torch.equal(v, before[k])
+
+
+def test_apply_keeps_only_complete_epochs_of_a_mid_epoch_state():
+    other = trained_elsewhere(epochs=2)
+    net = classifier().initialize()
+    # stopped 3 steps into epoch 2: the history's second row is unfinished
+    controller(net)._apply(result_of(other, epoch=1, step=3))
+    assert len(net.history) == 1
+
+
+# -- errors name the rank and the worker -----------------------------------------------
+
+
+def raised(exc):
+    """``exc`` with a traceback, as a future's exception carries one."""
+    try:
+        raise exc
+    except BaseException as caught:
+        return caught
+
+
+WORKERS = ["tcp://127.0.0.1:1000", "tcp://127.0.0.1:2000"]
+
+
+def test_a_failure_in_user_code_raises_training_error_with_the_remote_traceback():
+    user = raised(RuntimeError("injected failure in forward"))
+    outcome = RoundOutcome("failed", failure=Failure("user", rank=1, worker=WORKERS[1]),
+                           error=user)
+    with pytest.raises(TrainingError) as info:
+        controller(None)._raise(outcome.failure, outcome, "retrying would repeat it")
+    err = info.value
+    assert (err.rank, err.worker) == (1, WORKERS[1])
+    assert f"rank 1 on worker {WORKERS[1]} failed" in str(err)
+    assert "RuntimeError: injected failure in forward" in str(err)
+    assert "raise exc" in err.remote_traceback  # the worker-side frames travel along
+    assert err.remote_traceback in str(err)
+    assert err.__cause__ is user
+    assert isinstance(err, RuntimeError)  # code catching RuntimeError keeps working
+
+
+def test_a_lost_rank_is_reported_with_the_reason():
+    outcome = RoundOutcome("failed", failure=Failure("lost", rank=0, worker=WORKERS[0]))
+    with pytest.raises(TrainingError, match=r"rank 0 on worker .*:1000 lost: too many"):
+        controller(None)._raise(outcome.failure, outcome, "too many")
+
+
+# -- a round that fails: the root cause is named, blocked peers are ended ------------
+
+
+class FakeFuture:
+    """Like a distributed Future: a cancelled future no longer holds its exception."""
+
+    def __init__(self, status, exc=None, result=None):
+        self.status = status
+        self._exc = exc
+        self.result = result
+        self.cancelled = False
+
+    def exception(self):
+        return self._exc if self.status == "error" else None
+
+    def cancel(self):
+        self.cancelled = True
+        if self.status != "finished":
+            self.status = "cancelled"
+
+
+class FakeRoundClient:
+    def __init__(self, workers):
+        self.workers = {w: 1 for w in workers}
+        self.ran: list[tuple] = []
+
+    def nthreads(self):
+        return dict(self.workers)
+
+    def gather(self, futures):
+        return [f.result for f in futures]
+
+    def run(self, fn, workers=None, wait=True):
+        # as distributed's Worker.run: only a coroutine function may be run without wait
+        assert wait or inspect.iscoroutinefunction(fn), "Combination not supported"
+        self.ran.append((fn.__name__, workers, wait))
+        if fn.__name__ == "_exit_process":  # those workers leave the cluster
+            for w in workers or list(self.workers):
+                self.workers.pop(w, None)
+
+
+class FakeStop:
+    def set(self):
+        pass
+
+
+def watch(futures, client):
+    spec = RankSpec(run_id="test", generation=0, world_size=len(futures), net=None,
+                    max_epochs=1)
+    round_ = Round(client, spec, WORKERS, [], beacons=Beacons(), hang_timeout=5.0,
+                   max_world=2, shrink_to=lambda: None, kill=lambda *a: None)
+    return round_._watch(futures, FakeStop())
+
+
+def test_round_names_the_rank_whose_code_raised_not_the_peer_it_broke():
+    user = raised(RuntimeError("injected failure in forward"))
+    peer = raised(RuntimeError("[gloo/transport/tcp/pair.cc] Connection closed by peer"))
+    client = FakeRoundClient(WORKERS)
+    outcome = watch([FakeFuture("error", peer), FakeFuture("error", user)], client)
+    assert outcome.kind == "failed"
+    assert (outcome.failure.kind, outcome.failure.rank) == ("user", 1)
+    assert outcome.failure.worker == WORKERS[1]
+    assert outcome.error is user
+    assert client.ran == []  # nobody was stuck
+
+
+def test_round_ends_a_peer_left_blocked_in_a_collective():
+    client = FakeRoundClient(WORKERS)
+    futures = [FakeFuture("pending"), FakeFuture("error", raised(ValueError("bad batch")))]
+    outcome = watch(futures, client)
+    assert (outcome.failure.kind, outcome.failure.rank) == ("user", 1)
+    assert str(outcome.error) == "bad batch"  # kept although the futures were cancelled
+    assert all(f.cancelled for f in futures)
+    deadline = time.monotonic() + 5  # the stuck worker is ended from a thread
+    while not client.ran and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.ran == [("_exit_process", [WORKERS[0]], False)]
+
+
+def test_round_returns_every_result_when_all_ranks_finished():
+    results = [RankResult(rank=i, worker=w, epochs_done=1) for i, w in enumerate(WORKERS)]
+    futures = [FakeFuture("finished", result=r) for r in results]
+    outcome = watch(futures, FakeRoundClient(WORKERS))
+    assert (outcome.kind, outcome.results) == ("finished", results)
+
+
+# -- waiting for workers -------------------------------------------------------------
+
+
+class FakeClient:
+    def __init__(self, workers=()):
+        self.workers = {w: 1 for w in workers}
+
+    def nthreads(self):
+        return dict(self.workers)
+
+
+def test_no_workers_fails_with_advice_after_the_wait():
+    ctl = controller(None, FakeClient(), wait_for_workers=0.0)
+    notices = []
+    ctl.bus.subscribe(lambda e: notices.append(e) if isinstance(e, Notice) else None)
+    with pytest.raises(TrainingError, match=r"no workers .*session.scale\(2\)"):
+        ctl._wait_for_workers()
+    assert notices and notices[0].level == "warning"
+
+
+def test_workers_are_ranked_in_sorted_address_order():
+    client = FakeClient(list(reversed(WORKERS)))
+    assert controller(None, client)._wait_for_workers() == WORKERS
+
+
+# -- rank messages become events -----------------------------------------------------
+
+
+def test_messages_from_ranks_become_events():
+    ctl = controller(None)
+    events = []
+    ctl.bus.subscribe(events.append, replay=False)
+    ctl._on_message((0.0, {"kind": "batch", "epoch": 1, "batch": 3, "n_batches": 9,
+                           "samples_per_s": 1234.5, "generation": 0}))
+    ctl._on_message((0.0, {"kind": "epoch", "epoch": 1, "row": {"train_loss": 0.5},
+                           "world_size": 2, "generation": 0}))
+    ctl._on_message((0.0, {"kind": "rank", "rank": 1, "worker": WORKERS[1],
+                           "state": "training", "world_size": 2, "generation": 0}))
+    ctl._on_message((0.0, {"kind": "something-new"}))  # ignored
+    assert [type(e) for e in events] == [BatchProgress, EpochEnded, RankStatus]
+    batch, epoch, rank = events
+    assert (batch.run_id, batch.batch, batch.n_batches) == ("test", 3, 9)
+    assert (epoch.epoch, epoch.row, epoch.world_size) == (1, {"train_loss": 0.5}, 2)
+    assert (rank.rank, rank.worker, rank.state) == (1, WORKERS[1], "training")
