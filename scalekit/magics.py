@@ -156,7 +156,8 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
                     help="kubernetes: scheduler and worker image")
     up.add_argument("--namespace", metavar="NS", help="kubernetes: namespace of the cluster")
     up.add_argument("--keep", action="store_true",
-                    help="kubernetes: keep the cluster running after the kernel shuts down")
+                    help="kubernetes: keep the cluster running after the kernel shuts down "
+                    "(`down` still deletes it)")
 
     scale = sub["scale"] = commands.add_parser(
         "scale", help="scale to N workers (switches adaptive off)", allow_abbrev=False,
@@ -180,7 +181,8 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     )
     sub["down"] = commands.add_parser(
         "down", help="close the cluster", allow_abbrev=False,
-        description="Close the running cluster and its workers.",
+        description="Close the running cluster and its workers. A kubernetes cluster is "
+        "deleted, also one started with --keep (which only spares it at kernel shutdown).",
     )
     return parser, sub
 
@@ -385,11 +387,16 @@ class ScalekitMagics(Magics):
         if session is None:
             print("no cluster running")
             return
+        # a backend that can outlive the kernel (kubernetes, started with --keep) is
+        # deleted: keep-on-shutdown spares it at kernel shutdown, not at an explicit down
+        delete = getattr(getattr(session, "backend", None), "delete", None)
+        if callable(delete):
+            delete()
         session.close()
         with self._lock:
             if session in self.sessions:
                 self.sessions.remove(session)
-        print("cluster closed")
+        print(_closed_line(session, deleted=callable(delete)))
 
     # -- cleanup ------------------------------------------------------------------------
     def close_all(self, timeout: float | None = None) -> int:
@@ -424,6 +431,15 @@ def _bounded(fn: Callable[[], None], timeout: float | None) -> None:
     worker.join(timeout)
     if worker.is_alive():
         logger.warning("clusters still closing after %gs; shutdown goes on", timeout)
+
+
+def _closed_line(session: Any, deleted: bool) -> str:
+    backend = getattr(session, "backend", None)
+    name, namespace = (getattr(backend, "cluster_name", None),
+                       getattr(backend, "namespace", None))
+    if not deleted:
+        return "cluster closed"
+    return f"cluster {namespace}/{name} deleted" if name else "cluster deleted"
 
 
 def _started_line(session: Any) -> str:

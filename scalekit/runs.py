@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from scalekit.config import TrainConfig
 from scalekit.errors import TrainingError, UsageError
-from scalekit.events import Event, EventBus, RunFinished
+from scalekit.events import Event, EventBus, Notice, RunFinished
 from scalekit.session import ClusterSession, active_sessions
 
 if TYPE_CHECKING:
@@ -120,7 +120,8 @@ class TrainingRun:
 
     # -- display -----------------------------------------------------------------------
     def _record(self, event: Event) -> None:
-        if getattr(event, "run_id", self.run_id) == self.run_id:
+        # this run's events, and notices (e.g. "waiting for workers") while it runs
+        if getattr(event, "run_id", None) == self.run_id or isinstance(event, Notice):
             self.events.append(event)
         if isinstance(event, RunFinished) and event.run_id == self.run_id:
             self._unsubscribe()

@@ -13,7 +13,12 @@ panel and the training runtime do not know where the workers run. On top of
 - scheduler access by port-forward outside the cluster (without the 10 s DNS probe
   upstream does first) and by cluster DNS inside it; the forward is stopped on close;
 - closing deletes the ``DaskCluster`` first (so a kernel shutdown with little time still
-  removes it), unless ``keep_on_shutdown``.
+  removes it), unless ``keep_on_shutdown``; :meth:`KubernetesBackend.delete` (what
+  ``%scalekit down`` calls) deletes it in any case.
+
+The rooms around it: ``kube_spec`` (config -> manifest), ``kube_api`` (the backend's own
+API requests), ``kube_cluster`` (the loop and forward threads, the ``KubeCluster``
+subclass), ``kube_errors`` (errors with evidence).
 """
 
 from __future__ import annotations
@@ -22,15 +27,12 @@ import asyncio
 import contextlib
 import logging
 import os
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Iterator
 
-from dask_kubernetes.operator import KubeCluster
-from distributed.core import Status
-
+from scalekit.backends import kube_api
 from scalekit.backends.base import DaskClusterBackend
+from scalekit.backends.kube_cluster import IoLoop, WatchedKubeCluster
 from scalekit.backends.kube_errors import (
     KubernetesError,
     OperatorMissingError,
@@ -42,18 +44,12 @@ from scalekit.backends.kube_errors import (
     pod_failure,
     translate,
 )
-from scalekit.backends.kube_spec import (
-    SCHEDULER_PORT,
-    build_cluster_spec,
-    cluster_name,
-    require_image,
-)
+from scalekit.backends.kube_spec import build_cluster_spec, cluster_name, require_image
 from scalekit.config import AdaptConfig, ClusterConfig, KubernetesConfig
 from scalekit.errors import ClusterError, ConfigError
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
 DETAILS_TTL = 2.0  # the panel samples twice a second; the pod list is read at most this often
 MAX_POD_LINES = 8  # the snapshot lists every pod up to this many, else the troubled ones
 PENDING_FIX_AFTER = 2.0  # seconds a ready cluster may sit in "Pending" before we fix it
@@ -66,134 +62,6 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
-
-
-class _Loop:
-    """A private event loop thread for the backend's own Kubernetes API calls."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="scalekit-kube",
-                                       daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Awaitable[T], timeout: float | None = 30.0) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
-        try:
-            return future.result(timeout)
-        except BaseException:
-            future.cancel()
-            raise
-
-    def stop(self) -> None:
-        if self.thread.is_alive():
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self.thread.join(5)
-
-
-class _PortForward:
-    """A kr8s port-forward to the scheduler service on its own thread, stoppable."""
-
-    def __init__(self, service: str, namespace: str, port: int) -> None:
-        self.service, self.namespace, self.port = service, namespace, port
-        self.local_port = 0
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._main, daemon=True,
-                                        name=f"scalekit-forward {namespace}/{service}")
-
-    def start(self, timeout: float = 60.0) -> int:
-        self._thread.start()
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"port-forward to {self.service} did not start in {timeout}s")
-        if self._error is not None:
-            raise self._error
-        return self.local_port
-
-    def _main(self) -> None:
-        async def serve() -> None:
-            from kr8s.asyncio.objects import Service
-
-            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-            try:
-                service = await Service.get(self.service, namespace=self.namespace)
-                async with service.portforward(self.port, local_port="auto") as port:
-                    self.local_port = port
-                    self._ready.set()
-                    await self._stop.wait()
-            except BaseException as exc:
-                self._error = exc
-                raise
-            finally:
-                self._ready.set()
-
-        with contextlib.suppress(BaseException):
-            asyncio.run(serve())
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        if self._thread.is_alive():
-            self._thread.join(5)
-
-
-class _KubeCluster(KubeCluster):
-    """``KubeCluster`` whose start is watched, whose forward we own, and whose failed
-    construction stops its loop thread."""
-
-    def __init__(self, *, watch: Callable[[], Awaitable[None]], forward: bool,
-                 **kwargs: Any) -> None:
-        self._scalekit_watch = watch
-        self._scalekit_forward_wanted = forward
-        self.scalekit_forward: _PortForward | None = None
-        try:
-            super().__init__(**kwargs)
-        except BaseException:
-            self.abandon()
-            raise
-
-    async def _start(self) -> None:
-        start = asyncio.ensure_future(super()._start())
-        try:
-            while True:
-                done, _ = await asyncio.wait({start}, timeout=1.0)
-                if done:
-                    return start.result()
-                await self._scalekit_watch()
-        except BaseException:
-            start.cancel()
-            with contextlib.suppress(BaseException):
-                await start
-            raise
-
-    async def _get_scheduler_address(self) -> str:
-        if not self._scalekit_forward_wanted:
-            return await super()._get_scheduler_address()
-        forward = _PortForward(f"{self.name}-scheduler", self.namespace, SCHEDULER_PORT)
-        self.scalekit_forward = forward
-        port = await asyncio.get_running_loop().run_in_executor(None, forward.start)
-        return f"tcp://127.0.0.1:{port}"
-
-    def abandon(self) -> None:
-        """Forget this object without deleting the cluster (the backend does that)."""
-        self.shutdown_on_close = False
-        if self.scalekit_forward is not None:
-            self.scalekit_forward.stop()
-        with contextlib.suppress(Exception):
-            self.status = Status.closed
-        runner = getattr(self, "_loop_runner", None)
-        if runner is not None:
-            with contextlib.suppress(Exception):
-                runner.stop()
-
-    def close(self, timeout: float = 3600) -> None:  # type: ignore[override]
-        try:
-            super().close(timeout=timeout)
-        finally:
-            self.abandon()
 
 
 class KubernetesBackend(DaskClusterBackend):
@@ -217,7 +85,8 @@ class KubernetesBackend(DaskClusterBackend):
         self.namespace: str | None = self.kube.namespace
         self.last_phase: str | None = None  # of the DaskCluster, as last observed
         self.pending_fixed = False  # dask/dask-kubernetes#968 was worked around
-        self._io: _Loop | None = None
+        self.deleted = False  # the DaskCluster was deleted (by close or delete)
+        self._io: IoLoop | None = None
         self._deadline = 0.0
         self._started_at = 0.0
         self._pending_since: float | None = None
@@ -239,20 +108,21 @@ class KubernetesBackend(DaskClusterBackend):
 
         if self._cluster is not None or self._closed:
             raise ClusterError(f"this {self.name} backend is already started")
-        self._io = _Loop()
+        self._io = IoLoop()
         self._started_at = time.monotonic()
         self._deadline = self._started_at + self.kube.start_timeout
         try:
-            self.namespace = self._io.run(self._preflight(), timeout=60)
+            self.namespace = self._io.run(kube_api.preflight(self.kube.namespace), timeout=60)
             self.cluster_name = cluster_name(self.kube.name)
             spec = build_cluster_spec(self.kube, self.config, self.cluster_name)
             # created here, on our own loop, so that a refusal comes back as it is (kr8s
             # retries 403s with a re-login that races with KubeCluster's other requests);
             # KubeCluster then finds it and connects
             self._created = None  # unknown until the API answers
-            self._created = self._io.run(self._create(spec), timeout=60)
+            self._created = self._io.run(kube_api.create_cluster(spec, self.namespace),
+                                         timeout=60)
             forward = self.port_forward
-            self._cluster = _KubeCluster(
+            self._cluster = WatchedKubeCluster(
                 watch=self._watch_from_cluster_loop, forward=forward, custom_cluster_spec=spec,
                 namespace=self.namespace, shutdown_on_close=not self.kube.keep_on_shutdown,
                 port_forward_cluster_ip=True if forward else None,
@@ -271,52 +141,6 @@ class KubernetesBackend(DaskClusterBackend):
                     self.cluster_name, self.config.workers,
                     time.monotonic() - self._started_at)
 
-    async def _preflight(self) -> str:
-        """Credentials, API server, the operator's CRDs; returns the namespace to use."""
-        import kr8s
-
-        try:
-            api = await kr8s.asyncio.api()
-            namespace = self.kube.namespace or api.namespace
-            async with api.call_api("GET", version="", base="/apis",
-                                    url="kubernetes.dask.org/v1") as response:
-                resources = {r["name"] for r in response.json().get("resources", [])}
-        except Exception as exc:
-            error = translate(exc, namespace=self.kube.namespace)
-            if isinstance(error, OperatorMissingError) or getattr(
-                    getattr(exc, "response", None), "status_code", None) == 404:
-                raise OperatorMissingError(
-                    "the Dask operator's custom resources (kubernetes.dask.org/v1) are not "
-                    "installed in this cluster. Install the operator with Helm (see "
-                    "docs/kubernetes.md, section 'Install the Dask operator').",
-                    "GET /apis/kubernetes.dask.org/v1 answered 404 Not Found") from exc
-            if error is not None:
-                raise error from exc
-            raise
-        missing = {"daskclusters", "daskworkergroups", "daskautoscalers"} - resources
-        if missing:
-            raise OperatorMissingError(
-                f"the Dask operator's CRDs are incomplete (missing {sorted(missing)}); "
-                "reinstall the operator (see docs/kubernetes.md, section 'Install the Dask "
-                "operator').")
-        return namespace
-
-    async def _create(self, spec: dict[str, Any]) -> bool:
-        """Create the DaskCluster; False if one of that name exists (a kept cluster)."""
-        import kr8s
-        from dask_kubernetes.operator._objects import DaskCluster
-
-        cluster = await DaskCluster(spec, namespace=self.namespace)
-        try:
-            await cluster.create()
-        except kr8s.ServerError as exc:
-            if getattr(exc.response, "status_code", None) == 409:
-                logger.info("DaskCluster %s/%s exists: connecting to it", self.namespace,
-                            self.cluster_name)
-                return False
-            raise translate(exc, namespace=self.namespace) or exc from exc
-        return True
-
     def _watch_from_cluster_loop(self) -> Awaitable[None]:
         """The start watch, run on our loop (our own kr8s client) for KubeCluster's loop."""
         assert self._io is not None
@@ -325,50 +149,19 @@ class KubernetesBackend(DaskClusterBackend):
 
     async def _observe(self) -> list[PodState]:
         """Read the DaskCluster phase and the pods; fix #968's stuck 'Pending'."""
-        import kr8s
-        from dask_kubernetes.operator._objects import DaskCluster
-
-        name, namespace = self.cluster_name, self.namespace
-        found = [c async for c in kr8s.asyncio.get(
-            DaskCluster, namespace=namespace, field_selector=f"metadata.name={name}")]
-        phase = found[0].raw.get("status", {}).get("phase") if found else None
+        found, phase, pods = await kube_api.read_cluster(self.cluster_name, self.namespace)
         self.last_phase = phase
-        pods = [PodState.from_pod(p.raw) async for p in kr8s.asyncio.get(
-            "pods", namespace=namespace, label_selector=f"dask.org/cluster-name={name}")]
         self._pods, self._pods_read = pods, time.monotonic()
-        if phase == "Pending" and found:
+        if phase == "Pending" and found is not None:
             now = time.monotonic()
             self._pending_since = self._pending_since or now
             scheduler_ready = any(p.component == "scheduler" and p.ready for p in pods)
-            if scheduler_ready and now - self._pending_since > PENDING_FIX_AFTER:
-                await self._fix_pending(found[0])
+            if scheduler_ready and now - self._pending_since > PENDING_FIX_AFTER and (
+                    await kube_api.fix_pending(found, self.cluster_name, self.namespace)):
+                self.pending_fixed, self.last_phase = True, "Running"
         else:
             self._pending_since = None
         return pods
-
-    async def _fix_pending(self, cluster: Any) -> None:
-        """dask/dask-kubernetes#968: the operator's "Pending" overwrote "Running"."""
-        import kr8s
-        from kr8s.asyncio.objects import Service
-
-        try:
-            service = await Service.get(f"{self.cluster_name}-scheduler",
-                                        namespace=self.namespace)
-            if service.spec.get("type") == "LoadBalancer" and not (
-                    service.status.get("loadBalancer", {}).get("ingress")):
-                return  # really pending: the load balancer has no address yet
-            await cluster.patch({"status": {"phase": "Running"}})
-            if cluster.raw.get("status", {}).get("phase") != "Running":
-                # a CRD with a status subresource ignores status in the main resource
-                await cluster.patch({"status": {"phase": "Running"}}, subresource="status")
-        except (kr8s.NotFoundError, kr8s.ServerError) as exc:
-            logger.warning("DaskCluster %s stays Pending (dask/dask-kubernetes#968) and "
-                           "could not be set Running: %s", self.cluster_name, exc)
-            return
-        self.pending_fixed = True
-        self.last_phase = "Running"
-        logger.warning("DaskCluster %s was stuck in Pending with a ready scheduler "
-                       "(dask/dask-kubernetes#968); set it Running", self.cluster_name)
 
     async def _watch_start(self) -> None:
         """One look at a starting cluster: raise on failure or timeout."""
@@ -454,7 +247,7 @@ class KubernetesBackend(DaskClusterBackend):
         self._cleanup(delete=self._created is not False)  # a kept one we joined stays
         return error
 
-    # -- close -----------------------------------------------------------------------------
+    # -- close and delete --------------------------------------------------------------------
     def close(self) -> None:
         """Delete the cluster (unless ``keep_on_shutdown``) and disconnect."""
         with self._lock:
@@ -463,62 +256,79 @@ class KubernetesBackend(DaskClusterBackend):
             self._closed = True
         self._cleanup(delete=not self.kube.keep_on_shutdown)
 
+    def delete(self) -> None:
+        """Delete the ``DaskCluster`` and disconnect, whatever ``keep_on_shutdown`` says.
+
+        ``%scalekit down`` calls this: ``keep_on_shutdown`` only spares the cluster when
+        the kernel shuts down or the session closes. On a backend already closed with
+        its cluster kept, this deletes the kept cluster.
+        """
+        with self._lock:
+            was_closed, self._closed = self._closed, True
+        if not was_closed:
+            self._cleanup(delete=True)
+        elif self.cluster_name and not self.deleted:
+            io = IoLoop()
+            try:
+                self._delete_and_wait(io)
+            finally:
+                io.stop()
+
     def _cleanup(self, delete: bool) -> None:
         self._closed = True
         io, client, cluster = self._io, self._client, self._cluster
         if delete and io is not None and self.cluster_name:
             try:  # first: a kernel shutdown may cut the rest short
-                io.run(self._delete(), timeout=10)
+                io.run(kube_api.delete_cluster(self.cluster_name, self.namespace), timeout=10)
             except Exception as exc:
-                delete = False  # nothing to wait for below
-                logger.warning(
-                    "could not delete DaskCluster %s/%s: %s; delete it with `kubectl delete "
-                    "daskcluster -n %s %s`", self.namespace, self.cluster_name,
-                    translate(exc, namespace=self.namespace) or exc, self.namespace,
-                    self.cluster_name)
+                self._delete_failed(exc)
+            else:
+                self.deleted = True
         for thing in (client, cluster):
             if thing is None:
                 continue
             try:
-                if isinstance(thing, _KubeCluster):
+                if isinstance(thing, WatchedKubeCluster):
                     thing.shutdown_on_close = False  # deleted above, or kept
                     thing.close(timeout=max(self.kube.close_timeout, 1))
                 else:
                     thing.close()
             except Exception:  # closing must always finish; log what went wrong
                 logger.warning("closing %r failed", thing, exc_info=True)
-        if delete and io is not None and self.cluster_name and self.kube.close_timeout:
-            try:
-                io.run(self._wait_gone(), timeout=self.kube.close_timeout)
-            except Exception:
-                logger.warning("pods of %s/%s were still terminating after %gs",
-                               self.namespace, self.cluster_name, self.kube.close_timeout)
-        elif self.cluster_name and self.kube.keep_on_shutdown:
+        if self.deleted and io is not None:
+            self._wait_gone(io)
+        elif not delete and self.cluster_name and self.kube.keep_on_shutdown:
             logger.info("keeping kubernetes cluster %s/%s (keep-on-shutdown); delete it with "
-                        "`kubectl delete daskcluster -n %s %s`", self.namespace,
-                        self.cluster_name, self.namespace, self.cluster_name)
+                        "`kubectl delete daskcluster -n %s %s`",
+                        self.namespace, self.cluster_name, self.namespace, self.cluster_name)
         if io is not None:
             io.stop()
 
-    async def _delete(self) -> None:
-        import kr8s
-        from dask_kubernetes.operator._objects import DaskCluster
+    def _delete_and_wait(self, io: IoLoop) -> None:
+        try:
+            io.run(kube_api.delete_cluster(self.cluster_name, self.namespace), timeout=10)
+        except Exception as exc:
+            self._delete_failed(exc)
+            return
+        self.deleted = True
+        self._wait_gone(io)
+        logger.info("deleted kubernetes cluster %s/%s", self.namespace, self.cluster_name)
 
-        with contextlib.suppress(kr8s.NotFoundError):
-            cluster = await DaskCluster.get(self.cluster_name, namespace=self.namespace,
-                                            timeout=1)
-            await cluster.delete()
+    def _delete_failed(self, exc: Exception) -> None:
+        logger.warning(
+            "could not delete DaskCluster %s/%s: %s; delete it with `kubectl delete "
+            "daskcluster -n %s %s`", self.namespace, self.cluster_name,
+            translate(exc, namespace=self.namespace) or exc, self.namespace, self.cluster_name)
 
-    async def _wait_gone(self) -> None:
-        import kr8s
-
-        while True:
-            pods = [p async for p in kr8s.asyncio.get(
-                "pods", namespace=self.namespace,
-                label_selector=f"dask.org/cluster-name={self.cluster_name}")]
-            if not pods:
-                return
-            await asyncio.sleep(0.5)
+    def _wait_gone(self, io: IoLoop) -> None:
+        if not self.kube.close_timeout:
+            return
+        try:
+            io.run(kube_api.wait_pods_gone(self.cluster_name, self.namespace),
+                   timeout=self.kube.close_timeout)
+        except Exception:
+            logger.warning("pods of %s/%s were still terminating after %gs",
+                           self.namespace, self.cluster_name, self.kube.close_timeout)
 
     # -- scaling ---------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -550,28 +360,10 @@ class KubernetesBackend(DaskClusterBackend):
         self._running()
         assert self._io is not None
         with self._translating():
-            replicas = self._io.run(self._delete_autoscaler())
+            replicas = self._io.run(kube_api.delete_autoscaler(self.cluster_name,
+                                                               self.namespace))
         self._adaptive = None
         self._requested = replicas if replicas is not None else len(self.client.nthreads())
-
-    async def _delete_autoscaler(self) -> int | None:
-        import kr8s
-        from dask_kubernetes.operator._objects import DaskAutoscaler, DaskWorkerGroup
-
-        with contextlib.suppress(kr8s.NotFoundError):
-            autoscaler = await DaskAutoscaler.get(self.cluster_name, namespace=self.namespace,
-                                                  timeout=1)
-            await autoscaler.delete()
-            # the operator holds a finalizer while its autoscaling timer stops; once it is
-            # gone no late decision can change the worker count any more
-            deadline = time.monotonic() + 15
-            while await autoscaler.exists() and time.monotonic() < deadline:
-                await asyncio.sleep(0.2)
-        with contextlib.suppress(kr8s.NotFoundError):
-            group = await DaskWorkerGroup.get(f"{self.cluster_name}-default",
-                                              namespace=self.namespace, timeout=1)
-            return int(group.replicas)
-        return None
 
     # -- state -----------------------------------------------------------------------------
     def pods(self, fresh: bool = True) -> list[PodState]:

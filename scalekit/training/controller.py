@@ -146,6 +146,7 @@ class TrainingController:
         finally:
             self.client.unsubscribe_topic(self.topic)
         training_state.restore(net, self._state)
+        self._drop_default_checkpoints()
         self.bus.publish(self.report())
         self.bus.publish(RunFinished(run_id=self.run_id, status="finished",
                                      epochs=len(net.history)))
@@ -298,6 +299,15 @@ class TrainingController:
                 "to continue it, or choose another checkpoint folder (nothing was changed)"
             )
         return store
+
+    def _drop_default_checkpoints(self) -> None:
+        """A run that named no checkpoint folder leaves none behind once it succeeded."""
+        if self.checkpoint is not None or self.store is None:
+            return
+        try:
+            self.store.fs.rm(self.store.root, recursive=True)
+        except (FileNotFoundError, OSError):
+            logger.debug("could not remove %s", self.store.url, exc_info=True)
 
     def _load_checkpoint(self, *, required: bool) -> dict[str, Any] | None:
         assert self.store is not None

@@ -24,7 +24,6 @@ def preflight(net: Any, X: Any, y: Any) -> None:
     """
     import pickle
 
-    import cloudpickle
     from skorch.dataset import get_len
 
     check_net(net)
@@ -43,8 +42,10 @@ def preflight(net: Any, X: Any, y: Any) -> None:
         # probe on the first rows only; the whole array is computed on the cluster
         X = X[:2].compute() if is_dask_collection(X) else X
         y = y[:2].compute() if is_dask_collection(y) else y
+    from scalekit.training.rank import dumps_by_value
+
     try:
-        cloudpickle.dumps(net)
+        dumps_by_value(net)  # exactly how the net travels to the workers
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise UsageError(
             f"the net cannot be sent to the workers because it cannot be pickled: {exc}. "

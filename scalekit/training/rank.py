@@ -286,9 +286,18 @@ def _rendezvous(spec: RankSpec, rank: int, host: str) -> Any:
                               wait_for_workers=False)
         var.set(f"{host}:{store.port}")
         return store
-    address = var.get(timeout=spec.rendezvous_timeout)
+    try:
+        address = var.get(timeout=spec.rendezvous_timeout)
+    except TimeoutError as exc:
+        raise RendezvousError(
+            f"rank {rank} waited {spec.rendezvous_timeout:g}s for rank 0's store address"
+        ) from exc
     master, port = address.rsplit(":", 1)
     return dist.TCPStore(master, int(port), spec.world_size, is_master=False, timeout=timeout)
+
+
+class RendezvousError(TimeoutError):
+    """The ranks of a round did not all meet in time (a peer is missing)."""
 
 
 def _host_of(address: str) -> str:

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 POLL_S = 0.05
 MEMBERSHIP_S = 0.2
+START_ALLOWANCE_S = 120.0  # importing torch on a fresh, busy worker can take a while
 SETTLE_S = 1.0  # after a failure, how long the surviving ranks get to fail on their own
 GONE_S = 15.0  # how long to wait for ended workers to leave before the next round
 
@@ -61,6 +62,12 @@ class Beacons:
     def silent(self, timeout: float) -> list[int]:
         now = time.monotonic()
         return sorted(r for r, t in self.last.items() if now - t > timeout)
+
+    def never_started(self, ranks: int, since: float, allowance: float) -> list[int]:
+        """Ranks that sent no beat at all ``allowance`` seconds after ``since``."""
+        if time.monotonic() - since < allowance:
+            return []
+        return [r for r in range(ranks) if r not in self.last]
 
 
 def kill_local_or_restart(client: Client, address: str, where: tuple[str, int] | None) -> None:
@@ -98,10 +105,19 @@ def is_peer_failure(exc: BaseException | None) -> bool:
     """True when a rank failed only because another rank went away."""
     if exc is None:
         return True
-    text = f"{type(exc).__name__} {exc}".lower()
-    return any(s in text for s in ("connection closed", "connection reset", "gloo",
-                                   "timed out", "timeout", "broken pipe", "nccl",
-                                   "socket", "rendezvous"))
+    if type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError",
+                              "RendezvousError"):
+        return True
+    if isinstance(exc, (BrokenPipeError, ConnectionError)):
+        return True
+    # gloo and nccl raise plain RuntimeErrors; recognise them by their own wording, not
+    # by words a user's message could contain ("timeout", "socket", ...)
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "gloo/transport", "Connection closed by peer", "Connection reset by peer",
+        "NCCL error", "ProcessGroupNCCL", "ProcessGroupGloo",
+        "Socket Timeout", "Broken pipe",
+    ))
 
 
 class Round:
@@ -124,6 +140,9 @@ class Round:
         self.next_world: tuple[str, ...] = ()
         self.warming: dict[str, Future] = {}
         self.cancelled = threading.Event()  # set from another thread: end the round now
+        self.started = time.monotonic()
+        # first beat due after rendezvous; fresh workers also import torch first
+        self.start_allowance = spec.rendezvous_timeout + START_ALLOWANCE_S
 
     def run(self) -> RoundOutcome:
         from distributed import Event
@@ -186,6 +205,11 @@ class Round:
                 self._maybe_resize(alive, stop)
             lost = [r for r, w in enumerate(self.workers) if w not in alive]
             hung = [r for r in self.beacons.silent(self.hang_timeout) if states[r] == "pending"]
+            # a rank that never says a word (stuck importing, unpickling or meeting the
+            # others) must not hang the fit either
+            hung += [r for r in self.beacons.never_started(len(futures), self.started,
+                                                           self.start_allowance)
+                     if states[r] == "pending" and r not in hung]
             errors = [
                 (r, str(futures[r].exception()), is_peer_failure(futures[r].exception()))
                 for r, s in enumerate(states) if s == "error"

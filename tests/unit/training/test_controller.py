@@ -26,7 +26,7 @@ from scalekit.training import state as training_state
 from scalekit.training.controller import TrainingController, _is_peer_failure
 from scalekit.training.policy import Failure
 from scalekit.training.preflight import check_net, preflight
-from scalekit.training.rank import RankResult, RankSpec
+from scalekit.training.rank import RankResult, RankSpec, RendezvousError
 from scalekit.training.rounds import Beacons, Round, RoundOutcome
 
 RNG = np.random.default_rng(0)
@@ -146,7 +146,8 @@ def test_preflight_rejects_empty_data():
         (RuntimeError("Connection reset by peer"), True),
         (RuntimeError("[/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:81] "
                       "Timed out waiting 60000ms for recv operation to complete"), True),
-        (TimeoutError("rendezvous timeout"), True),
+        (RendezvousError("rank 1 waited 30s for rank 0's store address"), True),
+        (TimeoutError("user code: rendezvous with the database timed out"), False),
         (BrokenPipeError(32, "Broken pipe"), True),
         (RuntimeError("NCCL error in: ProcessGroupNCCL.cpp, unhandled system error"), True),
         (RuntimeError("injected failure in forward"), False),

@@ -1,0 +1,164 @@
+"""The threads and the ``KubeCluster`` under the kubernetes backend.
+
+- :class:`IoLoop`: a private event-loop thread for the backend's own Kubernetes API
+  calls (kr8s clients belong to the loop that made them);
+- :class:`PortForward`: a kr8s port-forward to the scheduler service on its own thread,
+  which, unlike ``KubeCluster``'s own forwards, can be stopped;
+- :class:`WatchedKubeCluster`: ``dask_kubernetes.operator.KubeCluster`` whose start is
+  watched by the backend, whose scheduler forward is a :class:`PortForward`, and whose
+  failed construction or close stops its loop thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from dask_kubernetes.operator import KubeCluster
+from distributed.core import Status
+
+from scalekit.backends.kube_spec import SCHEDULER_PORT
+
+T = TypeVar("T")
+
+
+class IoLoop:
+    """A private event loop thread for the backend's own Kubernetes API calls."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="scalekit-kube",
+                                       daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Awaitable[T], timeout: float | None = 30.0) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)  # type: ignore[arg-type]
+        try:
+            return future.result(timeout)
+        except BaseException:
+            future.cancel()
+            raise
+
+    def stop(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(5)
+
+
+class PortForward:
+    """A kr8s port-forward to the scheduler service on its own thread, stoppable."""
+
+    def __init__(self, service: str, namespace: str, port: int) -> None:
+        self.service, self.namespace, self.port = service, namespace, port
+        self.local_port = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._main, daemon=True,
+                                        name=f"scalekit-forward {namespace}/{service}")
+
+    def start(self, timeout: float = 60.0) -> int:
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"port-forward to {self.service} did not start in {timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self.local_port
+
+    def _main(self) -> None:
+        async def serve() -> None:
+            from kr8s.asyncio.objects import Service
+
+            self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            try:
+                service = await Service.get(self.service, namespace=self.namespace)
+                async with service.portforward(self.port, local_port="auto") as port:
+                    self.local_port = port
+                    self._ready.set()
+                    await self._stop.wait()
+            except BaseException as exc:
+                self._error = exc
+                raise
+            finally:
+                self._ready.set()
+
+        with contextlib.suppress(BaseException):
+            asyncio.run(serve())
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+
+class WatchedKubeCluster(KubeCluster):
+    """``KubeCluster`` whose start is watched, whose forward we own, and whose failed
+    construction stops its loop thread.
+
+    Parameters
+    ----------
+    watch : callable
+        Awaited about once a second while ``KubeCluster`` starts; raising ends the start.
+    forward : bool
+        Reach the scheduler through a :class:`PortForward` (the notebook is outside the
+        cluster) instead of ``KubeCluster``'s own address logic.
+    **kwargs
+        For ``KubeCluster``.
+    """
+
+    def __init__(self, *, watch: Callable[[], Awaitable[None]], forward: bool,
+                 **kwargs: Any) -> None:
+        self._scalekit_watch = watch
+        self._scalekit_forward_wanted = forward
+        self.scalekit_forward: PortForward | None = None
+        try:
+            super().__init__(**kwargs)
+        except BaseException:
+            self.abandon()
+            raise
+
+    async def _start(self) -> None:
+        start = asyncio.ensure_future(super()._start())
+        try:
+            while True:
+                done, _ = await asyncio.wait({start}, timeout=1.0)
+                if done:
+                    return start.result()
+                await self._scalekit_watch()
+        except BaseException:
+            start.cancel()
+            with contextlib.suppress(BaseException):
+                await start
+            raise
+
+    async def _get_scheduler_address(self) -> str:
+        if not self._scalekit_forward_wanted:
+            return await super()._get_scheduler_address()
+        forward = PortForward(f"{self.name}-scheduler", self.namespace, SCHEDULER_PORT)
+        self.scalekit_forward = forward
+        port = await asyncio.get_running_loop().run_in_executor(None, forward.start)
+        return f"tcp://127.0.0.1:{port}"
+
+    def abandon(self) -> None:
+        """Forget this object without deleting the cluster (the backend does that)."""
+        self.shutdown_on_close = False
+        if self.scalekit_forward is not None:
+            self.scalekit_forward.stop()
+        with contextlib.suppress(Exception):
+            self.status = Status.closed
+        runner = getattr(self, "_loop_runner", None)
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                runner.stop()
+
+    def close(self, timeout: float = 3600) -> None:  # type: ignore[override]
+        try:
+            super().close(timeout=timeout)
+        finally:
+            self.abandon()
