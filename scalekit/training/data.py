@@ -75,4 +75,4 @@ def _indexable(data: Any) -> bool:
         return all(_indexable(v) for v in data.values())
     if isinstance(data, (list, tuple)):
         return all(_indexable(v) for v in data)
-    return hasattr(data, "iloc")  # pandas
+    return False  # pandas and the rest: skorch's own per-sample conversion

@@ -55,6 +55,16 @@ class FSDP:
     name = "fsdp"
     sharded = True
 
+    def __post_init__(self) -> None:
+        wrap = self.wrap
+        ok = isinstance(wrap, str) and wrap or (
+            isinstance(wrap, tuple) and wrap and all(isinstance(w, str) and w for w in wrap))
+        if not ok:
+            raise ValueError(
+                f"wrap must be 'children', a module class name or a non-empty tuple of "
+                f"class names such as ('Linear',), got {wrap!r}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class Hybrid(FSDP):
@@ -64,6 +74,7 @@ class Hybrid(FSDP):
     name = "hybrid"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
             raise ValueError(f"shard_size must be an integer >= 1, got {self.shard_size!r}")
 
@@ -75,9 +86,14 @@ NAMES = {"ddp": DDP, "local_sgd": LocalSGD, "fsdp": FSDP, "hybrid": Hybrid}
 def resolve(strategy: str | Strategy, **options: Any) -> Strategy:
     """A strategy object from a name (with options) or an object."""
     if isinstance(strategy, (DDP, LocalSGD, FSDP)):
-        if options:
+        if not options:
+            return strategy
+        try:
             return dataclasses.replace(strategy, **options)
-        return strategy
+        except TypeError as exc:
+            fields = [f.name for f in dataclasses.fields(strategy)]
+            raise ValueError(
+                f"{strategy.name} takes the options {fields or 'none'}: {exc}") from exc
     cls = NAMES.get(str(strategy))
     if cls is None:
         raise ValueError(

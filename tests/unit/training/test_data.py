@@ -154,11 +154,6 @@ def test_skorch_dataset_subclass_keeps_its_own_getitem():
     assert_same(Xb, X_NP[IDX] * 2)
 
 
-@pytest.mark.xfail(
-    reason="BatchReader's fast path indexes a DataFrame with .iloc and hands the module a "
-    "DataFrame; skorch's Dataset turns it into a dict of (n, 1) column arrays",
-    strict=False,
-)
 def test_pandas_dataframe_is_read_like_skorch_reads_it():
     pd = pytest.importorskip("pandas")
     df = pd.DataFrame({"a": X_NP[:, 0], "b": X_NP[:, 1]})

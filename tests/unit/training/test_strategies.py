@@ -228,20 +228,14 @@ def test_a_wrap_that_matches_nothing_is_a_clear_error():
         st._shard_units(Net(), ("Conv2d",))
 
 
-# -- known gaps (see the report of issue 8); strict: they fail loudly once fixed ------------
+# -- bad options are refused when the strategy is made ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason=(
-    "bug: resolve(obj, **options) passes options to dataclasses.replace, whose TypeError "
-    "for an unknown option escapes the ValueError that resolve(name, ...) gives"))
 def test_unknown_options_on_a_strategy_object_are_value_errors():
     with pytest.raises(ValueError, match="takes the options"):
         resolve(DDP(), sync_every=8)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: FSDP/Hybrid do not validate wrap; a bad value fails later, on every rank, "
-    "inside the fit (as a TrainingError with a remote traceback)"))
 @pytest.mark.parametrize("wrap", [5, (), ("Linear", 3)])
 def test_a_bad_wrap_is_refused_when_the_strategy_is_made(wrap):
     with pytest.raises(ValueError, match="wrap"):
