@@ -27,10 +27,10 @@ import ipywidgets as widgets
 
 from scalekit.events import AdaptChanged, ClusterSnapshot, Event, EventBus, Notice, ScaleRequested
 from scalekit.widgets import render
+from scalekit.widgets.view import WIDGET_VIEW, EventView  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
-WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
 def _default_bounds(max_workers: int) -> tuple[int, int]:
@@ -46,7 +46,7 @@ def _default_bounds(max_workers: int) -> tuple[int, int]:
     return min(max(lo, 0), hi), hi
 
 
-class ClusterPanel:
+class ClusterPanel(EventView):
     """Worker slider, adaptive bounds, per-worker bars and a status line for one cluster.
 
     Parameters
@@ -145,27 +145,15 @@ class ClusterPanel:
         self._unsubscribe: Callable[[], None] | None = bus.subscribe(self._on_event)
 
     # -- display ---------------------------------------------------------------------
-    def _repr_mimebundle_(
-        self, include: Any = None, exclude: Any = None
-    ) -> dict[str, Any]:
-        """The widget view plus ``text/html`` and ``text/plain`` fallbacks."""
+    def _fallbacks(self) -> dict[str, str]:
         snapshot = self.snapshot
-        data: dict[str, Any] = {
+        return {
             "text/plain": render.cluster_text(snapshot) if snapshot else repr(self),
             "text/html": (
                 render.cluster_html(snapshot) if snapshot
                 else "<div><b>scalekit cluster</b> · waiting for the first snapshot</div>"
             ),
         }
-        if not self.disposed and self.widget._model_id is not None:
-            data[WIDGET_VIEW] = {
-                "version_major": 2, "version_minor": 0, "model_id": self.widget._model_id,
-            }
-        if include:
-            data = {k: v for k, v in data.items() if k in include}
-        if exclude:
-            data = {k: v for k, v in data.items() if k not in exclude}
-        return data
 
     def __repr__(self) -> str:
         state = "closed" if self.cluster_closed else f"{self.workers_slider.value} workers"
@@ -180,15 +168,6 @@ class ClusterPanel:
     def status(self) -> str:
         """The status line's HTML."""
         return self.status_html.value
-
-    def close(self) -> None:
-        """Stop listening to the bus and close the widgets (idempotent)."""
-        self._stop_listening()
-        if self.disposed:
-            return
-        self.disposed = True
-        for child in self._all_widgets():
-            child.close()
 
     # -- bus events (any thread) ------------------------------------------------------
     def _on_event(self, event: Event) -> None:
@@ -322,17 +301,3 @@ class ClusterPanel:
             return
         with self._quiet():
             setattr(widget, name, value)
-
-    def _stop_listening(self) -> None:
-        unsubscribe, self._unsubscribe = self._unsubscribe, None
-        if unsubscribe is not None:
-            unsubscribe()
-
-    def _all_widgets(self) -> list[widgets.Widget]:
-        found: list[widgets.Widget] = []
-        stack: list[widgets.Widget] = [self.widget]
-        while stack:
-            w = stack.pop()
-            found.append(w)
-            stack.extend(getattr(w, "children", ()))
-        return found

@@ -38,8 +38,8 @@ from scalekit.events import (
     RunStarted,
 )
 from scalekit.widgets import render, timeline_render, training_render
-from scalekit.widgets.cluster_panel import WIDGET_VIEW
 from scalekit.widgets.training_state import TrainingState
+from scalekit.widgets.view import EventView
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ BAR_STYLES = {"running": "info", "finished": "success", "failed": "danger",
 URGENT = (EpochEnded, RunFinished, RunStarted, Resized, Recovered)
 
 
-class TrainingPanel:
+class TrainingPanel(EventView):
     """Epoch and batch progress, throughput, ranks, curves, world size and timeline, log.
 
     Parameters
@@ -145,39 +145,20 @@ class TrainingPanel:
             w.add_class(css)
 
     # -- display ---------------------------------------------------------------------
-    def _repr_mimebundle_(
-        self, include: Any = None, exclude: Any = None
-    ) -> dict[str, Any]:
-        """The widget view plus ``text/html`` and ``text/plain`` fallbacks."""
+    def _fallbacks(self) -> dict[str, str]:
         with self._lock:
-            data: dict[str, Any] = {
+            return {
                 "text/plain": render.training_text(self.state),
                 "text/html": render.training_html(self.state),
             }
-        if not self.disposed and self.widget._model_id is not None:
-            data[WIDGET_VIEW] = {
-                "version_major": 2, "version_minor": 0, "model_id": self.widget._model_id,
-            }
-        if include:
-            data = {k: v for k, v in data.items() if k in include}
-        if exclude:
-            data = {k: v for k, v in data.items() if k not in exclude}
-        return data
 
     def __repr__(self) -> str:
         with self._lock:
             return f"<TrainingPanel {self.run_id} {self.state.status} " \
                    f"{training_render.epoch_text(self.state)}>"
 
-    def close(self) -> None:
-        """Stop listening, cancel a pending redraw and close the widgets (idempotent)."""
-        self._stop_listening()
+    def _before_close(self) -> None:
         self._cancel_timer()
-        if self.disposed:
-            return
-        self.disposed = True
-        for child in self._all_widgets():
-            child.close()
 
     # -- events (any thread) ---------------------------------------------------------
     def _relevant(self, event: Event) -> bool:
@@ -283,17 +264,3 @@ class TrainingPanel:
             values.append((self.events_html, "value", timeline_render.events_html(s)))
         return values
 
-    # -- helpers ---------------------------------------------------------------------
-    def _stop_listening(self) -> None:
-        unsubscribe, self._unsubscribe = self._unsubscribe, None
-        if unsubscribe is not None:
-            unsubscribe()
-
-    def _all_widgets(self) -> list[widgets.Widget]:
-        found: list[widgets.Widget] = []
-        stack: list[widgets.Widget] = [self.widget]
-        while stack:
-            w = stack.pop()
-            found.append(w)
-            stack.extend(getattr(w, "children", ()))
-        return found
