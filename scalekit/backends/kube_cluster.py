@@ -48,6 +48,14 @@ class IoLoop:
             self.thread.join(5)
 
 
+def _quiet_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """Stopping a forward cancels its open connections' tasks; asyncio's streams (Python
+    3.11) then log each as "Exception in callback ... CancelledError": not an error."""
+    if isinstance(context.get("exception"), asyncio.CancelledError):
+        return
+    loop.default_exception_handler(context)
+
+
 class PortForward:
     """A kr8s port-forward to the scheduler service on its own thread, stoppable."""
 
@@ -74,6 +82,7 @@ class PortForward:
             from kr8s.asyncio.objects import Service
 
             self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+            self._loop.set_exception_handler(_quiet_cancelled)
             try:
                 service = await Service.get(self.service, namespace=self.namespace)
                 async with service.portforward(self.port, local_port="auto") as port:
