@@ -1,5 +1,6 @@
 """The resource planner: which workers x threads (x GPUs) and strategy to train with.
 
+* :mod:`.budget` (pure): what a plan may use;
 * :mod:`.model` (pure): a scaling model of throughput and memory per rank, fitted to
   measurements;
 * :mod:`.solve` (pure): candidates, their predictions and costs, and the choice, a small
@@ -12,10 +13,11 @@
 
 from __future__ import annotations
 
+from scalekit.planner.budget import Budget, PlanError
 from scalekit.planner.model import Measurement, ScalingModel, fit_scaling_model
 from scalekit.planner.plan import Plan, plan
 from scalekit.planner.probe import ProbeConfig, probe
-from scalekit.planner.solve import Budget, Candidate, PlanError, solve
+from scalekit.planner.solve import Candidate, solve
 
 __all__ = ["Budget", "Candidate", "Measurement", "Plan", "PlanError", "ProbeConfig",
            "ScalingModel", "fit_scaling_model", "plan", "probe", "solve"]

@@ -184,6 +184,10 @@ def fit_throughput(measurements: Sequence[Measurement], *, p_grid: int = 101
     a, b = float(coef[0]), float(coef[1])
     comm = {s: float(coef[2 + i]) for i, s in enumerate(strategies)}
     a_gpu = float(coef[-1]) if has_gpu else None
+    if err > 0.2:
+        notes.append(f"the measurements disagree with the model (rms error {err:.0%}): "
+                     "noisy probes (a busy machine), or more threads or workers slowed "
+                     "training down; probe again with more steps before trusting the plan")
     for s in STRATEGIES:
         if s not in comm and s != "local_sgd":
             notes.append(f"{s} not measured on more than one worker: its communication cost "

@@ -14,8 +14,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from scalekit.errors import UsageError
+from scalekit.planner.budget import Budget, PlanError
 from scalekit.planner.model import EXACT, Measurement, ScalingModel, fit_scaling_model
-from scalekit.planner.solve import Budget, Candidate, PlanError, Solution, _duration, _size, solve
+from scalekit.planner.solve import Candidate, Solution, _duration, _size, solve
 
 
 @dataclasses.dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from scalekit.planner.budget import PlanError
 from scalekit.planner.model import SHARDED, Measurement
-from scalekit.planner.solve import PlanError
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,9 @@ class RoundControl(Callback):
         self.stopped = False
 
     def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
+        par = getattr(net, "_sk_par", None)
+        if par is not None:
+            par.end_epoch()  # same collective on every rank, before anything is saved
         self._report(net)
         if self.save is not None:  # rank 0; every rank when shards are saved
             self.save(net, len(net.history))

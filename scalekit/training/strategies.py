@@ -131,14 +131,29 @@ class Prepared:
             return 1.0
         return piece * world_size / batch
 
+    synced_at: int = 0  # local SGD: the step at which the ranks last averaged
+
     def after_step(self) -> None:
         self.step += 1
         if isinstance(self.strategy, LocalSGD) and self.step % self.strategy.sync_every == 0:
-            average_parameters(self.model)
+            self._sync()
 
     def before_eval(self) -> None:
-        if isinstance(self.strategy, LocalSGD):
-            average_parameters(self.model)  # every rank validates the same weights
+        """Local SGD: every rank validates the same (averaged) weights."""
+        self._sync_if_drifted()
+
+    def end_epoch(self) -> None:
+        """Local SGD: the epoch's result (history, checkpoint, resize, the returned
+        net) is the ranks' average, whether or not a validation ran."""
+        self._sync_if_drifted()
+
+    def _sync_if_drifted(self) -> None:
+        if isinstance(self.strategy, LocalSGD) and self.synced_at != self.step:
+            self._sync()
+
+    def _sync(self) -> None:
+        average_parameters(self.model)
+        self.synced_at = self.step
 
     def local_state_bytes(self, optimizer: Any) -> int:
         """Bytes of parameters, gradients and optimizer state held by this rank."""
