@@ -150,7 +150,7 @@ def fit(
     y: Any = None,
     *,
     cluster: ClusterSession | Client | None = None,
-    checkpoint: str | None = None,
+    checkpoint: str | bool | None = None,
     resume: bool = False,
     wait: bool = True,
     show: bool = True,
@@ -176,9 +176,11 @@ def fit(
         Training data as skorch accepts it. It is sent to every worker once.
     cluster : ClusterSession or distributed.Client, optional
         Where to train; by default the most recently started scalekit cluster.
-    checkpoint : str, optional
+    checkpoint : str or False, optional
         Folder URL (local path, ``s3://...``, any fsspec URL) for checkpoints. By default
-        each run gets a fresh folder under ``scalekit.checkpoint.root``.
+        each run gets a fresh folder under ``scalekit.checkpoint.root``, removed once the
+        fit succeeded. ``False`` turns checkpoints off (a failure then restarts from the
+        last resize, or from the start).
     resume : bool
         Continue the fit saved at ``checkpoint`` (e.g. after a kernel restart) up to the
         net's ``max_epochs``, with the saved optimizer state and history.

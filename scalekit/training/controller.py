@@ -79,7 +79,7 @@ class TrainingController:
     def __init__(
         self, client: Client, net: Any, X: Any, y: Any = None, *, bus: EventBus | None = None,
         config: TrainConfig | None = None, fit_params: dict[str, Any] | None = None,
-        run_id: str | None = None, checkpoint: str | CheckpointStore | None = None,
+        run_id: str | None = None, checkpoint: str | CheckpointStore | bool | None = None,
         checkpoint_config: CheckpointConfig | None = None, resume: bool = False,
         max_world: int | None = None, scale_to: Callable[[int], None] | None = None,
         strategy: Any = "ddp",
@@ -97,7 +97,7 @@ class TrainingController:
         self.fit_params = fit_params or {}
         self.run_id = run_id or uuid.uuid4().hex[:8]
         self.topic = f"scalekit-run-{self.run_id}"
-        self.checkpoint = checkpoint
+        self.checkpoint = checkpoint  # a URL, a CheckpointStore, None (default), False (off)
         self.resume = resume
         self.max_world = max_world or 10_000
         self.scale_to = scale_to
@@ -287,7 +287,11 @@ class TrainingController:
             self._data = self.client.scatter([self.X, self.y], broadcast=True, hash=False)
         return self._data
 
-    def _open_store(self) -> CheckpointStore:
+    def _open_store(self) -> CheckpointStore | None:
+        if self.checkpoint is False:
+            if self.resume:
+                raise UsageError("resume=True needs a checkpoint folder, not checkpoint=False")
+            return None  # no checkpoints: a failure restarts from the last resize or start
         if isinstance(self.checkpoint, CheckpointStore):
             store = self.checkpoint
         else:
@@ -302,7 +306,7 @@ class TrainingController:
 
     def _drop_default_checkpoints(self) -> None:
         """A run that named no checkpoint folder leaves none behind once it succeeded."""
-        if self.checkpoint is not None or self.store is None:
+        if self.checkpoint is not None or self.store is None:  # named, or none at all
             return
         try:
             self.store.fs.rm(self.store.root, recursive=True)
@@ -310,7 +314,8 @@ class TrainingController:
             logger.debug("could not remove %s", self.store.url, exc_info=True)
 
     def _load_checkpoint(self, *, required: bool) -> dict[str, Any] | None:
-        assert self.store is not None
+        if self.store is None:
+            return None
         if not self.store.exists():
             if required:
                 raise UsageError(f"resume=True but {self.store.url} holds no checkpoint")

@@ -253,9 +253,21 @@ def keep_large_buffers_out_of_the_heap(threshold: int = 1 << 20) -> None:
 
 def _shard_units(module: Any, wrap: str | tuple[str, ...]) -> list[Any]:
     if wrap == "children":
-        return [m for m in module.children() if any(True for _ in m.parameters())]
+        return list(_child_units(module))
     names = {wrap} if isinstance(wrap, str) else set(wrap)
     units = [m for m in module.modules() if m is not module and type(m).__name__ in names]
     if not units:
         raise ValueError(f"FSDP wrap={wrap!r} matches no submodule of {type(module).__name__}")
     return units
+
+
+def _child_units(module: Any) -> Any:
+    """Children with parameters, looking through plain containers: a model whose only
+    child is an ``nn.Sequential`` gets one shard unit per layer, not one for all."""
+    from torch import nn
+
+    for child in module.children():
+        if isinstance(child, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
+            yield from _child_units(child)
+        elif any(True for _ in child.parameters()):
+            yield child

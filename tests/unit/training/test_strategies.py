@@ -223,6 +223,19 @@ def test_shard_units(wrap, expected):
     assert [names[id(m)] for m in st._shard_units(net, wrap)] == expected
 
 
+def test_children_looks_through_containers():
+    class Wrapped(nn.Module):  # the usual skorch module: one Sequential child
+        def __init__(self):
+            super().__init__()
+            self.seq = nn.Sequential(nn.Linear(4, 8), nn.ReLU(),
+                                     nn.ModuleList([nn.Linear(8, 8)]), nn.Linear(8, 2))
+
+    net = Wrapped()
+    names = {id(m): n for n, m in net.named_modules()}
+    units = [names[id(m)] for m in st._shard_units(net, "children")]
+    assert units == ["seq.0", "seq.2.0", "seq.3"]
+
+
 def test_a_wrap_that_matches_nothing_is_a_clear_error():
     with pytest.raises(ValueError, match=r"FSDP wrap=\('Conv2d',\) matches no submodule of Net"):
         st._shard_units(Net(), ("Conv2d",))
