@@ -32,13 +32,23 @@ class RoundControl(Callback):
 
     def __init__(self, rank: int, report: Callable[[int, dict[str, Any]], None],
                  save: Callable[[Any, int], None] | None = None,
-                 stop_requested: Callable[[], bool] | None = None) -> None:
+                 stop_requested: Callable[[], bool] | None = None,
+                 max_epochs: int | None = None,
+                 state: dict[str, Any] | None = None) -> None:
         self.rank = rank
+        self.max_epochs = max_epochs
+        self.state = state
         self.report = report
         self.save = save
         self.stop_requested = stop_requested
         self.reported = 0
         self.stopped = False
+
+    def on_train_begin(self, net: Any, **kwargs: Any) -> None:
+        # runs after the user's callbacks made their LR schedulers: restore them
+        from scalekit.training.state import restore_schedulers
+
+        restore_schedulers(net, self.state)
 
     def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
         par = getattr(net, "_sk_par", None)
@@ -47,7 +57,9 @@ class RoundControl(Callback):
         self._report(net)
         if self.save is not None:  # rank 0; every rank when shards are saved
             self.save(net, len(net.history))
-        if self.stop_requested is not None and self._agree(self.stop_requested):
+        last = self.max_epochs is not None and len(net.history) >= self.max_epochs
+        # every rank knows the epoch count: all skip the collective at the last epoch
+        if not last and self.stop_requested is not None and self._agree(self.stop_requested):
             self.stopped = True
             raise RoundStopped
 

@@ -177,6 +177,14 @@ class CheckpointStore:
             raise
 
     def _prune(self) -> None:
+        # a writer that was killed leaves its temporary file or folder behind
+        for path in self.fs.ls(self.root, detail=False):
+            base = posixpath.basename(str(path).rstrip("/"))
+            if base.startswith(".ckpt-") and base.endswith(".tmp"):
+                try:
+                    self.fs.rm(self._path(base), recursive=True)
+                except FileNotFoundError:
+                    pass
         for name in self.names()[: -self.keep]:
             try:
                 self.fs.rm(self._path(name), recursive=name.endswith(".dcp"))

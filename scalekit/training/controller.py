@@ -208,7 +208,7 @@ class TrainingController:
             stop_event=f"scalekit-stop-{self.run_id}-g{self.generation}",
             checkpoint=self.store, checkpoint_epochs=self.ckpt_config.every_epochs,
             checkpoint_seconds=self.ckpt_config.every_seconds, fit_params=self.fit_params,
-            strategy=self.strategy,
+            strategy=self.strategy, run_config=self._run_config(),
         )
         self._current = Round(
             self.client, spec, workers, self._ensure_data(), beacons=self._beacons,
@@ -292,6 +292,12 @@ class TrainingController:
             if self.resume:
                 raise UsageError("resume=True needs a checkpoint folder, not checkpoint=False")
             return None  # no checkpoints: a failure restarts from the last resize or start
+        if isinstance(self.checkpoint, str) and self.checkpoint.startswith("memory://") \
+                and not self._workers_in_process():
+            raise UsageError(
+                "memory:// checkpoints live in one process, but the workers run in their own "
+                "processes and could not share them; use a folder or an s3:// / gs:// URL"
+            )
         if isinstance(self.checkpoint, CheckpointStore):
             store = self.checkpoint
         else:
@@ -303,6 +309,29 @@ class TrainingController:
                 "to continue it, or choose another checkpoint folder (nothing was changed)"
             )
         return store
+
+    def _workers_in_process(self) -> bool:
+        import os
+
+        try:
+            pids = self.client.run(os.getpid)
+        except Exception:
+            return False
+        return bool(pids) and all(pid == os.getpid() for pid in pids.values())
+
+    def _run_config(self) -> dict[str, Any]:
+        """What a checkpoint records about the run that wrote it."""
+        import dataclasses
+
+        net = self.net
+        return {
+            "net": type(net).__name__,
+            "module": getattr(net.module, "__name__", type(net.module).__name__),
+            "max_epochs": self.max_epochs, "batch_size": _batch_size(net),
+            "lr": float(getattr(net, "lr", 0.0)), "strategy": self.strategy.name,
+            "training": dataclasses.asdict(self.config),
+            "checkpoint": dataclasses.asdict(self.ckpt_config),
+        }
 
     def _drop_default_checkpoints(self) -> None:
         """A run that named no checkpoint folder leaves none behind once it succeeded."""

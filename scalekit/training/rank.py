@@ -45,6 +45,7 @@ class RankSpec:
     checkpoint_epochs: int = 1  # save every n epochs (0: never at epoch ends)
     checkpoint_seconds: float = 0.0  # also save mid-epoch every m seconds (0: never)
     strategy: Any = None  # a scalekit.training.strategies object (None: DDP)
+    run_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # saved in states
     fit_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -156,6 +157,8 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
     done_before = len(net.history)
     remaining = spec.max_epochs - done_before
     _seed_everything(spec.seed + 1000 * spec.generation + done_before)
+    if state is not None and state.get("rng") is not None:
+        torch.set_rng_state(state["rng"])  # continue the saved random stream
     device = torch.device(net.device) if isinstance(net.device, str) else net.device
     ids = [device.index or 0] if device is not None and device.type == "cuda" else None
     par = prepare(strategy, net, world_size=spec.world_size, device_ids=ids)
@@ -176,6 +179,7 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
         rank, publish.epoch,
         save=saver.at_epoch_end if saver is not None else None,
         stop_requested=_stop_flag(spec.stop_event) if spec.stop_event else None,
+        max_epochs=spec.max_epochs, state=state,
     )
     net.callbacks_.append(("scalekit_round", control))
     publish.rank_state("training")
@@ -207,7 +211,7 @@ def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed
     if rank == 0 or par.strategy.sharded:  # gathering a sharded model is a collective
         captured = training_state.capture(
             net, par.model, epoch=len(rows), step=0, world_size=spec.world_size,
-            seed=spec.seed, run_id=spec.run_id,
+            seed=spec.seed, run_id=spec.run_id, config=spec.run_config,
         )
         if rank == 0:
             result.state = captured
@@ -247,13 +251,13 @@ class _Saver:
         if self.par.strategy.sharded:
             extra = training_state.capture_meta(
                 net, epoch=epoch, step=step, world_size=self.spec.world_size,
-                seed=self.spec.seed, run_id=self.spec.run_id)
+                seed=self.spec.seed, run_id=self.spec.run_id, config=self.spec.run_config)
             info = store.save_sharded(self.par.model, net.optimizer_, extra, epoch=epoch,
                                       step=step, rank=self.rank)
         else:
             state = training_state.capture(
                 net, self.par.model, epoch=epoch, step=step, world_size=self.spec.world_size,
-                seed=self.spec.seed, run_id=self.spec.run_id,
+                seed=self.spec.seed, run_id=self.spec.run_id, config=self.spec.run_config,
             )
             info = store.save(state, epoch=epoch, step=step)
         self.last = time.monotonic()

@@ -6,7 +6,9 @@ One plain dict (tensors, numbers, strings, lists, dicts: loadable with
     {"format": 1, "module": ..., "optimizer": ..., "criterion": ..., "history": [...],
      "epoch": 4,        # epochs completed
      "step": 120,       # steps completed in epoch 5 (0 at an epoch boundary)
-     "world_size": 2, "seed": 0, "run_id": "...", "lr_schedulers": {...}}
+     "world_size": 2, "seed": 0, "run_id": "...",
+     "lr_schedulers": {...},  # skorch LRScheduler callbacks, by callback name
+     "rng": <torch RNG state>, "config": {...}}  # the run's settings
 
 When ``step > 0`` the last history row is the unfinished epoch, with its batches so far.
 """
@@ -21,7 +23,7 @@ FORMAT = 1
 
 
 def capture(net: Any, model: Any, *, epoch: int, step: int, world_size: int, seed: int,
-            run_id: str) -> dict[str, Any]:
+            run_id: str, config: dict[str, Any] | None = None) -> dict[str, Any]:
     """The state of ``net`` (whose bare or sharded module is ``model``) as a plain dict.
 
     Model and optimizer state are *full* (unsharded) and keyed by parameter name, so a
@@ -37,28 +39,63 @@ def capture(net: Any, model: Any, *, epoch: int, step: int, world_size: int, see
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     criterion = getattr(net, "criterion_", None)
     return {
-        "format": FORMAT,
-        "module": get_model_state_dict(model, options=options),
-        "optimizer": get_optimizer_state_dict(model, net.optimizer_, options=options),
+        # copies: the live model keeps training while a state is saved or sent
+        "module": _clone(get_model_state_dict(model, options=options)),
+        "optimizer": _clone(get_optimizer_state_dict(model, net.optimizer_, options=options)),
         "criterion": cpu_state(criterion.state_dict())
         if criterion is not None and hasattr(criterion, "state_dict") else None,
-        "history": plain(list(net.history)),
-        "epoch": int(epoch),
-        "step": int(step),
-        "world_size": int(world_size),
-        "seed": int(seed),
-        "run_id": str(run_id),
+        **capture_meta(net, epoch=epoch, step=step, world_size=world_size, seed=seed,
+                       run_id=run_id, config=config),
     }
 
 
-def capture_meta(net: Any, *, epoch: int, step: int, world_size: int, seed: int, run_id: str
-                 ) -> dict[str, Any]:
+def capture_meta(net: Any, *, epoch: int, step: int, world_size: int, seed: int, run_id: str,
+                 config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything but the model and optimizer (those go to a sharded checkpoint)."""
+    import torch
+
     return {
         "format": FORMAT, "history": plain(list(net.history)), "epoch": int(epoch),
         "step": int(step), "world_size": int(world_size), "seed": int(seed),
         "run_id": str(run_id),
+        "lr_schedulers": _scheduler_states(net),
+        "rng": torch.get_rng_state(),
+        "config": plain(dict(config or {})),
     }
+
+
+def _scheduler_states(net: Any) -> dict[str, Any]:
+    """State of the LR schedulers that skorch's ``LRScheduler`` callbacks hold."""
+    states = {}
+    for name, callback in getattr(net, "callbacks_", []):
+        scheduler = getattr(callback, "lr_scheduler_", None)
+        if scheduler is not None and hasattr(scheduler, "state_dict"):
+            states[name] = plain(scheduler.state_dict())
+    return states
+
+
+def restore_schedulers(net: Any, state: dict[str, Any] | None) -> None:
+    """Load saved LR-scheduler states into the net's callbacks (after ``on_train_begin``
+    created their schedulers)."""
+    saved = (state or {}).get("lr_schedulers") or {}
+    for name, callback in getattr(net, "callbacks_", []):
+        scheduler = getattr(callback, "lr_scheduler_", None)
+        if name in saved and scheduler is not None:
+            scheduler.load_state_dict(saved[name])
+            # skorch re-creates the scheduler with last_epoch=len(history)-1, and the
+            # constructor takes one more step; put back the rates of the saved moment
+            last = getattr(scheduler, "_last_lr", None)
+            if last:
+                for group, lr in zip(scheduler.optimizer.param_groups, last, strict=False):
+                    group["lr"] = lr
+
+
+def _clone(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _clone(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_clone(v) for v in tree]
+    return tree.detach().clone() if hasattr(tree, "detach") else tree
 
 
 def restore(net: Any, state: dict[str, Any], *, optimizer: bool = True

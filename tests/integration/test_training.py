@@ -272,3 +272,21 @@ def test_an_error_on_one_rank_surfaces_with_its_traceback(local_session):
     sk.fit(net, X_TRAIN, Y_TRAIN, cluster=session, show=False)
     assert len(net.history) == 3
     assert net.score(X_TEST, Y_TEST) > 0.8
+
+
+def test_a_resumed_fit_keeps_its_lr_schedule(session, tmp_path):
+    """The LR scheduler's position is checkpointed: 3 epochs, then a resume to 5, end
+    at the rate of 5 uninterrupted epochs (skorch alone would take one extra step)."""
+    from skorch.callbacks import LRScheduler
+
+    def net(epochs):
+        step = LRScheduler(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.5)
+        return make_net(max_epochs=epochs, lr=0.1, callbacks=[("step", step)])
+
+    folder = str(tmp_path / "ckpt")
+    sk.fit(net(3), X_TRAIN, Y_TRAIN, cluster=session, show=False, checkpoint=folder)
+    resumed = net(5)
+    sk.fit(resumed, X_TRAIN, Y_TRAIN, cluster=session, show=False, checkpoint=folder,
+           resume=True)
+    assert len(resumed.history) == 5
+    assert resumed.optimizer_.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**5)
