@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -56,6 +58,21 @@ def _quiet_cancelled(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -
     loop.default_exception_handler(context)
 
 
+BIND_ATTEMPTS = 5
+
+
+def _free_port() -> int:
+    """A port nothing on 127.0.0.1 holds now, as the OS picks it.
+
+    kr8s's own ``local_port="auto"`` probes random ports with ``connect``, which misses
+    ports bound by outgoing connections (they are not listening), so its bind can fail
+    with EADDRINUSE on a busy machine.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class PortForward:
     """A kr8s port-forward to the scheduler service on its own thread, stoppable."""
 
@@ -85,10 +102,18 @@ class PortForward:
             self._loop.set_exception_handler(_quiet_cancelled)
             try:
                 service = await Service.get(self.service, namespace=self.namespace)
-                async with service.portforward(self.port, local_port="auto") as port:
-                    self.local_port = port
-                    self._ready.set()
-                    await self._stop.wait()
+                for attempt in range(BIND_ATTEMPTS):
+                    try:
+                        forward = service.portforward(self.port, local_port=_free_port())
+                        async with forward as port:
+                            self.local_port = port
+                            self._ready.set()
+                            await self._stop.wait()
+                        return
+                    except OSError as exc:
+                        # another process took the port between our probe and the bind
+                        if exc.errno != errno.EADDRINUSE or attempt == BIND_ATTEMPTS - 1:
+                            raise
             except BaseException as exc:
                 self._error = exc
                 raise

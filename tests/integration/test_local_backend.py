@@ -128,10 +128,10 @@ def shared_session():
 @pytest.mark.parametrize(
     ("action", "args", "field"),
     [
-        ("scale", (0,), "workers"),
-        ("scale", (17,), "workers"),  # default max-workers is 16
-        ("scale", (-1,), "workers"),
-        ("scale", ("two",), "workers"),
+        ("scale", (0,), "scalekit.cluster.workers"),
+        ("scale", (17,), "scalekit.cluster.workers"),  # default max-workers is 16
+        ("scale", (-1,), "scalekit.cluster.workers"),
+        ("scale", ("two",), "scalekit.cluster.workers"),
         ("adapt", (3, 1), "scalekit.adapt.minimum"),
         ("adapt", (1, 17), "scalekit.adapt.maximum"),
     ],

@@ -160,6 +160,38 @@ def test_a_cluster_left_pending_by_the_operator_race_still_starts(notebook, capl
         and (body.get("status") or {}).get("phase") == "Pending"))
     with cluster(workers=1, backend="kubernetes") as s:
         assert race.hits >= 1
+        # the late 'Pending' either stalls the start (fixed there) or lands just after it
+        # connected (fixed by the next look at the cluster, e.g. the panel's)
+        deadline = time.monotonic() + 30
+        while not s.backend.pending_fixed and time.monotonic() < deadline:
+            s.backend.pods()
+            time.sleep(0.5)
         assert s.backend.pending_fixed
         assert kube.dask("daskclusters")[0]["status"]["phase"] == "Running"
     assert "dask/dask-kubernetes#968" in caplog.text
+
+
+def test_the_scheduler_forward_takes_another_port_when_its_port_is_taken(notebook, monkeypatch):
+    """A port bound by another process (not listening: kr8s's probe misses those) is
+    retried with a fresh one instead of failing the start with EADDRINUSE."""
+    import socket
+
+    from scalekit.backends import kube_cluster
+
+    taken = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    taken.bind(("127.0.0.1", 0))  # bound, not listening: what an outgoing connection holds
+    ports = [taken.getsockname()[1]]
+    free_port = kube_cluster._free_port
+
+    def first_the_taken_port() -> int:
+        return ports.pop() if ports else free_port()
+
+    monkeypatch.setattr(kube_cluster, "_free_port", first_the_taken_port)
+    try:
+        with cluster(workers=1, backend="kubernetes") as s:
+            assert not ports  # the taken port was tried
+            port = int(s.scheduler_address.rsplit(":", 1)[1])
+            assert port != taken.getsockname()[1]
+            assert s.client.submit(sum, [1, 2]).result(timeout=30) == 3
+    finally:
+        taken.close()

@@ -56,8 +56,12 @@ def npm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         pytest.skip(message)
     npm_exe = shutil.which("npm")
     assert npm_exe, "npm is needed to build and test the JupyterLab extension"
-    return subprocess.run([npm_exe, *args], cwd=EXTENSION, capture_output=True, text=True,
-                          timeout=timeout)
+    # plain text whatever the terminal: CI sets FORCE_COLOR, which colours vitest's summary
+    env = {**os.environ, "NO_COLOR": "1", "FORCE_COLOR": "0"}
+    done = subprocess.run([npm_exe, *args], cwd=EXTENSION, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    done.stdout = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout)
+    return done
 
 
 @pytest.mark.timeout(600)
