@@ -39,6 +39,57 @@ def _y_bounds(values: Sequence[float], y_range: tuple[float, float] | None) -> t
     return (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
 
 
+@dataclasses.dataclass(frozen=True)
+class _Frame:
+    """The picture both charts share: an ``<svg>`` head, a plot area inside margins
+    that leave room for the y labels (left), the legend (top) and the x labels (bottom)."""
+
+    width: float
+    height: float
+    css_class: str
+    left: float = 44.0
+    right: float = 8.0
+    top: float = 16.0
+    bottom: float = 18.0
+
+    @property
+    def plot_w(self) -> float:
+        return max(self.width - self.left - self.right, 1.0)
+
+    @property
+    def plot_h(self) -> float:
+        return max(self.height - self.top - self.bottom, 1.0)
+
+    @property
+    def head(self) -> str:
+        w, h = int(self.width), int(self.height)
+        return (f'<svg class="{escape(self.css_class)}" xmlns="http://www.w3.org/2000/svg" '
+                f'width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
+                'style="background:#fafafa;border:1px solid #ddd;font:10px sans-serif">')
+
+    def waiting(self, text: str, before: str = "") -> str:
+        """The whole picture while there is nothing to draw yet."""
+        return (f'{self.head}{before}<text x="{self.width / 2:.0f}" y="{self.height / 2:.0f}" '
+                f'text-anchor="middle" fill="#888">{escape(text)}</text></svg>')
+
+    def axes(self, y_hi: str, y_lo: str, x_first: str, x_last: str | None,
+             x_label: str) -> list[str]:
+        """Base line and the labels: y range on the left, x range and name below."""
+        left, top = self.left, self.top
+        base, right, y = top + self.plot_h, left + self.plot_w, self.height - 4
+        parts = [
+            f'<line x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="#bbb"/>',
+            f'<text x="{left - 3}" y="{top + 4}" text-anchor="end" fill="#555">{y_hi}</text>',
+            f'<text x="{left - 3}" y="{base}" text-anchor="end" fill="#555">{y_lo}</text>',
+            f'<text x="{left}" y="{y}" fill="#555">{x_first}</text>',
+            f'<text x="{left + self.plot_w / 2}" y="{y}" text-anchor="middle" fill="#888">'
+            f"{escape(x_label)}</text>",
+        ]
+        if x_last is not None:
+            parts.append(f'<text x="{right}" y="{y}" text-anchor="end" fill="#555">{x_last}</text>')
+        return parts
+
+
 def line_chart_svg(
     series: Mapping[str, Sequence[float | None]],
     width: int = 360,
@@ -75,8 +126,8 @@ def line_chart_svg(
     str
         An ``<svg>`` element (names and labels escaped).
     """
-    left, right, top, bottom = 44.0, 8.0, 16.0, 18.0
-    plot_w, plot_h = max(width - left - right, 1.0), max(height - top - bottom, 1.0)
+    frame = _Frame(width, height, css_class)
+    left, top, plot_w, plot_h = frame.left, frame.top, frame.plot_w, frame.plot_h
     finite = {
         name: [(i, float(v)) for i, v in enumerate(values)
                if v is not None and math.isfinite(float(v))]
@@ -84,15 +135,8 @@ def line_chart_svg(
     }
     finite = {name: pts for name, pts in finite.items() if pts}
     n = max((len(values) for values in series.values()), default=0)
-    head = (
-        f'<svg class="{escape(css_class)}" xmlns="http://www.w3.org/2000/svg" '
-        f'width="{int(width)}" height="{int(height)}" '
-        f'viewBox="0 0 {int(width)} {int(height)}" '
-        'style="background:#fafafa;border:1px solid #ddd;font:10px sans-serif">'
-    )
     if not finite:
-        return (f'{head}<text x="{width / 2:.0f}" y="{height / 2:.0f}" text-anchor="middle" '
-                'fill="#888">waiting for the first epoch</text></svg>')
+        return frame.waiting("waiting for the first epoch")
     lo, hi = _y_bounds([v for pts in finite.values() for _, v in pts], y_range)
 
     def xy(i: int, v: float) -> str:
@@ -102,18 +146,9 @@ def line_chart_svg(
 
     parts = [
         f'<line x1="{left}" y1="{top}" x2="{left + plot_w}" y2="{top}" stroke="#e0e0e0"/>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
-        'stroke="#bbb"/>',
-        f'<text x="{left - 3}" y="{top + 4}" text-anchor="end" fill="#555">{_tick(hi)}</text>',
-        f'<text x="{left - 3}" y="{top + plot_h}" text-anchor="end" fill="#555">'
-        f"{_tick(lo)}</text>",
-        f'<text x="{left}" y="{height - 4}" fill="#555">{int(x_start)}</text>',
-        f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" fill="#888">'
-        f"{escape(x_label)}</text>",
+        *frame.axes(_tick(hi), _tick(lo), str(int(x_start)),
+                    str(int(x_start) + n - 1) if n > 1 else None, x_label),
     ]
-    if n > 1:
-        parts.append(f'<text x="{left + plot_w}" y="{height - 4}" text-anchor="end" '
-                     f'fill="#555">{int(x_start) + n - 1}</text>')
     legend_x = left
     for k, (name, pts) in enumerate(finite.items()):
         color = escape((colors or {}).get(name, PALETTE[k % len(PALETTE)]))
@@ -128,7 +163,7 @@ def line_chart_svg(
             parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{color}"/>')
         parts.append(f'<text x="{legend_x:.0f}" y="11" fill="{color}">■ {escape(name)}</text>')
         legend_x += 6.5 * len(name) + 22
-    return f'{head}{"".join(parts)}</svg>'
+    return f'{frame.head}{"".join(parts)}</svg>'
 
 
 def _num(value: float) -> str:
@@ -194,18 +229,11 @@ def step_chart_svg(
     str
         An ``<svg>`` element (titles and labels escaped).
     """
-    left, right, top, bottom = 44.0, 8.0, 16.0, 18.0
-    plot_w, plot_h = max(width - left - right, 1.0), max(height - top - bottom, 1.0)
-    head = (
-        f'<svg class="{escape(css_class)}" xmlns="http://www.w3.org/2000/svg" '
-        f'width="{int(width)}" height="{int(height)}" '
-        f'viewBox="0 0 {int(width)} {int(height)}" '
-        'style="background:#fafafa;border:1px solid #ddd;font:10px sans-serif">'
-    )
+    frame = _Frame(width, height, css_class)
+    left, top, plot_w, plot_h = frame.left, frame.top, frame.plot_w, frame.plot_h
     legend = f'<text x="{left}" y="11" fill="#555">{escape(title)}</text>' if title else ""
     if not steps:
-        return (f'{head}{legend}<text x="{width / 2:.0f}" y="{height / 2:.0f}" '
-                'text-anchor="middle" fill="#888">waiting for the run to start</text></svg>')
+        return frame.waiting("waiting for the run to start", before=legend)
     x0, x1 = float(x_range[0]), float(x_range[1])
     if x1 <= x0:
         x1 = x0 + 1.0
@@ -228,14 +256,7 @@ def step_chart_svg(
     points.append(f"{px(end):.1f},{py(last):.1f}")
     parts = [
         legend,
-        f'<line x1="{left}" y1="{base}" x2="{left + plot_w}" y2="{base}" stroke="#bbb"/>',
-        f'<text x="{left - 3}" y="{top + 4}" text-anchor="end" fill="#555">{_num(hi)}</text>',
-        f'<text x="{left - 3}" y="{base}" text-anchor="end" fill="#555">0</text>',
-        f'<text x="{left}" y="{height - 4}" fill="#555">{_num(x0)}</text>',
-        f'<text x="{left + plot_w / 2}" y="{height - 4}" text-anchor="middle" fill="#888">'
-        f"{escape(x_label)}</text>",
-        f'<text x="{left + plot_w}" y="{height - 4}" text-anchor="end" fill="#555">'
-        f"{_num(x1)}</text>",
+        *frame.axes(_num(hi), "0", _num(x0), _num(x1), x_label),
         f'<polyline class="scalekit-step-line" fill="none" stroke="{escape(color)}" '
         f'stroke-width="1.5" points="{" ".join(points)}"><title>{escape(title)}: '
         f"{_num(last)}</title></polyline>",
@@ -266,4 +287,4 @@ def step_chart_svg(
                 f'cx="{px(m.x):.1f}" cy="{py(m.y):.1f}" r="3.5" fill="{escape(m.color)}" '
                 f'stroke="#fff"><title>{escape(m.title)}</title></circle>'
             )
-    return f'{head}{"".join(parts)}</svg>'
+    return f'{frame.head}{"".join(parts)}</svg>'
