@@ -1,4 +1,5 @@
-"""Models, data and callbacks for tests/integration/test_strategies.py and test_planner.py.
+"""Models and callbacks for tests/integration/test_strategies.py and test_planner.py
+(the data, digits, comes from training_models).
 
 They live in an importable module (the workers unpickle the nets the tests send them,
 which needs the classes importable by name).
@@ -8,25 +9,18 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 from skorch.callbacks import Callback
 from torch import nn
+from training_models import WideMLP as ThreeLinear
 
 
-class DigitsNet(nn.Module):
-    """64 -> hidden -> hidden -> 10 logits (use CrossEntropyLoss): three Linear layers,
-    so FSDP's default wrapping (each child with parameters) makes three shard units."""
+class DigitsNet(ThreeLinear):
+    """64 -> 128 -> 128 -> 10 logits (use CrossEntropyLoss): three Linear layers, so
+    FSDP's default wrapping (each child with parameters) makes three shard units."""
 
     def __init__(self, n_in: int = 64, hidden: int = 128) -> None:
-        super().__init__()
-        self.seq = nn.Sequential(
-            nn.Linear(n_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-            nn.Linear(hidden, 10),
-        )
-
-    def forward(self, X):
-        return self.seq(X)
+        super().__init__(n_in, hidden)
 
 
 class WideMLP(nn.Module):
@@ -45,17 +39,6 @@ class WideMLP(nn.Module):
 
     def forward(self, X):
         return self.seq(X)
-
-
-def digits():
-    """load_digits as float32 in [0, 1] and int64 labels, split 75/25 with a fixed seed."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    X, y = load_digits(return_X_y=True)
-    X = (X / 16.0).astype(np.float32)
-    y = y.astype(np.int64)
-    return train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
 
 
 class SaveRankParams(Callback):

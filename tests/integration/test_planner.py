@@ -15,8 +15,9 @@ import os
 import pytest
 import torch
 from skorch import NeuralNetClassifier
-from strategy_models import DigitsNet, digits
+from strategy_models import DigitsNet
 from torch import nn
+from training_models import digits
 
 import scalekit as sk
 from scalekit.planner import Budget, Plan

@@ -23,8 +23,9 @@ import numpy as np
 import pytest
 import torch
 from skorch import NeuralNetClassifier
-from strategy_models import DigitsNet, SaveRankParams, WideMLP, digits
+from strategy_models import DigitsNet, SaveRankParams, WideMLP
 from torch import nn
+from training_models import digits
 
 import scalekit as sk
 from scalekit.training.checkpoint import CheckpointStore
