@@ -88,6 +88,9 @@ def clean_dask_config(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         dask.config.paths[:] = saved_paths
         dask.config.config.clear()
         dask.config.config.update(saved)
+        # defaults registered during the test (a first `import distributed`) stay
+        for defaults in dask.config.defaults:
+            dask.config.update(dask.config.config, copy.deepcopy(defaults), priority="old")
 
 
 @pytest.fixture

@@ -153,7 +153,10 @@ def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig,
     labels = {**kube.labels, **MANAGED_BY}
     gpus = int(kube.resources.get("limits", {}).get("gpu", 0))
     threads = str(cluster.threads_per_worker)
-    worker_env = _env(kube, dict.fromkeys(_THREAD_VARS, threads))
+    extra = dict.fromkeys(_THREAD_VARS, threads)
+    if not cluster.profile:  # see ClusterConfig.profile
+        extra["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
+    worker_env = _env(kube, extra)
     worker = {
         "name": "worker",
         "image": kube.image,

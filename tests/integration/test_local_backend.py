@@ -208,3 +208,19 @@ def test_context_manager_closes():
     wait_until(lambda: not any(psutil.pid_exists(p) for p in pids), timeout=10,
                what="worker processes to exit")
 
+
+
+@pytest.mark.parametrize("profile", [False, True])
+def test_workers_run_dasks_profiler_only_when_asked(profile):
+    import dask.config
+
+    def settings():
+        return (dask.config.get("distributed.worker.profile.enabled"),
+                dask.config.get("distributed.comm.timeouts.connect"))  # the rest is kept
+
+    with cluster(workers=1, profile=profile) as s:
+        (found,) = s.client.run(settings).values()
+        assert found == (profile, dask.config.get("distributed.comm.timeouts.connect"))
+    # the kernel's own settings are untouched
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+    assert dask.config.get("distributed.admin.tick.interval") == "20ms"

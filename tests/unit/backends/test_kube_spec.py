@@ -178,6 +178,16 @@ def test_memory_limit_maps_to_the_worker_flag_and_the_container_limit():
                                    "limits": {"memory": str(2 * 2**30)}}
 
 
+def test_worker_pods_run_without_dasks_profiler_unless_asked():
+    def worker_env(**options):
+        spec = build_cluster_spec(kube(), ClusterConfig(**options), "c")
+        (worker,) = spec["spec"]["worker"]["spec"]["containers"]
+        return {e["name"]: e["value"] for e in worker["env"]}
+
+    assert worker_env()["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] == "False"
+    assert "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED" not in worker_env(profile=True)
+
+
 def test_resources_gpus_and_scheduling():
     spec = build_cluster_spec(kube(**FULL), ClusterConfig(threads_per_worker=2), "c")
     worker_pod = spec["spec"]["worker"]["spec"]
