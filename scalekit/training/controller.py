@@ -392,6 +392,7 @@ class TrainingController:
 
     # -- messages from the ranks ---------------------------------------------------------
     _progress: tuple[int, int, int] = (0, 0, 1)  # epoch, batch, batches per epoch
+    _progress_generation = 0  # the round that sent _progress
     _recovery: tuple[float, tuple[int, int, int], str] | None = None
 
     def _on_message(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -402,7 +403,8 @@ class TrainingController:
                                int(msg["pid"]))
         elif kind == "batch":
             self._note_recovered(msg)
-            self._progress = (int(msg["epoch"]), int(msg["batch"]), int(msg["n_batches"]))
+            self._progress = _position(msg)
+            self._progress_generation = int(msg.get("generation", 0))
             self.bus.publish(BatchProgress(
                 run_id=self.run_id, epoch=int(msg["epoch"]), batch=int(msg["batch"]),
                 n_batches=int(msg["n_batches"]), samples_per_s=float(msg["samples_per_s"])))
@@ -421,20 +423,42 @@ class TrainingController:
                                         generation=int(msg.get("generation", 0))))
             if msg["state"] == "training" and int(msg["rank"]) == 0:
                 self._note_recovered(msg)
+            elif (msg["state"] == "failed" and "batch" in msg
+                  and int(msg.get("generation", 0)) >= self._progress_generation):
+                self._note_reached(_position(msg))
+
+    def _note_reached(self, position: tuple[int, int, int]) -> None:
+        """A failed rank said how far it got: the work lost is counted from there if
+        that is past the last (throttled) progress message."""
+        if _steps(position) > _steps(self._progress):
+            self._progress = position
+        recovery = self._recovery
+        if recovery is not None and _steps(position) > _steps(recovery[1]):
+            self._recovery = (recovery[0], position, recovery[2])
 
     def _note_recovered(self, msg: dict[str, Any]) -> None:
         """The first sign of life after a failure: report downtime and lost work."""
         recovery, self._recovery = self._recovery, None
         if recovery is None:
             return
-        failed_at, (epoch, batch, per_epoch), reason = recovery
+        failed_at, reached, reason = recovery
         state = self._state or {"epoch": 0, "step": 0}
-        lost = (epoch * per_epoch + batch) - (int(state["epoch"]) * per_epoch + int(state["step"]))
+        lost = _steps(reached) - _steps((int(state["epoch"]), int(state["step"]), reached[2]))
         self.bus.publish(Recovered(
             run_id=self.run_id, reason=reason, epoch=int(state["epoch"]),
             step=int(state["step"]), world_size=int(msg.get("world_size", 0)),
             lost_steps=max(0, lost), downtime_s=time.monotonic() - failed_at,
         ))
+
+
+def _position(msg: dict[str, Any]) -> tuple[int, int, int]:
+    """(epoch, steps done in it, steps per epoch) from a rank's message."""
+    return int(msg["epoch"]), int(msg["batch"]), int(msg["n_batches"])
+
+
+def _steps(position: tuple[int, int, int]) -> int:
+    epoch, batch, per_epoch = position
+    return epoch * per_epoch + batch
 
 
 __all__ = ["TrainingController", "check_net", "preflight"]

@@ -127,7 +127,9 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
         try:
             return _train(spec, rank, worker.address, X, y, publish)
         except BaseException:
-            publish.rank_state("failed")
+            # where this rank got to: the controller counts the steps a failure cost
+            # from it (progress messages are throttled, so they may lag by an epoch)
+            publish.rank_state("failed", **publish.position)
             raise
         finally:
             if dist.is_initialized():
@@ -147,7 +149,7 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
     net = spec.net
     strategy = spec.strategy or DDP()
     ctx = RankContext(rank=rank, world_size=spec.world_size, seed=spec.seed,
-                      on_batch=publish.batch if rank == 0 else None)
+                      on_batch=publish.batch)
     state = spec.state
     if state is not None:
         partial = training_state.restore(net, state, optimizer=not strategy.sharded)
@@ -354,6 +356,7 @@ class _Publisher:
         self.worker = worker
         self.spec = spec
         self.rank = rank
+        self.position: dict[str, int] = {}  # the last step done: epoch, batch, n_batches
         self._last_batch = 0.0
         self._epoch_started = time.perf_counter()
 
@@ -361,11 +364,14 @@ class _Publisher:
         if self.spec.topic:
             self.worker.log_event(self.spec.topic, {"generation": self.spec.generation, **msg})
 
-    def rank_state(self, state: str) -> None:
+    def rank_state(self, state: str, **extra: Any) -> None:
         self.send({"kind": "rank", "rank": self.rank, "worker": self.worker.address,
-                   "state": state, "world_size": self.spec.world_size})
+                   "state": state, "world_size": self.spec.world_size, **extra})
 
     def batch(self, epoch: int, batch: int, n_batches: int, samples: int) -> None:
+        self.position = {"epoch": epoch, "batch": batch, "n_batches": n_batches}
+        if self.rank != 0:
+            return  # rank 0 speaks for the synchronous world
         now = time.perf_counter()
         if batch == 1:
             self._epoch_started = now

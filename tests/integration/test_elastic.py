@@ -37,7 +37,6 @@ from training_models import HoldWhileFileExists, WideMLP, digits_x4, slow_store
 import scalekit as sk
 from scalekit.errors import UsageError
 from scalekit.events import (
-    BatchProgress,
     CheckpointSaved,
     EpochEnded,
     Notice,
@@ -176,22 +175,37 @@ def ranks(run):
     return {e.rank: e.worker for e in statuses if e.generation == newest}
 
 
-def mid_epoch(run, min_epoch, world=None):
-    """The latest progress if the newest round is training inside epoch index
-    ``min_epoch`` or later, away from the epoch's ends (and, with ``world``, on that many
-    ranks)."""
-    progress = of(run, BatchProgress)
-    started = [e for e in of(run, RankStatus) if e.rank == 0 and e.state == "training"]
-    if not progress or not started:
-        return None
-    last, newest = progress[-1], max(started, key=lambda e: e.generation)
-    if last.time < newest.time or last.epoch < min_epoch:
-        return None
-    if not 0.1 * last.n_batches <= last.batch <= 0.75 * last.n_batches:
-        return None
-    if world is not None and len(ranks(run)) != world:
-        return None
-    return last
+MID_EPOCH = BATCHES // 3  # where HoldWhileFileExists(at_batch=...) stops the ranks
+
+
+def saved_epochs(run):
+    return max((e.epoch for e in of(run, CheckpointSaved)), default=0)
+
+
+class MidEpochHold:
+    """Stops every rank of a fit after step ``MID_EPOCH`` of an epoch, so a fault lands
+    mid-epoch on two ranks however fast the machine trains (a fault timed by progress
+    events missed its window once epochs got shorter than the event interval)."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.callback = ("hold-mid", HoldWhileFileExists(self.path, at_batch=MID_EPOCH))
+
+    def stop(self, run, after_epochs=0, world=2):
+        """Wait until the ranks hold mid-epoch, in an epoch after the first
+        ``after_epochs`` (so that a checkpoint exists), with ``world`` of them; returns
+        the number of epochs checkpointed before the held one."""
+        wait_until(lambda: saved_epochs(run) >= after_epochs, FIT_TIMEOUT,
+                   f"{after_epochs} epochs", run)
+        held = Path(f"{self.path}.held")
+        held.unlink(missing_ok=True)
+        self.path.touch()
+        wait_until(lambda: held.exists() and len(ranks(run)) == world, FIT_TIMEOUT,
+                   f"a hold mid-epoch on {world} ranks", run)
+        return saved_epochs(run)
+
+    def release(self):
+        self.path.unlink(missing_ok=True)
 
 
 def pid_of(session, address):
@@ -295,19 +309,20 @@ def test_killing_workers_mid_epoch_twice_in_one_fit(session, reference, tmp_path
     hold = tmp_path / "hold"
     watch = PointerWatch(url)
     watch.start()
-    run = sk.fit(make_net(callbacks=[("hold", HoldWhileFileExists(hold))]), X_TRAIN, Y_TRAIN,
-                 cluster=session, checkpoint=url, wait=False, show=False)
+    mid = MidEpochHold(tmp_path / "hold-mid")
+    run = sk.fit(make_net(callbacks=[("hold", HoldWhileFileExists(hold)), mid.callback]),
+                 X_TRAIN, Y_TRAIN, cluster=session, checkpoint=url, wait=False, show=False)
     kills = []
 
-    def kill_a_rank(n, min_epoch):
-        progress = wait_until(lambda: mid_epoch(run, min_epoch, world=2), FIT_TIMEOUT,
-                              f"epoch index {min_epoch} on two ranks", run)
+    def kill_a_rank(n, after_epochs):
+        done = mid.stop(run, after_epochs)
         world = ranks(run)
         pid = pid_of(session, world[1])
         os.kill(pid, signal.SIGKILL)
         kills.append(time.time())
-        report(f"kill #{n}: SIGKILL rank 1 of 2 (pid {pid}) at epoch {progress.epoch + 1}, "
-               f"step ~{progress.batch}/{progress.n_batches}")
+        mid.release()
+        report(f"kill #{n}: SIGKILL rank 1 of 2 (pid {pid}) at epoch {done + 1}, "
+               f"step {MID_EPOCH}/{BATCHES}")
         wait_until(lambda: len(of(run, Recovered)) >= n, FIT_TIMEOUT, f"recovery #{n}", run)
 
     try:
@@ -327,6 +342,7 @@ def test_killing_workers_mid_epoch_twice_in_one_fit(session, reference, tmp_path
         assert_finished_like_the_reference(run, reference)
     finally:
         hold.unlink(missing_ok=True)
+        mid.release()
         if not run.done:
             run.wait(timeout=FIT_TIMEOUT)
         watch.stop()
@@ -335,7 +351,9 @@ def test_killing_workers_mid_epoch_twice_in_one_fit(session, reference, tmp_path
     assert len(found) == 2
     for killed_at, event in zip(kills, found, strict=True):
         assert event.time >= killed_at
-        assert event.lost_steps <= BATCHES  # at most one checkpoint interval (an epoch)
+        # from the end of the epoch before the kill (one checkpoint interval) to the
+        # step where the survivor's collective broke
+        assert event.lost_steps == MID_EPOCH, event
         assert event.downtime_s < 10, event  # the survivor goes on at once
     resized = of(run, Resized)
     assert (resized[0].old, resized[0].new) == (1, 2)  # the replacement joined
@@ -349,18 +367,18 @@ def test_killing_workers_mid_epoch_twice_in_one_fit(session, reference, tmp_path
 
 def test_a_stopped_rank_is_found_within_seconds_and_the_fit_goes_on(session, reference, tmp_path):
     url = str(tmp_path / "ckpt")
-    run = sk.fit(make_net(), X_TRAIN, Y_TRAIN, cluster=session, checkpoint=url,
-                 wait=False, show=False)
+    mid = MidEpochHold(tmp_path / "hold-mid")
+    run = sk.fit(make_net(callbacks=[mid.callback]), X_TRAIN, Y_TRAIN, cluster=session,
+                 checkpoint=url, wait=False, show=False)
     pid = None
     try:
-        progress = wait_until(lambda: mid_epoch(run, 2, world=2), FIT_TIMEOUT,
-                              "epoch index 2 on two ranks", run)
+        done = mid.stop(run, after_epochs=2)
         world = ranks(run)
         pid = pid_of(session, world[1])
         os.kill(pid, signal.SIGSTOP)
         stopped_at = time.time()
-        report(f"SIGSTOP rank 1 (pid {pid}) at epoch {progress.epoch + 1}, "
-               f"step ~{progress.batch}/{progress.n_batches}")
+        mid.release()
+        report(f"SIGSTOP rank 1 (pid {pid}) at epoch {done + 1}, step {MID_EPOCH}/{BATCHES}")
         notice = wait_until(
             lambda: [e for e in of(run, Notice) if "hung" in e.message and e.time > stopped_at],
             60, "the hang to be noticed", run)[0]
@@ -368,6 +386,7 @@ def test_a_stopped_rank_is_found_within_seconds_and_the_fit_goes_on(session, ref
         report(f"hang detected after {detected:.2f}s: {notice.message}")
         assert_finished_like_the_reference(run, reference)
     finally:
+        mid.release()
         if pid is not None:
             for sig in (signal.SIGCONT, signal.SIGKILL):  # never leave a stopped process
                 try:

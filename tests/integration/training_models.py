@@ -178,14 +178,26 @@ def slow_store(url, slow_names=(), seconds=2.0, keep=3):
 
 
 class HoldWhileFileExists(Callback):
-    """Keeps every rank at the end of each epoch while ``path`` exists, so a test can hold
-    a fit still (e.g. while new workers start). It changes no number of the training.
-    While holding it creates ``path + ".held"``."""
+    """Keeps every rank still while ``path`` exists, so a test can act at a known point of
+    a fit (e.g. while new workers start, or to kill a rank mid-epoch whatever the speed of
+    the machine). It holds at the end of each epoch, or with ``at_batch`` after that
+    training step of each epoch (counted from the epoch's start, across resumes). It
+    changes no number of the training. While holding it creates ``path + ".held"``."""
 
-    def __init__(self, path):
+    def __init__(self, path, at_batch=None):
         self.path = str(path)
+        self.at_batch = at_batch
 
     def on_epoch_end(self, net, **kwargs):
+        if self.at_batch is None:
+            self._hold()
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training and self.at_batch is not None:
+            if len(net.history[-1]["batches"]) == self.at_batch:
+                self._hold()
+
+    def _hold(self):
         import time
 
         if os.path.exists(self.path):

@@ -21,6 +21,7 @@ from scalekit.events import (
     EventBus,
     Notice,
     RankStatus,
+    Recovered,
 )
 from scalekit.training import state as training_state
 from scalekit.training.controller import TrainingController, _is_peer_failure
@@ -404,3 +405,42 @@ def test_messages_from_ranks_become_events():
     assert (batch.run_id, batch.batch, batch.n_batches) == ("test", 3, 9)
     assert (epoch.epoch, epoch.row, epoch.world_size) == (1, {"train_loss": 0.5}, 2)
     assert (rank.rank, rank.worker, rank.state) == (1, WORKERS[1], "training")
+
+
+def recovered_after(messages, failure_noticed_before):
+    """Feed rank messages around a failure of round 0 (restored from the end of epoch
+    index 2, 9 steps an epoch); returns the Recovered event of round 1's start."""
+    ctl = controller(None)
+    ctl._state = {"epoch": 2, "step": 0}
+    events = []
+    ctl.bus.subscribe(events.append, replay=False)
+    for msg in messages[:failure_noticed_before]:
+        ctl._on_message((0.0, msg))
+    ctl._recovery = (time.monotonic(), ctl._progress, "rank 1 lost")
+    for msg in messages[failure_noticed_before:]:
+        ctl._on_message((0.0, msg))
+    ctl._on_message((0.0, {"kind": "rank", "rank": 0, "worker": WORKERS[0], "world_size": 1,
+                           "state": "training", "generation": 1}))
+    return [e for e in events if isinstance(e, Recovered)][-1]
+
+
+EPOCH_1_DONE = {"kind": "batch", "epoch": 1, "batch": 9, "n_batches": 9,
+                "samples_per_s": 1.0, "generation": 0}
+SURVIVOR_FAILED = {"kind": "rank", "rank": 0, "worker": WORKERS[0], "world_size": 2,
+                   "state": "failed", "generation": 0, "epoch": 2, "batch": 5, "n_batches": 9}
+
+
+@pytest.mark.parametrize("noticed", [2, 1], ids=["before", "after"])
+def test_lost_steps_count_from_where_the_failed_ranks_got(noticed):
+    # progress messages are throttled: the last one said "end of epoch 1", but the
+    # survivor had done 5 steps of epoch 2 when the collective broke; the report of the
+    # survivor may land before or after the controller notices the failure
+    recovered = recovered_after([EPOCH_1_DONE, SURVIVOR_FAILED], noticed)
+    assert (recovered.epoch, recovered.step, recovered.lost_steps) == (2, 0, 5)
+
+
+def test_a_late_failure_report_of_an_older_round_is_ignored():
+    newer = dict(EPOCH_1_DONE, epoch=2, batch=1, generation=3)
+    stale = dict(SURVIVOR_FAILED, generation=2)
+    recovered = recovered_after([newer, stale], failure_noticed_before=2)
+    assert recovered.lost_steps == 1
