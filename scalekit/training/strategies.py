@@ -208,6 +208,7 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
         from torch.distributed.fsdp import fully_shard
 
         keep_large_buffers_out_of_the_heap()
+        forget_meshes_of_earlier_rounds()
         mesh = None
         if isinstance(strategy, Hybrid):
             from torch.distributed.device_mesh import init_device_mesh
@@ -225,6 +226,23 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
 
     ddp = DistributedDataParallel(module, device_ids=device_ids)
     return Prepared(strategy, ddp, module, module)
+
+
+def forget_meshes_of_earlier_rounds() -> None:
+    """Clear DTensor's sharding-propagation caches before sharding a new round.
+
+    The caches key on ``DeviceMesh``, whose equality ignores this process's rank. A
+    worker that was rank 1 of a 2-rank round and is rank 0 of a later one would get
+    DTensors on the old round's mesh back from them: training still runs on FSDP's own
+    (correct) mesh, but a checkpoint then places this rank's shard at the other rank's
+    offset and DCP refuses the save ("Failed to validate global plan: invalid fill"),
+    or, with the ranks swapped, writes each shard under the other's offset.
+    """
+    try:
+        from torch.distributed.tensor.debug import _clear_sharding_prop_cache
+    except ImportError:  # a torch without these caches, or another name for them
+        return
+    _clear_sharding_prop_cache()
 
 
 def keep_large_buffers_out_of_the_heap(threshold: int = 1 << 20) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 from training_models import digits
 
 import scalekit as sk
+from scalekit.events import RankStatus
 from scalekit.training.checkpoint import CheckpointStore
 from scalekit.training.strategies import FSDP, Hybrid, LocalSGD
 
@@ -253,6 +254,47 @@ def check_resumed(session, copy, saved, reference, workers, strategy):
     newest = store.names()[-1]
     assert newest == f"ckpt-{RESUMED_EPOCHS:06d}-00000000.dcp"
     assert shard_files(store, newest) == [f"__{r}_0.distcp" for r in range(workers)]
+
+
+def test_a_worker_whose_rank_changed_saves_its_own_shard(tmp_path):
+    """A worker that was rank 1 of a 2-rank fsdp fit and is rank 0 of the next one saves
+    the next one's shard at rank 0's offset. DTensor caches specs by mesh, and meshes
+    compare equal whatever this process's rank: without clearing those caches the worker
+    kept its old coordinate and the checkpoint failed ("invalid fill"), as in
+    tutorial 05 after a scale down and up."""
+    session = sk.cluster(workers=3)
+    try:
+        session.wait_for_workers(3, timeout=WORKER_TIMEOUT)
+        first, second, third = sorted(session.client.nthreads())  # ranks go by address
+        sk.fit(make_net(max_epochs=1), X_TRAIN, Y_TRAIN, cluster=session, show=False,
+               strategy="fsdp", max_workers=2, checkpoint=str(tmp_path / "a"))
+        session.client.retire_workers(workers=[first])
+        deadline = time.monotonic() + WORKER_TIMEOUT
+        while first in session.client.nthreads() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert sorted(session.client.nthreads())[:2] == [second, third]
+        net = make_net(max_epochs=2)
+        run = sk.fit(net, X_TRAIN, Y_TRAIN, cluster=session, show=False, strategy="fsdp",
+                     max_workers=2, checkpoint=str(tmp_path / "b"))
+    finally:
+        session.close()
+    ranks = {e.rank: e.worker for e in run.events
+             if isinstance(e, RankStatus) and e.state == "training"}
+    assert ranks == {0: second, 1: third}
+    store = CheckpointStore(str(tmp_path / "b"))
+    assert shard_files(store, store.names()[-1]) == ["__0_0.distcp", "__1_0.distcp"]
+    # and the checkpoint holds the model the fit returned, each shard in its place
+    resumed = make_net(max_epochs=2)
+    again = sk.cluster(workers=1)
+    try:
+        again.wait_for_workers(1, timeout=WORKER_TIMEOUT)
+        sk.fit(resumed, X_TRAIN, Y_TRAIN, cluster=again, show=False, strategy="fsdp",
+               checkpoint=str(tmp_path / "b"), resume=True)
+    finally:
+        again.close()
+    for (name, a), (_, b) in zip(net.module_.state_dict().items(),
+                                 resumed.module_.state_dict().items(), strict=True):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 # -- memory per rank ---------------------------------------------------------------------
