@@ -39,20 +39,35 @@ class BatchReader:
     def read(self, idx: np.ndarray) -> tuple[Any, Any]:
         """The batch of samples at positions ``idx`` of the dataset."""
         if self._fast:
-            from skorch.utils import multi_indexing
-
             base_idx = idx if self._map is None else self._map[idx]
-            X = multi_indexing(self._base.X, base_idx)
+            X = _take(self._base.X, base_idx)
             y = self._base.y
             if y is None:
                 import torch
 
                 return X, torch.full((len(base_idx),), float("nan"))
-            return X, multi_indexing(y, base_idx)
+            return X, _take(y, base_idx)
         from torch.utils.data import default_collate
 
         samples = [self.dataset[int(i)] for i in idx]
         return default_collate(samples)
+
+
+def _take(data: Any, idx: np.ndarray) -> Any:
+    """``data[idx]`` for what :func:`_indexable` accepts, as one fancy-indexing call.
+
+    skorch's ``multi_indexing`` turns an index array into a list and lets scikit-learn
+    inspect every element, which costs about a tenth of a small model's step.
+    """
+    import torch
+
+    if isinstance(data, np.ndarray):
+        return data[idx]
+    if isinstance(data, torch.Tensor):
+        return data[torch.from_numpy(np.asarray(idx, dtype=np.int64)).to(data.device)]
+    if isinstance(data, dict):
+        return {k: _take(v, idx) for k, v in data.items()}
+    return type(data)(_take(v, idx) for v in data)
 
 
 def _has_arrays(dataset: Any) -> bool:

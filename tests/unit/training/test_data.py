@@ -7,6 +7,7 @@ import pytest
 import torch
 from skorch import NeuralNetClassifier
 from skorch.dataset import Dataset, ValidSplit
+from skorch.utils import multi_indexing
 from torch import nn
 from torch.utils.data import Subset, TensorDataset, default_collate
 
@@ -68,6 +69,22 @@ def test_skorch_dataset_is_read_a_batch_at_a_time(X, y):
     assert_same(Xb, per_sample(ds, IDX)[0])
     assert_same(yb, Y_NP[IDX])
     assert len(yb) == len(IDX)
+    # the same containers and dtypes as skorch's multi_indexing (one call instead of a
+    # list of indices that scikit-learn inspects one by one)
+    assert_same_kind(Xb, multi_indexing(X, IDX))
+    assert_same_kind(yb, multi_indexing(y, IDX))
+
+
+def assert_same_kind(actual, expected):
+    assert type(actual) is type(expected)
+    if isinstance(expected, dict):
+        for k in expected:
+            assert_same_kind(actual[k], expected[k])
+    elif isinstance(expected, (list, tuple)):
+        for a, e in zip(actual, expected, strict=True):
+            assert_same_kind(a, e)
+    else:
+        assert actual.dtype == expected.dtype and actual.shape == expected.shape
 
 
 def test_skorch_dataset_without_y_gives_one_placeholder_per_sample():
