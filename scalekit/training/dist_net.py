@@ -95,7 +95,7 @@ class DistributedNetMixin:
         loss = super().get_loss(y_pred, y_true, X=X, training=training)  # type: ignore[misc]
         # DDP averages gradients over ranks; weighting each rank's mean loss by
         # (its share of the batch x world size) makes that average the global mean.
-        return loss * self._sk_weight if training else loss
+        return loss * self._sk_weight if training and self._sk_weight != 1.0 else loss
 
     # -- epochs --------------------------------------------------------------------------
     def run_single_epoch(

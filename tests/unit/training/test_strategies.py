@@ -253,3 +253,41 @@ def test_unknown_options_on_a_strategy_object_are_value_errors():
 def test_a_bad_wrap_is_refused_when_the_strategy_is_made(wrap):
     with pytest.raises(ValueError, match="wrap"):
         resolve("fsdp", wrap=wrap)
+
+
+# -- prepare (ddp) on a one-process gloo group -------------------------------------------------
+
+
+@pytest.fixture
+def one_rank_group():
+    import torch.distributed as dist
+
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def initialized_net():
+    from skorch import NeuralNetClassifier
+
+    return NeuralNetClassifier(nn.Linear, module__in_features=4, module__out_features=2,
+                               criterion=nn.CrossEntropyLoss).initialize()
+
+
+def test_ddp_on_one_rank_trains_the_module_itself(one_rank_group):
+    net = initialized_net()
+    par = st.prepare(DDP(), net, world_size=1, device_ids=None)
+    assert par.train_module is net.module_ and par.model is net.module_
+
+
+def test_ddp_keeps_gradients_in_its_buckets(one_rank_group):
+    from torch.nn.parallel import DistributedDataParallel
+
+    net = initialized_net()
+    par = st.prepare(DDP(), net, world_size=2, device_ids=None)
+    assert isinstance(par.train_module, DistributedDataParallel)
+    assert par.train_module.module is net.module_ and par.model is net.module_
+    assert par.train_module.gradient_as_bucket_view
