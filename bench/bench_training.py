@@ -158,10 +158,12 @@ def run_scalekit(name: str, session, w: Workload, data, repeats: int = 1) -> Res
     for _ in range(repeats):
         net = skorch_net(w)
         started = time.perf_counter()
-        sk.fit(net, X, y, cluster=session, show=False, seed=w.seed)
+        run = sk.fit(net, X, y, cluster=session, show=False, seed=w.seed)
         wall = time.perf_counter() - started
+        transport = run.report.transport[0] if run.report.world_size > 1 else ""
         runs.append(Result(name, w.batch_size, w.n * w.epochs / wall, wall,
-                           wall - epoch_seconds(net), accuracy_of(net, X_test, y_test)))
+                           wall - epoch_seconds(net), accuracy_of(net, X_test, y_test),
+                           note=f"averaged through {transport}" if transport else ""))
     return best(runs)
 
 
@@ -269,6 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(run_scalekit("scalekit, 2 workers x 1 thread", session, w, data, r))
             _add_note(results[-1], f"scale-up {startup2:.1f}s excluded")
             _progress(results[-1])
+            # the same with gloo's all-reduce, as torchrun uses (and as across hosts)
+            with dask.config.set({"scalekit.training.host-reduce": False}):
+                results.append(run_scalekit(GLOO_2X1, session, w, data, r))
+            _progress(results[-1])
         finally:
             session.close()
 
@@ -317,11 +323,14 @@ def print_table(results: list[Result]) -> None:
               f"{r.wall_s:>6.1f} | {r.overhead_s:>10.2f} | {r.accuracy:>8.3f} | {r.note}")
 
 
+GLOO_2X1 = "scalekit, 2 workers x 1 thread, gloo"
 RATIOS = [
     ("scalekit 1 worker x 1 thread / skorch net.fit 1 thread",
      "scalekit, 1 worker x 1 thread", "skorch net.fit, 1 process x 1 thread"),
     ("scalekit 2 workers x 1 thread / torchrun DDP 2 x 1 thread",
      "scalekit, 2 workers x 1 thread", "torchrun DDP+gloo, 2 procs x 1 thread"),
+    ("  the same, scalekit averaging through gloo too / torchrun",
+     GLOO_2X1, "torchrun DDP+gloo, 2 procs x 1 thread"),
     ("scalekit 2 workers x 1 thread / scalekit 1 worker x 1 thread",
      "scalekit, 2 workers x 1 thread", "scalekit, 1 worker x 1 thread"),
     ("scalekit 2 workers x 1 thread / scalekit 1 worker x 2 threads",

@@ -250,9 +250,11 @@ class TrainConfig(_Section):
     max_failures: int = 3
     hang_timeout: float = 5.0
     beacon_interval: float = 1.0
+    host_reduce: bool = True
 
     def __post_init__(self) -> None:
         self._int("seed", 0, 2**63 - 1)
+        self._bool("host_reduce")
         self._int("max_failures", 0, 10_000)
         self._seconds("hang_timeout", lo=0.5)
         self._seconds("beacon_interval", lo=0.05)

@@ -286,3 +286,4 @@ class TrainingReport(Event):
     samples_per_s: float
     peak_rss: tuple[int, ...] = ()
     state_bytes: tuple[int, ...] = ()
+    transport: tuple[str, ...] = ()  # how each rank averaged: "shared memory", "gloo", ...

@@ -160,6 +160,7 @@ class TrainingController:
             samples_per_s=results[0].samples_per_s if results else 0.0,
             peak_rss=tuple(r.peak_rss for r in results),
             state_bytes=tuple(r.state_bytes for r in results),
+            transport=tuple(r.transport for r in results),
         )
 
     def cancel(self) -> None:
@@ -204,7 +205,7 @@ class TrainingController:
             rendezvous_timeout=self.config.rendezvous_timeout,
             collective_timeout=self.config.collective_timeout,
             progress_interval=self.config.progress_interval,
-            beacon_interval=self.config.beacon_interval,
+            beacon_interval=self.config.beacon_interval, host_reduce=self.config.host_reduce,
             stop_event=f"scalekit-stop-{self.run_id}-g{self.generation}",
             checkpoint=self.store, checkpoint_epochs=self.ckpt_config.every_epochs,
             checkpoint_seconds=self.ckpt_config.every_seconds, fit_params=self.fit_params,

@@ -40,6 +40,7 @@ class RankSpec:
     collective_timeout: float = 60.0
     progress_interval: float = 0.5
     beacon_interval: float = 1.0
+    host_reduce: bool = True  # average through shared memory where all ranks share a host
     stop_event: str = ""  # name of the Dask Event that asks for a stop at a safe point
     checkpoint: Any = None  # a CheckpointStore, or None
     checkpoint_epochs: int = 1  # save every n epochs (0: never at epoch ends)
@@ -96,6 +97,7 @@ class RankResult:
     samples_per_s: float = 0.0
     peak_rss: int = 0  # bytes, highest resident memory of the rank's process seen
     state_bytes: int = 0  # bytes of parameters, gradients and optimizer state it held
+    transport: str = ""  # how it averaged: "shared memory", "gloo", "nccl"
     state: dict[str, Any] | None = None
 
 
@@ -163,40 +165,44 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
         torch.set_rng_state(state["rng"])  # continue the saved random stream
     device = torch.device(net.device) if isinstance(net.device, str) else net.device
     ids = [device.index or 0] if device is not None and device.type == "cuda" else None
-    par = prepare(strategy, net, world_size=spec.world_size, device_ids=ids)
-    if state is not None and state.get("sharded"):
-        spec.checkpoint.load_sharded(par.model, net.optimizer_, state["sharded"])
-    elif state is not None and strategy.sharded:
-        training_state.load_optimizer(par.model, net.optimizer_, state)
-    if remaining <= 0:
-        return _result(spec, rank, address, net, par, 0.0, "finished", publish)
-    saver = None
-    if spec.checkpoint is not None and (rank == 0 or strategy.sharded):
-        saver = _Saver(spec, par, rank)
-        if spec.checkpoint_seconds > 0 and not strategy.sharded:
-            ctx.on_step = saver.maybe_mid_epoch
-    publish.start_beacon(ctx)
-    make_distributed(net, ctx, par)
-    control = RoundControl(
-        rank, publish.epoch,
-        save=saver.at_epoch_end if saver is not None else None,
-        stop_requested=_stop_flag(spec.stop_event) if spec.stop_event else None,
-        max_epochs=spec.max_epochs, state=state,
-    )
-    net.callbacks_.append(("scalekit_round", control))
-    publish.rank_state("training")
-    started = time.perf_counter()
+    par = prepare(strategy, net, world_size=spec.world_size, device_ids=ids,
+                  host_reduce=spec.host_reduce, timeout=spec.collective_timeout)
     try:
-        net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
+        if state is not None and state.get("sharded"):
+            spec.checkpoint.load_sharded(par.model, net.optimizer_, state["sharded"])
+        elif state is not None and strategy.sharded:
+            training_state.load_optimizer(par.model, net.optimizer_, state)
+        if remaining <= 0:
+            return _result(spec, rank, address, net, par, 0.0, "finished", publish)
+        saver = None
+        if spec.checkpoint is not None and (rank == 0 or strategy.sharded):
+            saver = _Saver(spec, par, rank)
+            if spec.checkpoint_seconds > 0 and not strategy.sharded:
+                ctx.on_step = saver.maybe_mid_epoch
+        publish.start_beacon(ctx)
+        make_distributed(net, ctx, par)
+        control = RoundControl(
+            rank, publish.epoch,
+            save=saver.at_epoch_end if saver is not None else None,
+            stop_requested=_stop_flag(spec.stop_event) if spec.stop_event else None,
+            max_epochs=spec.max_epochs, state=state,
+        )
+        net.callbacks_.append(("scalekit_round", control))
+        publish.rank_state("training")
+        started = time.perf_counter()
+        try:
+            net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
+        finally:
+            publish.stop_beacon()
+            net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if n != "scalekit_round"]
+            undo_distributed(net)
+        done = len(net.history) - done_before
+        stopped = "resize" if control.stopped else ("early" if done < remaining else "finished")
+        publish.rank_state("done")
+        return _result(spec, rank, address, net, par, time.perf_counter() - started, stopped,
+                       publish)
     finally:
-        publish.stop_beacon()
-        net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if n != "scalekit_round"]
-        undo_distributed(net)
-    done = len(net.history) - done_before
-    stopped = "resize" if control.stopped else ("early" if done < remaining else "finished")
-    publish.rank_state("done")
-    return _result(spec, rank, address, net, par, time.perf_counter() - started, stopped,
-                   publish)
+        par.close()
 
 
 def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed: float,
@@ -209,7 +215,8 @@ def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed
     result = RankResult(rank=rank, worker=address, epochs_done=len(rows), stopped=stopped,
                         samples_per_s=samples / elapsed if elapsed else 0.0,
                         peak_rss=publish.sample_rss(),
-                        state_bytes=par.local_state_bytes(net.optimizer_))
+                        state_bytes=par.local_state_bytes(net.optimizer_),
+                        transport=par.transport)
     if rank == 0 or par.strategy.sharded:  # gathering a sharded model is a collective
         captured = training_state.capture(
             net, par.model, epoch=len(rows), step=0, world_size=spec.world_size,

@@ -124,6 +124,7 @@ class Prepared:
     eval_module: Any  # ... and otherwise
     model: Any  # the module whose state dict is the model's (for state dict helpers)
     step: int = 0
+    reducer: Any = None  # a HostReducer when the ranks average through shared memory
 
     def loss_weight(self, piece: int, batch: int, world_size: int) -> float:
         # Averaging strategies divide the summed gradient by the world size; weighting
@@ -153,8 +154,24 @@ class Prepared:
             self._sync()
 
     def _sync(self) -> None:
-        average_parameters(self.model)
+        average_parameters(self.model, self.reducer)
         self.synced_at = self.step
+
+    @property
+    def transport(self) -> str:
+        """How gradients (or parameters) are averaged: "shared memory" or the
+        process group's backend."""
+        if self.reducer is not None:
+            return "shared memory"
+        import torch.distributed as dist
+
+        return dist.get_backend() if dist.is_initialized() else "none"
+
+    def close(self) -> None:
+        """Release what the round held (the shared-memory reducer)."""
+        if self.reducer is not None:
+            self.reducer.close()
+            self.reducer = None
 
     def local_state_bytes(self, optimizer: Any) -> int:
         """Bytes of parameters, gradients and optimizer state held by this rank."""
@@ -175,8 +192,9 @@ def _local_bytes(t: Any) -> int:
     return int(local.numel() * local.element_size())
 
 
-def average_parameters(module: Any) -> None:
-    """All-reduce-average every parameter (one flat buffer, one collective)."""
+def average_parameters(module: Any, reducer: Any = None) -> None:
+    """All-reduce-average every parameter (one flat buffer, one collective; through
+    ``reducer``, a :class:`~scalekit.training.host_reduce.HostReducer`, if given)."""
     import torch
     import torch.distributed as dist
 
@@ -185,8 +203,11 @@ def average_parameters(module: Any) -> None:
         return
     with torch.no_grad():
         flat = torch.cat([p.detach().reshape(-1) for p in params])
-        dist.all_reduce(flat)
-        flat /= dist.get_world_size()
+        if reducer is not None:
+            reducer.mean_(flat)
+        else:
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
         offset = 0
         for p in params:
             n = p.numel()
@@ -194,17 +215,21 @@ def average_parameters(module: Any) -> None:
             offset += n
 
 
-def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[int] | None
-            ) -> Prepared:
+def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[int] | None,
+            host_reduce: bool = False, timeout: float = 60.0) -> Prepared:
     """Apply ``strategy`` to the initialized skorch ``net`` on this rank.
 
     For sharded strategies the net's optimizer is rebuilt over the sharded parameters;
-    call this before loading optimizer state.
+    call this before loading optimizer state. With ``host_reduce``, replicated
+    strategies on CPU ranks that share one host average through shared memory
+    (:mod:`.host_reduce`; collective, ``timeout`` bounds a wait for a peer); call
+    :meth:`Prepared.close` when the round ends.
     """
     module = net.module_
     if isinstance(strategy, LocalSGD):
-        average_parameters(module)  # start from identical weights
-        return Prepared(strategy, module, module, module)
+        reducer = _host_reducer(module, host_reduce and device_ids is None, world_size, timeout)
+        average_parameters(module, reducer)  # start from identical weights
+        return Prepared(strategy, module, module, module, reducer=reducer)
     if isinstance(strategy, FSDP):
         from torch.distributed.fsdp import fully_shard
 
@@ -231,7 +256,29 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
 
     # gradients live in DDP's all-reduce buckets: one copy less per step
     ddp = DistributedDataParallel(module, device_ids=device_ids, gradient_as_bucket_view=True)
-    return Prepared(strategy, ddp, module, module)
+    reducer = _host_reducer(module, host_reduce and device_ids is None, world_size, timeout)
+    if reducer is not None:
+        try:
+            ddp.register_comm_hook(None, reducer.ddp_hook)
+        except BaseException:
+            reducer.close()
+            raise
+    return Prepared(strategy, ddp, module, module, reducer=reducer)
+
+
+def _host_reducer(module: Any, wanted: bool, world_size: int, timeout: float) -> Any:
+    """A shared-memory reducer if every rank can use one (the same answer everywhere)."""
+    if world_size < 2 or not wanted:
+        return None
+    from scalekit.training.host_reduce import open_host_reducer
+
+    # every rank takes the same path: "wanted" comes from the round's config, and
+    # every rank has the round's device
+    params = [p for p in module.parameters() if p.requires_grad]
+    if any(p.device.type != "cpu" for p in params):
+        return None
+    return open_host_reducer(sum(p.numel() * p.element_size() for p in params),
+                             timeout=timeout)
 
 
 def forget_meshes_of_earlier_rounds() -> None:

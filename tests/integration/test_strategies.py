@@ -145,6 +145,15 @@ def test_reports_say_what_each_rank_held(fits):
     assert fits["local_sgd"][1].report.state_bytes == ddp.state_bytes
 
 
+def test_replicas_on_one_host_average_through_shared_memory(fits):
+    # both workers are on this machine: ddp's gradients and local SGD's parameters go
+    # through shared memory; the sharded strategies use gloo's collectives
+    for label in ("ddp", "local_sgd"):
+        assert fits[label][1].report.transport == ("shared memory",) * 2, label
+    for label in ("fsdp", "hybrid"):
+        assert fits[label][1].report.transport == ("gloo",) * 2, label
+
+
 @pytest.mark.parametrize("label", ["fsdp", "fsdp per Linear", "hybrid", "local_sgd"])
 def test_the_users_net_holds_full_unsharded_weights(fits, label, tmp_path):
     net, _ = fits[label]

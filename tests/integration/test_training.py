@@ -10,6 +10,7 @@ import os
 import sys
 import time
 
+import dask.config
 import numpy as np
 import pytest
 import torch
@@ -122,11 +123,15 @@ def test_distributed_fit_matches_a_single_process_fit(session, tmp_path):
     np.testing.assert_array_equal(reloaded.predict(X_TEST), pred)
 
 
-def test_same_sgd_steps_as_a_single_process_without_shuffling(session):
-    """Unshuffled, both runs see the same batches: per-epoch losses agree closely."""
+@pytest.mark.parametrize("host_reduce", [True, False], ids=["shared memory", "gloo"])
+def test_same_sgd_steps_as_a_single_process_without_shuffling(session, host_reduce):
+    """Unshuffled, both runs see the same batches: per-epoch losses agree closely, whether
+    the ranks average through shared memory (the default on one host) or gloo."""
     single = fit_here(make_net(max_epochs=3, iterator_train__shuffle=False))
     net = make_net(max_epochs=3, iterator_train__shuffle=False)
-    sk.fit(net, X_TRAIN, Y_TRAIN, cluster=session, show=False)
+    with dask.config.set({"scalekit.training.host-reduce": host_reduce}):
+        run = sk.fit(net, X_TRAIN, Y_TRAIN, cluster=session, show=False)
+    assert run.report.transport == ("shared memory" if host_reduce else "gloo",) * 2
     np.testing.assert_allclose(net.history[:, "train_loss"], single.history[:, "train_loss"],
                                rtol=2e-3)
     np.testing.assert_allclose(net.history[:, "valid_loss"], single.history[:, "valid_loss"],

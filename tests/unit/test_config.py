@@ -9,7 +9,7 @@ import json
 import dask.config
 import pytest
 
-from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, as_dict
+from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, TrainConfig, as_dict
 from scalekit.errors import ConfigError, ScalekitError
 
 pytestmark = pytest.mark.usefixtures("clean_dask_config")
@@ -112,6 +112,7 @@ INVALID = [
     (PanelConfig, {"refresh": 0.1}, "scalekit.panel.refresh", ">= 0.5s"),
     (PanelConfig, {"refresh": "100ms"}, "scalekit.panel.refresh", ">= 0.5s"),
     (PanelConfig, {"history": 1}, "scalekit.panel.history", "2..100000"),
+    (TrainConfig, {"host_reduce": "often"}, "scalekit.training.host-reduce", "true or false"),
 ]
 
 

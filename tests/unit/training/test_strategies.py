@@ -156,7 +156,7 @@ def test_local_sgd_leaves_each_ranks_loss_unweighted():
 
 def test_local_sgd_averages_every_sync_every_steps_and_before_validation(monkeypatch):
     calls = []
-    monkeypatch.setattr(st, "average_parameters", lambda module: calls.append(module))
+    monkeypatch.setattr(st, "average_parameters", lambda module, reducer=None: calls.append(module))
     par = prepared(LocalSGD(sync_every=3))
     for _ in range(7):
         par.after_step()
@@ -167,7 +167,8 @@ def test_local_sgd_averages_every_sync_every_steps_and_before_validation(monkeyp
 
 @pytest.mark.parametrize("strategy", [DDP(), FSDP(), Hybrid()])
 def test_exact_strategies_never_average_parameters(monkeypatch, strategy):
-    monkeypatch.setattr(st, "average_parameters", lambda module: pytest.fail("averaged"))
+    monkeypatch.setattr(st, "average_parameters",
+                        lambda module, reducer=None: pytest.fail("averaged"))
     par = prepared(strategy)
     for _ in range(20):
         par.after_step()
