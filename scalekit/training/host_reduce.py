@@ -4,8 +4,8 @@ On one machine, gloo all-reduces over TCP loopback and hands every bucket throug
 of its own threads: ~1.6 ms per all-reduce even for a tiny message, measured here, which
 is a third of a small model's step on two cores. Ranks on one host can instead write
 their bucket into a shared-memory slot, tell each other over a Unix socket, and each
-sum the slots itself: the same average at a fraction of the latency (a 2-rank MLP fit
-ran 1.3-1.5x faster than with gloo's all-reduce; see bench/README.md).
+sum the slots itself: the same average at a fraction of the latency (a 2-rank MLP
+training loop ran 1.3-1.5x faster than with gloo's all-reduce; see bench/README.md).
 
 :func:`open_host_reducer` sets this up collectively over the process group (which must
 exist) and returns ``None`` on every rank unless every rank can take part, so callers
@@ -30,7 +30,6 @@ from typing import Any
 
 SLOT_BYTES = 4 << 20  # per rank and buffer; larger tensors go through in chunks
 _MSG = struct.Struct("qq")  # (round, elements): a peer's slot holds this round's chunk
-PEER_LOST = "host all-reduce: a peer rank went away"
 
 
 class PeerLost(ConnectionError):
@@ -111,21 +110,18 @@ class HostReducer:
         chunk.div_(self.world_size)
 
     def _receive(self, peer: int, sock: socket.socket) -> bytearray:
-        view = memoryview(self._inbox)
-        got = 0
-        while got < len(view):
-            try:
-                n = sock.recv_into(view[got:])
-            except OSError as exc:  # reset, or silent for the collective timeout
-                raise self._lost(peer, exc) from exc
-            if n == 0:
-                raise self._lost(peer, None)
-            got += n
+        try:
+            complete = _read_exact(sock, self._inbox)
+        except OSError as exc:  # reset, or silent for the collective timeout
+            raise self._lost(peer, exc) from exc
+        if not complete:
+            raise self._lost(peer, None)
         return self._inbox
 
     def _lost(self, peer: int, exc: OSError | None) -> PeerLost:
         why = f"{type(exc).__name__}: {exc}" if exc is not None else "its connection closed"
-        return PeerLost(f"{PEER_LOST}: rank {self.rank} lost rank {peer} ({why})")
+        return PeerLost(f"host all-reduce: a peer rank went away: rank {self.rank} lost "
+                        f"rank {peer} ({why})")
 
     def ddp_hook(self, state, bucket):  # noqa: ANN001,ANN201 - DDP inspects these
         """A ``DistributedDataParallel.register_comm_hook`` hook: ``bucket`` is a
@@ -210,13 +206,12 @@ def open_host_reducer(tensor_bytes: int, *, timeout: float,
             sock.close()
         if memory is not None:
             memory.close()
-        if rank == 0 and folder is not None:
-            # everyone has mapped and connected (or given up): the mappings and the
-            # connections outlive the names, and nothing is left behind if a rank dies
+        if folder is not None:
+            # once everyone has mapped and connected (or given up) the names can go: the
+            # mappings and connections outlive them, and a dying rank leaves nothing
             dist.barrier()
-            shutil.rmtree(folder, ignore_errors=True)
-        elif folder is not None:
-            dist.barrier()
+            if rank == 0:
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _create(base: str, size: int) -> str:
@@ -266,14 +261,23 @@ def _connect(rank: int, world: int, folder: str, listener: socket.socket,
     for _ in range(rank + 1, world):
         sock, _ = listener.accept()
         sock.settimeout(timeout)
-        hello = b""
-        while len(hello) < 8:
-            part = sock.recv(8 - len(hello))
-            if not part:
-                sock.close()
-                raise ConnectionError("a peer closed its connection while saying hello")
-            hello += part
+        hello = bytearray(8)
+        if not _read_exact(sock, hello):
+            sock.close()
+            raise ConnectionError("a peer closed its connection while saying hello")
         peers[struct.unpack("q", hello)[0]] = sock
+
+
+def _read_exact(sock: socket.socket, buffer: bytearray) -> bool:
+    """Fill ``buffer`` from ``sock``; False if the peer closed the connection first."""
+    view = memoryview(buffer)
+    got = 0
+    while got < len(view):
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            return False
+        got += n
+    return True
 
 
 def _all(ok: bool) -> bool:
