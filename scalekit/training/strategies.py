@@ -227,7 +227,7 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
     """
     module = net.module_
     if isinstance(strategy, LocalSGD):
-        reducer = _host_reducer(module, host_reduce and device_ids is None, world_size, timeout)
+        reducer = _host_reducer(module, host_reduce, world_size, timeout)
         average_parameters(module, reducer)  # start from identical weights
         return Prepared(strategy, module, module, module, reducer=reducer)
     if isinstance(strategy, FSDP):
@@ -256,7 +256,7 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
 
     # gradients live in DDP's all-reduce buckets: one copy less per step
     ddp = DistributedDataParallel(module, device_ids=device_ids, gradient_as_bucket_view=True)
-    reducer = _host_reducer(module, host_reduce and device_ids is None, world_size, timeout)
+    reducer = _host_reducer(module, host_reduce, world_size, timeout)
     if reducer is not None:
         try:
             ddp.register_comm_hook(None, reducer.ddp_hook)
@@ -273,7 +273,7 @@ def _host_reducer(module: Any, wanted: bool, world_size: int, timeout: float) ->
     from scalekit.training.host_reduce import open_host_reducer
 
     # every rank takes the same path: "wanted" comes from the round's config, and
-    # every rank has the round's device
+    # every rank has the round's device (GPU modules average with nccl)
     params = [p for p in module.parameters() if p.requires_grad]
     if any(p.device.type != "cpu" for p in params):
         return None
