@@ -125,6 +125,10 @@ class ClusterConfig(_Section):
         which slows a training step by 5-10 % on a small machine; off by default.
     start_timeout : float
         Seconds to wait for the first workers before giving up.
+    gpus : None, "auto", int or tuple of str
+        GPU workers (local backend): one worker per GPU, pinned to it with
+        ``CUDA_VISIBLE_DEVICES``. ``None``: no GPU pinning; ``"auto"``: every visible GPU;
+        ``N``: the first N; a list of GPU indices or UUIDs: those.
     """
 
     section: ClassVar[str] = "cluster"
@@ -138,6 +142,7 @@ class ClusterConfig(_Section):
     dashboard: bool = True
     profile: bool = False
     start_timeout: float = 60.0
+    gpus: str | int | tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
@@ -172,6 +177,41 @@ class ClusterConfig(_Section):
                     "'auto', a positive size such as '2GiB' or a number of bytes, or None",
                 )
             self._set("memory_limit", parsed)
+        self._set("gpus", self._parse_gpus(self.gpus))
+        if self.gpus is not None and self.backend != "local":
+            raise ConfigError(
+                self._field("gpus"), self.gpus, "None on the kubernetes backend",
+                "Kubernetes pods get GPUs through their resources: "
+                "kubernetes={'resources': {'limits': {'gpu': 1}}} gives each worker pod one.")
+
+    def _parse_gpus(self, value: Any) -> str | int | tuple[str, ...] | None:
+        expected = "None, 'auto', a number of GPUs >= 1, or a list of GPU ids such as [0, 1]"
+        if isinstance(value, str):  # from YAML, a magic option or an environment variable
+            text = value.strip()
+            if text.lower() in ("", "none", "null", "0", "false", "no"):
+                return None
+            if text.lower() == "auto":
+                return "auto"
+            if text.isdigit():
+                return int(text)
+            value = [v.strip() for v in text.strip("[]").split(",") if v.strip()]
+        if value is None or value is False or value == 0:
+            return None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+        if isinstance(value, (list, tuple)) and value:
+            ids = []
+            for v in value:
+                ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (
+                    isinstance(v, str) and v.strip() and not v.strip().startswith("-"))
+                if not ok:
+                    raise ConfigError(self._field("gpus"), value, expected)
+                ids.append(str(v).strip())
+            if len(set(ids)) != len(ids):
+                raise ConfigError(self._field("gpus"), value, expected,
+                                  "Each GPU gets one worker: list every GPU once.")
+            return tuple(ids)
+        raise ConfigError(self._field("gpus"), value, expected)
 
     def check_workers(self, n: Any, what: str = "workers") -> int:
         """Validate a requested worker count against this config; return it as int."""
@@ -251,10 +291,17 @@ class TrainConfig(_Section):
     hang_timeout: float = 5.0
     beacon_interval: float = 1.0
     host_reduce: bool = True
+    precision: str = "32"
+    data_on_device: bool | str = "auto"
 
     def __post_init__(self) -> None:
         self._int("seed", 0, 2**63 - 1)
         self._bool("host_reduce")
+        self._set("precision", normalize_precision(self.precision, self._field("precision")))
+        if isinstance(self.data_on_device, str) and self.data_on_device.lower() == "auto":
+            self._set("data_on_device", "auto")
+        else:
+            self._bool("data_on_device")
         self._int("max_failures", 0, 10_000)
         self._seconds("hang_timeout", lo=0.5)
         self._seconds("beacon_interval", lo=0.05)
@@ -269,6 +316,23 @@ class TrainConfig(_Section):
         self._seconds("rendezvous_timeout", lo=1.0)
         self._seconds("collective_timeout", lo=1.0)
         self._seconds("progress_interval", lo=0.1)
+
+
+PRECISIONS = ("32", "bf16", "fp16")
+_PRECISION_NAMES = {"32": "32", "fp32": "32", "32-true": "32", "float32": "32",
+                    "bf16": "bf16", "bf16-mixed": "bf16", "bfloat16": "bf16",
+                    "fp16": "fp16", "16": "fp16", "16-mixed": "fp16", "float16": "fp16"}
+
+
+def normalize_precision(value: Any, field: str = "precision") -> str:
+    """``"32"``, ``"bf16"`` or ``"fp16"`` for the spellings people use (32, "bf16-mixed",
+    "16", ...)."""
+    key = str(value).lower() if value is not None else "32"
+    if key not in _PRECISION_NAMES:
+        raise ConfigError(
+            field, value, "one of '32', 'bf16', 'fp16'",
+            "bf16 runs on CPUs and on GPUs since Ampere; fp16 (with loss scaling) on GPUs.")
+    return _PRECISION_NAMES[key]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -59,7 +59,7 @@ class Command:
         One of ``up``, ``scale``, ``adapt``, ``adapt-off``, ``status``, ``down``, ``help``.
     workers : int, optional
         ``up --workers`` or the ``N`` of ``scale N``.
-    threads_per_worker, memory_limit, backend, max_workers : optional
+    threads_per_worker, memory_limit, backend, max_workers, gpus : optional
         ``up`` options; ``None`` means "from ``dask.config``".
     panel : bool
         ``up`` shows the live panel unless ``--no-panel``.
@@ -84,6 +84,7 @@ class Command:
     image: str | None = None
     namespace: str | None = None
     keep: bool = False
+    gpus: str | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -97,6 +98,7 @@ class Command:
             "threads_per_worker": self.threads_per_worker,
             "memory_limit": self.memory_limit,
             "max_workers": self.max_workers,
+            "gpus": self.gpus,
         }
 
     def kubernetes_options(self) -> dict[str, Any]:
@@ -150,6 +152,9 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     up.add_argument("--backend", metavar="NAME", help="'local' or 'kubernetes'")
     up.add_argument("--max-workers", type=int, metavar="M",
                     help="upper bound for scale, the slider and adaptive")
+    up.add_argument("--gpus", metavar="auto|N|IDS",
+                    help="one worker per GPU, pinned to it: 'auto' (every GPU), N (the "
+                    "first N) or ids such as 0,2")
     up.add_argument("--no-panel", dest="panel", action="store_false",
                     help="do not display the live panel")
     up.add_argument("--image", metavar="IMAGE",
@@ -229,6 +234,7 @@ def parse(line: str) -> Command:
             image=ns.image,
             namespace=ns.namespace,
             keep=ns.keep,
+            gpus=ns.gpus,
         )
     if ns.command == "scale":
         return Command("scale", workers=ns.n)

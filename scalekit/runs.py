@@ -157,6 +157,8 @@ def fit(
     seed: int | None = None,
     max_workers: int | None = None,
     strategy: Any = "ddp",
+    precision: str | None = None,
+    data_on_device: bool | str | None = None,
     **fit_params: Any,
 ) -> TrainingRun:
     """Fit a skorch net across the cluster's workers (synchronous data parallel).
@@ -198,6 +200,15 @@ def fit(
         ``sk.strategies.FSDP(wrap=("Linear",))``, ``sk.strategies.Hybrid(shard_size=2)``,
         ``sk.strategies.LocalSGD(sync_every=8)``. After the fit the net holds the full,
         unsharded weights whatever the strategy.
+    precision : {"32", "bf16", "fp16"}, optional
+        Mixed precision: the forward pass and the loss run under ``torch.autocast`` in
+        bf16 or fp16 (fp16 with loss scaling, on GPUs only); sharded strategies gather
+        parameters in it and reduce gradients in float32. Weights, optimizer state and
+        checkpoints stay float32. Default: ``scalekit.training.precision`` ("32").
+    data_on_device : bool or "auto", optional
+        A cuda net's ranks keep the training set on their GPU ("auto": when it takes at
+        most a quarter of the GPU's free memory) instead of copying each batch there.
+        Default: ``scalekit.training.data-on-device``.
     **fit_params :
         Passed on to the net's ``fit`` loop on every worker.
 
@@ -210,7 +221,8 @@ def fit(
 
     session = _session_for(cluster)
     client = session.client if session is not None else _client_for(cluster)
-    config = TrainConfig.from_config(seed=seed)
+    config = TrainConfig.from_config(seed=seed, precision=precision,
+                                     data_on_device=data_on_device)
     bus = session.bus if session is not None else EventBus()
     controller = TrainingController(
         client, net, X, y, bus=bus, config=config, fit_params=fit_params,

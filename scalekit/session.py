@@ -246,6 +246,7 @@ def cluster(
     threads_per_worker: int | None = None,
     memory_limit: str | int | None = None,
     max_workers: int | None = None,
+    gpus: str | int | list[int | str] | None = None,
     kubernetes: Mapping[str, Any] | None = None,
     **options: Any,
 ) -> ClusterSession:
@@ -255,6 +256,11 @@ def cluster(
     run workers without a memory limit pass ``memory_limit="none"``. For
     ``backend="kubernetes"``, ``kubernetes={"image": ..., "namespace": ...}`` overrides
     ``scalekit.kubernetes.*`` (see docs/kubernetes.md).
+
+    ``gpus`` starts one worker per GPU of this machine, each pinned to its GPU
+    (``"auto"``: every GPU, ``N``: the first N, ``[0, 2]``: those); ``workers`` then
+    defaults to the number of GPUs and scaling stops there. ``gpus="auto"`` on a
+    machine without a GPU starts CPU workers and says so.
 
     Examples
     --------
@@ -269,9 +275,20 @@ def cluster(
         threads_per_worker=threads_per_worker,
         memory_limit=memory_limit,
         max_workers=max_workers,
+        gpus=gpus,
         **options,
     )
-    return ClusterSession(config, kubernetes=kubernetes).start()
+    notice = ""
+    if config.gpus is not None:
+        from scalekit.backends.gpus import gpu_cluster_config, visible_gpus
+
+        config, notice = gpu_cluster_config(config, visible_gpus(), workers=workers,
+                                            threads=threads_per_worker, max_workers=max_workers)
+    session = ClusterSession(config, kubernetes=kubernetes)
+    if notice:
+        session._notify("info", notice)
+        logger.info(notice)
+    return session.start()
 
 
 def active_sessions() -> list[ClusterSession]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
@@ -10,6 +11,8 @@ import dask.config
 from distributed import Nanny
 
 from scalekit.backends.base import DaskClusterBackend
+from scalekit.backends.gpus import RESOURCE, worker_env
+from scalekit.errors import ClusterError
 
 if TYPE_CHECKING:
     from distributed import LocalCluster
@@ -92,6 +95,14 @@ class LocalBackend(DaskClusterBackend):
                                                  worker_dask_config(cfg.profile))
         # the scheduler and the nannies run in the kernel and read these as they start
         with dask.config.set(KERNEL_SIDE):
+            if cfg.gpus:
+                cluster = _gpu_cluster_class()(
+                    gpus=cfg.gpus, n_workers=0, threads_per_worker=cfg.threads_per_worker,
+                    memory_limit=cfg.memory_limit, processes=cfg.processes,
+                    host="127.0.0.1", dashboard_address="127.0.0.1:0" if dashboard else None,
+                    **kwargs)
+                cluster.scale(cfg.workers)
+                return cluster
             return LocalCluster(
                 n_workers=cfg.workers,
                 threads_per_worker=cfg.threads_per_worker,
@@ -101,3 +112,30 @@ class LocalBackend(DaskClusterBackend):
                 dashboard_address="127.0.0.1:0" if dashboard else None,
                 **kwargs,
             )
+
+
+def _gpu_cluster_class() -> type:
+    from distributed import LocalCluster
+
+    class GPULocalCluster(LocalCluster):
+        """A LocalCluster with one worker per GPU, named after it (as dask-cuda's
+        ``LocalCUDACluster``): scaling up takes the next free GPU, never shares one."""
+
+        def __init__(self, *args: Any, gpus: tuple[str, ...], **kwargs: Any) -> None:
+            self.gpus = tuple(gpus)
+            super().__init__(*args, **kwargs)
+
+        def new_worker_spec(self) -> dict[str, Any]:
+            free = [g for g in self.gpus if g not in self.worker_spec]
+            if not free:
+                raise ClusterError(
+                    f"every GPU ({', '.join(self.gpus)}) already has its worker; "
+                    "a GPU cluster scales up to one worker per GPU")
+            gpu = free[0]
+            spec = copy.deepcopy(self.new_spec)
+            options = spec["options"]
+            options["env"] = {**(options.get("env") or {}), **worker_env(gpu, self.gpus)}
+            options["resources"] = {**(options.get("resources") or {}), RESOURCE: 1}
+            return {gpu: spec}
+
+    return GPULocalCluster

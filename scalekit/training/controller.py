@@ -33,6 +33,7 @@ from scalekit.events import (
     RunStarted,
     TrainingReport,
 )
+from scalekit.training import devices
 from scalekit.training import state as training_state
 from scalekit.training.checkpoint import CheckpointStore
 from scalekit.training.policy import decide_after_failure, useful_world_size
@@ -112,18 +113,29 @@ class TrainingController:
         self._resized: tuple[int, str] | None = None  # (old world, reason) until reported
         self._current: Round | None = None
         self._cancelled = False
+        self.device_type = "cpu"
+        self.backend = "gloo"  # the process group's, set by fit() from the net's device
+        self._devices: dict[str, devices.WorkerDevices] = {}  # GPU inventory per worker
+        self._gpu_index: dict[str, int] = {}  # each placed worker's CUDA index
+        self._sitting_out: set[str] = set()  # workers a cuda fit cannot place (announced)
 
     # -- public ------------------------------------------------------------------------
     def fit(self) -> Any:
         """Train; return the user's net, fitted. Raises :class:`TrainingError` on failure."""
         net = self.net
         check_net(net)
+        self.device_type = devices.device_type(net.device)
+        devices.check_precision(self.config.precision, self.device_type)
+        self.backend = devices.process_group_backend(self.config.backend, self.device_type)
+        if self.device_type == "cuda":  # before anything is made or sent
+            self._check_placement(self._wait_for_workers(placeable=False)[: self.max_world])
         self.store = self._open_store()
         if self.resume:
             self._state = self._load_checkpoint(required=True)
-        if not getattr(net, "warm_start", False) or not getattr(net, "initialized_", False):
-            net.initialize()  # as skorch's fit does; before the probe, so seeds match
-        preflight(net, self.X, self.y)
+        with _on_cpu(net):  # the kernel may have no GPU; it should hold no CUDA context
+            if not getattr(net, "warm_start", False) or not getattr(net, "initialized_", False):
+                net.initialize()  # as skorch's fit does; before the probe, so seeds match
+            preflight(net, self.X, self.y)
         # skorch's meaning: a fit runs max_epochs (more, under warm_start); a resumed fit
         # continues the saved run up to max_epochs in all
         start_epoch = self._epoch_of(self._state) if self.resume else len(net.history)
@@ -146,6 +158,7 @@ class TrainingController:
         finally:
             self.client.unsubscribe_topic(self.topic)
         training_state.restore(net, self._state)
+        _to_user_device(net)
         self._drop_default_checkpoints()
         self.bus.publish(self.report())
         self.bus.publish(RunFinished(run_id=self.run_id, status="finished",
@@ -201,7 +214,10 @@ class TrainingController:
         spec = RankSpec(
             run_id=self.run_id, generation=self.generation, world_size=len(workers),
             net=self.net, max_epochs=self.max_epochs, state=self._state,
-            seed=self.config.seed, backend=self.config.backend, topic=self.topic,
+            seed=self.config.seed, backend=self.backend, topic=self.topic,
+            devices=(tuple(self._gpu_index[w] for w in workers)
+                     if self.device_type == "cuda" else None),
+            precision=self.config.precision, data_on_device=self.config.data_on_device,
             rendezvous_timeout=self.config.rendezvous_timeout,
             collective_timeout=self.config.collective_timeout,
             progress_interval=self.config.progress_interval,
@@ -216,6 +232,7 @@ class TrainingController:
             hang_timeout=self.config.hang_timeout, max_world=self.max_world,
             shrink_to=lambda: self._shrink_to,
             kill=lambda address, where: kill_local_or_restart(self.client, address, where),
+            eligible=self._placeable,
         )
         if self._cancelled:
             self._current.cancelled.set()
@@ -367,11 +384,14 @@ class TrainingController:
             training_state.restore(self.net, result.state)
 
     # -- waiting -------------------------------------------------------------------------
-    def _wait_for_workers(self) -> list[str]:
+    def _wait_for_workers(self, placeable: bool = True) -> list[str]:
+        """The workers a round can use now (waiting while there are none)."""
         deadline = time.monotonic() + self.config.wait_for_workers
         announced = False
         while True:
             workers = sorted(self.client.nthreads())
+            if placeable:
+                workers = self._placeable(workers)
             if workers:
                 return workers
             if not announced:
@@ -390,6 +410,48 @@ class TrainingController:
         deadline = time.monotonic() + timeout
         while len(self.client.nthreads()) > n and time.monotonic() < deadline:
             time.sleep(0.1)
+
+    # -- devices -------------------------------------------------------------------------
+    def _placeable(self, workers: list[str]) -> list[str]:
+        """``workers`` that can take a rank of this fit, in order.
+
+        Every worker can take a CPU net's rank. A cuda net's ranks need a GPU each:
+        workers without one, or whose GPUs are taken by other ranks on their host, sit
+        this fit out (announced once each); the GPU each placed worker uses is kept for
+        the round's spec.
+        """
+        if self.device_type != "cuda":
+            return workers
+        index, left_out = devices.assign_gpus(self._inventory(workers))
+        for worker, reason in left_out.items():
+            if worker not in self._sitting_out:
+                self._sitting_out.add(worker)
+                self.bus.publish(Notice(level="warning",
+                                        message=f"{reason}; it sits this fit out"))
+        self._gpu_index.update(index)
+        return [w for w in workers if w in index]
+
+    def _inventory(self, workers: list[str]) -> list[devices.WorkerDevices]:
+        """What each worker can compute on (asked once per worker, then remembered)."""
+        missing = [w for w in workers if w not in self._devices]
+        if missing:
+            found = self.client.run(devices.worker_devices, workers=missing,
+                                    on_error="return")
+            for worker, info in found.items():
+                if isinstance(info, devices.WorkerDevices):
+                    self._devices[worker] = info
+        return [self._devices[w] for w in workers if w in self._devices]
+
+    def _check_placement(self, workers: list[str]) -> None:
+        """Before a cuda fit starts: every worker gets a GPU of its own, and NCCL."""
+        inventory = self._inventory(workers)
+        _, left_out = devices.assign_gpus(inventory)
+        if left_out:
+            raise devices.placement_error(left_out, len(workers))
+        if self.backend != "gloo":
+            without = [w.worker for w in inventory if not w.nccl]
+            if without:
+                raise devices.nccl_error(without)
 
     # -- messages from the ranks ---------------------------------------------------------
     _progress: tuple[int, int, int] = (0, 0, 1)  # epoch, batch, batches per epoch
@@ -450,6 +512,45 @@ class TrainingController:
             step=int(state["step"]), world_size=int(msg.get("world_size", 0)),
             lost_steps=max(0, lost), downtime_s=time.monotonic() - failed_at,
         ))
+
+
+class _on_cpu:  # noqa: N801 - a context manager used like a function
+    """Set a skorch net's device to the CPU for a while (initialise, probe)."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+        self.device = net.device
+
+    def __enter__(self) -> None:
+        self.net.device = "cpu"
+
+    def __exit__(self, *exc: object) -> None:
+        self.net.device = self.device
+
+
+def _to_user_device(net: Any) -> None:
+    """Put the fitted net where its ``device`` says, as skorch's ``fit`` leaves it.
+
+    A cuda net fitted from a kernel without a GPU (a laptop driving GPU workers) stays
+    on the CPU with ``device='cpu'``, as skorch does when it loads a CUDA net there.
+    """
+    if devices.device_type(net.device) != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        logger.warning("this kernel has no GPU: the fitted net stays on the CPU "
+                       "(device='cpu' instead of %r)", net.device)
+        net.device = "cpu"
+        return
+    for name in ("module_", "criterion_"):
+        part = getattr(net, name, None)
+        if isinstance(part, torch.nn.Module):
+            part.to(net.device)
+    for name in getattr(net, "_optimizers", ()):
+        optimizer = getattr(net, name + "_", None)
+        if optimizer is not None:  # loading casts its state to the parameters' device
+            optimizer.load_state_dict(optimizer.state_dict())
 
 
 def _position(msg: dict[str, Any]) -> tuple[int, int, int]:

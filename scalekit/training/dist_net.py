@@ -13,6 +13,11 @@ changes four things:
 * validation is sharded too, and each batch's predictions are all-gathered, so loss and
   scoring callbacks see the full validation set on every rank -- their values are exact
   and identical everywhere, and decisions such as early stopping agree across ranks.
+
+On a GPU, batches reach the device one step ahead (pinned memory, a side stream; or the
+whole training set is kept on the GPU when it fits), losses stay on the device until the
+epoch ends (no synchronisation per step), and mixed precision runs the forward pass and
+the loss under ``torch.autocast`` (fp16 with a gradient scaler).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from scalekit.training.data import BatchReader
+from scalekit.training.data import BatchReader, Prefetcher
 from scalekit.training.sharding import epoch_order, global_batches, rank_piece
 
 
@@ -42,6 +47,15 @@ class RankContext:
     resume_step: int = 0
     resume_batches: list[dict[str, Any]] | None = None
     step: int = 0  # steps taken by this rank in this round (for the liveness beacon)
+    device: Any = None  # the rank's torch.device (None: the CPU)
+    autocast: Any = None  # torch.autocast dtype (None: full precision)
+    scaler: Any = None  # a GradScaler for fp16
+    data_on_device: bool | str = "auto"  # keep the training set on the GPU: auto/True/False
+    device_data: dict[int, Any] = dataclasses.field(default_factory=dict)  # its copies
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device is not None and self.device.type == "cuda"
 
 
 class EpochBatches:
@@ -52,6 +66,11 @@ class EpochBatches:
         net: DistributedNetMixin,
     ) -> None:
         self.reader = BatchReader(dataset)
+        ctx = net._sk_ctx
+        if training and ctx.on_gpu and ctx.data_on_device is not False:
+            # the whole set on the GPU: auto when it takes at most a quarter of what is free
+            share = None if ctx.data_on_device is True else 0.25
+            self.reader.keep_on(ctx.device, ctx.device_data, share=share)
         self.batch_size = len(self.reader) if batch_size == -1 else int(batch_size)
         self.shuffle = shuffle
         self.training = training
@@ -90,12 +109,59 @@ class DistributedNetMixin:
             net=self,
         )
 
+    # -- precision -------------------------------------------------------------------
+    def _sk_autocast(self) -> Any:
+        import contextlib
+
+        ctx = self._sk_ctx
+        if ctx.autocast is None:
+            return contextlib.nullcontext()
+        import torch
+
+        device = ctx.device.type if ctx.device is not None else "cpu"
+        return torch.autocast(device, dtype=ctx.autocast)
+
+    def infer(self, x: Any, **fit_params: Any) -> Any:
+        if self._sk_ctx.autocast is None:
+            return super().infer(x, **fit_params)  # type: ignore[misc]
+        with self._sk_autocast():
+            y = super().infer(x, **fit_params)  # type: ignore[misc]
+        # the loss, scoring (numpy has no bf16) and gathered predictions in float32
+        return _to_float32(y)
+
     # -- loss ----------------------------------------------------------------------------
+    _sk_loss: Any = None  # this rank's last training loss (a 0-dim tensor, unweighted)
+
     def get_loss(self, y_pred: Any, y_true: Any, X: Any = None, training: bool = False) -> Any:
         loss = super().get_loss(y_pred, y_true, X=X, training=training)  # type: ignore[misc]
+        if not training:
+            return loss
+        self.__dict__["_sk_loss"] = loss.detach()
         # DDP averages gradients over ranks; weighting each rank's mean loss by
         # (its share of the batch x world size) makes that average the global mean.
-        return loss * self._sk_weight if training and self._sk_weight != 1.0 else loss
+        if self._sk_weight != 1.0:
+            loss = loss * self._sk_weight
+        scaler = self._sk_ctx.scaler
+        return scaler.scale(loss) if scaler is not None else loss
+
+    # -- fp16: the optimizer steps through the gradient scaler ----------------------------
+    def _step_optimizer(self, step_fn: Any) -> None:
+        scaler = self._sk_ctx.scaler
+        if scaler is None:
+            return super()._step_optimizer(step_fn)  # type: ignore[misc]
+        step_fn()  # GradScaler takes no closure: gradients first, then the step
+        for name in self._optimizers:  # type: ignore[attr-defined]
+            scaler.step(getattr(self, name + "_"))
+        scaler.update()
+        return None
+
+    def notify(self, method_name: str, **cb_kwargs: Any) -> None:
+        scaler = self._sk_ctx.scaler
+        if method_name == "on_grad_computed" and scaler is not None:
+            # clipping and gradient-reading callbacks see true gradients
+            for name in self._optimizers:  # type: ignore[attr-defined]
+                scaler.unscale_(getattr(self, name + "_"))
+        super().notify(method_name, **cb_kwargs)  # type: ignore[misc]
 
     # -- epochs --------------------------------------------------------------------------
     def run_single_epoch(
@@ -110,11 +176,10 @@ class DistributedNetMixin:
             self._sk_valid_epoch(iterator, **fit_params)
 
     def _sk_train_epoch(self, iterator: EpochBatches, step_fn: Any, **fit_params: Any) -> None:
-        import torch
         import torch.distributed as dist
 
         ctx = self._sk_ctx
-        local_losses: list[float] = []
+        local_losses: list[Any] = []
         sizes: list[tuple[int, int]] = []
         epoch = len(self.history) - 1
         n_batches = len(iterator)
@@ -128,15 +193,21 @@ class DistributedNetMixin:
             ctx.resume_epoch, ctx.resume_step, ctx.resume_batches = None, 0, None
         par = self._sk_par
         self.module_ = par.train_module
+        pieces = ((i, batch_idx, piece) for i, (batch_idx, piece) in enumerate(iterator)
+                  if i >= skip)
+        feed = Prefetcher(iterator.reader.read, ctx.device or "cpu")
         try:
-            for i, (batch_idx, piece) in enumerate(iterator):
-                if i < skip:
-                    continue
-                batch = iterator.reader.read(piece)
+            for (i, batch_idx, piece), batch in feed(pieces):
                 self._sk_weight = par.loss_weight(len(piece), len(batch_idx), ctx.world_size)
                 self.notify("on_batch_begin", batch=batch, training=True)
+                self.__dict__["_sk_loss"] = None
                 step = step_fn(batch, **fit_params)
-                loss = step["loss"].item() / self._sk_weight
+                raw = self._sk_loss  # None when a custom step does not call get_loss
+                if raw is None:
+                    raw = step["loss"].detach().float() / self._sk_weight
+                # on a GPU the loss stays there until the epoch ends: reading it now
+                # would make the host wait for every step
+                loss = raw if ctx.on_gpu else raw.item()
                 self.history.record_batch("train_loss", loss)
                 self.history.record_batch("train_batch_size", len(piece))
                 self.notify("on_batch_end", batch=batch, training=True, **step)
@@ -153,7 +224,7 @@ class DistributedNetMixin:
             self.module_ = par.eval_module
             self._sk_weight = 1.0
         # one collective an epoch turns the recorded losses into global-batch losses
-        sums = torch.tensor(local_losses, dtype=torch.float64)
+        sums = _loss_sums(local_losses, ctx.device)
         dist.all_reduce(sums)
         batches = self.history[-1]["batches"][skip:]
         for record, total, (_, global_size) in zip(batches, sums.tolist(), sizes, strict=True):
@@ -184,6 +255,28 @@ class DistributedNetMixin:
             self.notify("on_batch_end", batch=batch, training=False, loss=loss, y_pred=y_pred)
             count += 1
         self.history.record("valid_batch_count", count)
+
+
+def _to_float32(y: Any) -> Any:
+    import torch
+
+    if isinstance(y, torch.Tensor):
+        return y.float() if y.dtype in (torch.bfloat16, torch.float16) else y
+    if isinstance(y, (tuple, list)):
+        return type(y)(_to_float32(v) for v in y)
+    if isinstance(y, dict):
+        return {k: _to_float32(v) for k, v in y.items()}
+    return y
+
+
+def _loss_sums(losses: list[Any], device: Any) -> Any:
+    """The epoch's per-batch loss sums as one float64 tensor on the rank's device (one
+    copy off a GPU, however many steps)."""
+    import torch
+
+    if losses and isinstance(losses[0], torch.Tensor):
+        return torch.stack(losses).to(torch.float64)
+    return torch.tensor(losses, dtype=torch.float64, device=device)
 
 
 def _gather_pieces(local: Any, size: int, world_size: int) -> Any:

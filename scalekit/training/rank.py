@@ -34,7 +34,10 @@ class RankSpec:
     max_epochs: int  # total epochs of the fit (the round runs what is left)
     state: dict[str, Any] | None = None  # where to start (see scalekit.training.state)
     seed: int = 0
-    backend: str = "auto"  # "gloo" | "nccl" | "auto"
+    backend: str = "gloo"  # init_process_group's backend (see devices.process_group_backend)
+    devices: tuple[int, ...] | None = None  # each rank's CUDA index (None: a CPU net)
+    precision: str = "32"  # "32" | "bf16" | "fp16"
+    data_on_device: bool | str = "auto"  # keep the training set on the GPU (auto: if it fits)
     topic: str = ""
     rendezvous_timeout: float = 30.0
     collective_timeout: float = 60.0
@@ -98,6 +101,7 @@ class RankResult:
     peak_rss: int = 0  # bytes, highest resident memory of the rank's process seen
     state_bytes: int = 0  # bytes of parameters, gradients and optimizer state it held
     transport: str = ""  # how it averaged: "shared memory", "gloo", "nccl"
+    peak_gpu_memory: int = 0  # bytes, torch.cuda.max_memory_allocated on its GPU
     state: dict[str, Any] | None = None
 
 
@@ -114,13 +118,15 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
     _pin_gloo_interface(host)
     publish = _Publisher(worker, spec, rank)
     publish.rank_state("rendezvous")
-    backend = _backend(spec.backend)
+    if spec.devices is not None:  # NCCL and the caching allocator use the current device
+        torch.cuda.set_device(spec.devices[rank])
+        torch.cuda.reset_peak_memory_stats()
     try:
         store = _rendezvous(spec, rank, host)
         if dist.is_initialized():  # left over from a failed round in this process
             dist.destroy_process_group()
         dist.init_process_group(
-            backend,
+            spec.backend,
             store=dist.PrefixStore(f"{spec.run_id}/{spec.generation}", store),
             rank=rank,
             world_size=spec.world_size,
@@ -146,12 +152,16 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
 
     from scalekit.training import state as training_state
     from scalekit.training.callbacks import RoundControl
+    from scalekit.training.devices import autocast_dtype
     from scalekit.training.strategies import DDP, prepare
 
     net = spec.net
     strategy = spec.strategy or DDP()
+    device = _place(net, spec, rank)
     ctx = RankContext(rank=rank, world_size=spec.world_size, seed=spec.seed,
-                      on_batch=publish.batch)
+                      on_batch=publish.batch, device=device,
+                      autocast=autocast_dtype(spec.precision),
+                      data_on_device=spec.data_on_device)
     state = spec.state
     if state is not None:
         partial = training_state.restore(net, state, optimizer=not strategy.sharded)
@@ -163,10 +173,12 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
     _seed_everything(spec.seed + 1000 * spec.generation + done_before)
     if state is not None and state.get("rng") is not None:
         torch.set_rng_state(state["rng"])  # continue the saved random stream
-    device = torch.device(net.device) if isinstance(net.device, str) else net.device
-    ids = [device.index or 0] if device is not None and device.type == "cuda" else None
+    ids = [device.index] if device is not None else None
     par = prepare(strategy, net, world_size=spec.world_size, device_ids=ids,
-                  host_reduce=spec.host_reduce, timeout=spec.collective_timeout)
+                  host_reduce=spec.host_reduce, timeout=spec.collective_timeout,
+                  precision=spec.precision)
+    ctx.scaler = _grad_scaler(spec.precision, strategy, state)
+    net.__dict__["_sk_scaler"] = ctx.scaler  # its state goes into checkpoints
     try:
         if state is not None and state.get("sharded"):
             spec.checkpoint.load_sharded(par.model, net.optimizer_, state["sharded"])
@@ -216,7 +228,7 @@ def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed
                         samples_per_s=samples / elapsed if elapsed else 0.0,
                         peak_rss=publish.sample_rss(),
                         state_bytes=par.local_state_bytes(net.optimizer_),
-                        transport=par.transport)
+                        transport=par.transport, peak_gpu_memory=_peak_gpu_memory(spec))
     if rank == 0 or par.strategy.sharded:  # gathering a sharded model is a collective
         captured = training_state.capture(
             net, par.model, epoch=len(rows), step=0, world_size=spec.world_size,
@@ -334,12 +346,50 @@ def _pin_gloo_interface(host: str) -> None:
             return
 
 
-def _backend(requested: str) -> str:
+def _place(net: Any, spec: RankSpec, rank: int) -> Any:
+    """Move the net to this rank's device; return it (``None`` for a CPU net).
+
+    The notebook initialises and checks the net on the CPU (it may have no GPU, and
+    should not hold a CUDA context); here the module and criterion move to the GPU the
+    controller gave this rank, before any state is loaded into them.
+    """
+    if spec.devices is None:
+        return None
     import torch
 
-    if requested != "auto":
-        return requested
-    return "nccl" if torch.cuda.is_available() else "gloo"
+    device = torch.device("cuda", spec.devices[rank])
+    net.device = str(device)  # where skorch puts every batch and prediction
+    for name in ("module_", "criterion_"):
+        part = getattr(net, name, None)
+        if isinstance(part, torch.nn.Module):
+            part.to(device)
+    return device
+
+
+def _grad_scaler(precision: str, strategy: Any, state: dict[str, Any] | None) -> Any:
+    """fp16 needs loss scaling (sharded strategies agree on overflows across ranks)."""
+    if precision != "fp16":
+        return None
+    if strategy.sharded:
+        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+        scaler: Any = ShardedGradScaler("cuda")
+    else:
+        import torch
+
+        scaler = torch.amp.GradScaler("cuda")
+    saved = (state or {}).get("grad_scaler")
+    if saved:  # the scale a resumed fp16 run had reached
+        scaler.load_state_dict(saved)
+    return scaler
+
+
+def _peak_gpu_memory(spec: RankSpec) -> int:
+    if spec.devices is None:
+        return 0
+    import torch
+
+    return int(torch.cuda.max_memory_allocated())
 
 
 # -- state -----------------------------------------------------------------------------

@@ -126,7 +126,8 @@ class Round:
     def __init__(self, client: Client, spec: RankSpec, workers: list[str], data: list[Future],
                  *, beacons: Beacons, hang_timeout: float, max_world: int,
                  shrink_to: Callable[[], int | None],
-                 kill: Callable[[str, tuple[str, int] | None], None]) -> None:
+                 kill: Callable[[str, tuple[str, int] | None], None],
+                 eligible: Callable[[list[str]], list[str]] | None = None) -> None:
         self.client = client
         self.spec = spec
         self.workers = workers
@@ -136,6 +137,7 @@ class Round:
         self.max_world = max_world
         self.shrink_to = shrink_to
         self.kill = kill
+        self.eligible = eligible  # which new workers could take a rank (a GPU each, ...)
         self.stop_requested = False
         self.next_world: tuple[str, ...] = ()
         self.warming: dict[str, Future] = {}
@@ -228,7 +230,10 @@ class Round:
                 warm_worker, key=f"scalekit-warm-{address}-{time.time()}", workers=[address],
                 allow_other_workers=False, pure=False)
         ready = {a for a, f in self.warming.items() if f.status != "pending"}
-        candidates = sorted((alive & set(self.workers)) | (alive & ready))
+        joining = sorted(alive & ready)
+        if joining and self.eligible is not None:
+            joining = self.eligible(joining)
+        candidates = sorted((alive & set(self.workers)) | set(joining))
         decision = decide_membership(self.workers, candidates, max_world=self.max_world,
                                      shrink_to=self.shrink_to())
         if decision.resize:

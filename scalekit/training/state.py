@@ -8,7 +8,12 @@ One plain dict (tensors, numbers, strings, lists, dicts: loadable with
      "step": 120,       # steps completed in epoch 5 (0 at an epoch boundary)
      "world_size": 2, "seed": 0, "run_id": "...",
      "lr_schedulers": {...},  # skorch LRScheduler callbacks, by callback name
-     "rng": <torch RNG state>, "config": {...}}  # the run's settings
+     "rng": <torch RNG state>, "config": {...},  # the run's settings
+     "grad_scaler": {...}}  # fp16 runs: the loss scale reached (else None)
+
+Model and optimizer state are float32 whatever the training precision (autocast and
+FSDP's mixed precision keep float32 master weights), on the CPU, so a state saved by a
+GPU run in bf16 loads into a CPU run in float32 and the other way round.
 
 When ``step > 0`` the last history row is the unfinished epoch, with its batches so far.
 """
@@ -61,7 +66,13 @@ def capture_meta(net: Any, *, epoch: int, step: int, world_size: int, seed: int,
         "lr_schedulers": _scheduler_states(net),
         "rng": torch.get_rng_state(),
         "config": plain(dict(config or {})),
+        "grad_scaler": _scaler_state(net),
     }
+
+
+def _scaler_state(net: Any) -> dict[str, Any] | None:
+    scaler = net.__dict__.get("_sk_scaler")
+    return plain(scaler.state_dict()) if scaler is not None else None
 
 
 def _scheduler_states(net: Any) -> dict[str, Any]:

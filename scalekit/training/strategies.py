@@ -216,11 +216,15 @@ def average_parameters(module: Any, reducer: Any = None) -> None:
 
 
 def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[int] | None,
-            host_reduce: bool = False, timeout: float = 60.0) -> Prepared:
+            host_reduce: bool = False, timeout: float = 60.0, precision: str = "32"
+            ) -> Prepared:
     """Apply ``strategy`` to the initialized skorch ``net`` on this rank.
 
     For sharded strategies the net's optimizer is rebuilt over the sharded parameters;
-    call this before loading optimizer state. With ``host_reduce``, replicated
+    call this before loading optimizer state; with a mixed ``precision`` ("bf16",
+    "fp16") they gather parameters and compute in it and reduce gradients in float32
+    (FSDP2's ``MixedPrecisionPolicy``; the sharded parameters stay float32). With
+    ``host_reduce``, replicated
     strategies on CPU ranks that share one host average through shared memory
     (:mod:`.host_reduce`; collective, ``timeout`` bounds a wait for a peer); call
     :meth:`Prepared.close` when the round ends.
@@ -231,18 +235,23 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
         average_parameters(module, reducer)  # start from identical weights
         return Prepared(strategy, module, module, module, reducer=reducer)
     if isinstance(strategy, FSDP):
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
         keep_large_buffers_out_of_the_heap()
         forget_meshes_of_earlier_rounds()
-        mesh = None
+        # always an explicit mesh on the net's device type: FSDP's default mesh follows
+        # torch.cuda.is_available(), which would put a CPU net on a GPU machine on cuda
+        device = "cuda" if device_ids else "cpu"
         if isinstance(strategy, Hybrid):
-            from torch.distributed.device_mesh import init_device_mesh
-
-            device = "cuda" if device_ids else "cpu"
             mesh = init_device_mesh(device, hybrid_mesh_shape(world_size, strategy.shard_size),
                                     mesh_dim_names=("replicate", "shard"))
-        kwargs = {"mesh": mesh} if mesh is not None else {}
+        else:
+            mesh = init_device_mesh(device, (world_size,))
+        kwargs: dict[str, Any] = {"mesh": mesh}
+        policy = _mixed_precision(precision)
+        if policy is not None:
+            kwargs["mp_policy"] = policy
         for sub in _shard_units(module, strategy.wrap):
             fully_shard(sub, **kwargs)
         fully_shard(module, **kwargs)
@@ -264,6 +273,16 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
             reducer.close()
             raise
     return Prepared(strategy, ddp, module, module, reducer=reducer)
+
+
+def _mixed_precision(precision: str) -> Any:
+    if precision == "32":
+        return None
+    import torch
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
 
 
 def _host_reducer(module: Any, wanted: bool, world_size: int, timeout: float) -> Any:

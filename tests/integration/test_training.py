@@ -295,3 +295,53 @@ def test_a_resumed_fit_keeps_its_lr_schedule(session, tmp_path):
            resume=True)
     assert len(resumed.history) == 5
     assert resumed.optimizer_.param_groups[0]["lr"] == pytest.approx(0.1 * 0.5**5)
+
+
+# -- precision and devices ---------------------------------------------------------------
+
+
+def test_bf16_trains_as_well_as_float32_and_checkpoints_stay_float32(session, tmp_path):
+    reference = make_net()
+    sk.fit(reference, X_TRAIN, Y_TRAIN, cluster=session, show=False, checkpoint=False)
+    net = make_net()
+    url = str(tmp_path / "bf16")
+    run = sk.fit(net, X_TRAIN, Y_TRAIN, cluster=session, show=False, precision="bf16",
+                 checkpoint=url)
+    assert run.status == "finished"
+    acc, ref_acc = net.score(X_TEST, Y_TEST), reference.score(X_TEST, Y_TEST)
+    assert abs(acc - ref_acc) <= 0.01, (acc, ref_acc)  # within one point
+    assert all(p.dtype == torch.float32 for p in net.module_.parameters())
+
+    from scalekit.training.checkpoint import CheckpointStore
+
+    state, _ = CheckpointStore(url).load_latest()
+    assert {v.dtype for v in state["module"].values()} == {torch.float32}
+    assert state["config"]["training"]["precision"] == "bf16"
+
+    # and a float32 run resumes from it (checkpoints do not depend on the precision)
+    more = make_net(max_epochs=EPOCHS + 2)
+    sk.fit(more, X_TRAIN, Y_TRAIN, cluster=session, show=False, checkpoint=url, resume=True)
+    assert len(more.history) == EPOCHS + 2
+    assert more.score(X_TEST, Y_TEST) >= acc - 0.02
+
+
+def test_fp16_on_cpus_is_refused_before_anything_starts(session):
+    from scalekit.errors import ConfigError
+
+    before = set(session.client.nthreads())
+    with pytest.raises(ConfigError) as info:
+        sk.fit(make_net(), X_TRAIN, Y_TRAIN, cluster=session, show=False, precision="fp16")
+    assert "precision='bf16'" in str(info.value)
+    assert set(session.client.nthreads()) == before
+
+
+def test_a_cuda_net_on_cpu_workers_gets_a_clear_error_and_the_cluster_is_unchanged(session):
+    before = set(session.client.nthreads())
+    net = make_net(device="cuda")
+    with pytest.raises(UsageError) as info:
+        sk.fit(net, X_TRAIN, Y_TRAIN, cluster=session, show=False)
+    message = str(info.value)
+    assert "has no GPU" in message and "sk.cluster(gpus='auto')" in message
+    assert "device='cpu'" in message and "Nothing was started" in message
+    assert set(session.client.nthreads()) == before
+    assert net.device == "cuda"  # the user's setting is left as it was
