@@ -14,7 +14,9 @@ import type { ICluster, Intent, ISnapshot } from './protocol';
 import type { ScalekitTracker } from './tracker';
 import {
   IBar,
+  IGpuCell,
   clusterSummary,
+  hasGpus,
   parseAdapt,
   parseScale,
   runRows,
@@ -47,6 +49,27 @@ function bar(b: IBar, kind: string): HTMLElement {
     { class: 'sk-bar', title: b.label },
     fill,
     h('span', { class: 'sk-bar-label' }, b.label)
+  );
+}
+
+/** A worker's GPU cell: utilisation and memory bars, or its label and the hint. */
+function gpuCell(g: IGpuCell | null): HTMLElement {
+  if (g === null) {
+    return h('td', { class: 'sk-gpu sk-no-gpu' }, '–');
+  }
+  if (g.utilization === null || g.memory === null) {
+    return h(
+      'td',
+      { class: 'sk-gpu sk-gpu-hint', title: g.title },
+      `${g.label} · `,
+      h('em', {}, g.hint ?? '')
+    );
+  }
+  return h(
+    'td',
+    { class: 'sk-gpu', title: g.title },
+    bar(g.utilization, 'gpu'),
+    bar(g.memory, 'gpu-memory')
   );
 }
 
@@ -258,6 +281,7 @@ export class ScalekitSidebar extends Widget {
     this._clusterHead.replaceChildren(...head);
     this._summary.textContent = clusterSummary(c);
 
+    const gpus = hasGpus(c); // CPU-only clusters keep their two columns
     const rows = c.workers.map(w => {
       const row = workerRow(w);
       const name = h(
@@ -273,7 +297,8 @@ export class ScalekitSidebar extends Widget {
         { class: 'sk-worker' },
         name,
         h('td', {}, bar(row.cpu, 'cpu')),
-        h('td', {}, bar(row.memory, 'memory'))
+        h('td', {}, bar(row.memory, 'memory')),
+        ...(gpus ? [gpuCell(row.gpu)] : [])
       );
     });
     const more =
@@ -299,7 +324,8 @@ export class ScalekitSidebar extends Widget {
                 {},
                 h('th', {}, 'worker'),
                 h('th', {}, 'CPU'),
-                h('th', {}, 'memory')
+                h('th', {}, 'memory'),
+                ...(gpus ? [h('th', {}, 'GPU')] : [])
               )
             ),
             h('tbody', {}, ...rows)
