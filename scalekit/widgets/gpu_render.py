@@ -91,7 +91,10 @@ def gpu_cell_html(w: WorkerStats) -> str:
     util_bar = percent_bar(min(fraction, 1.0), _utilization(w), color=GPU_COLOR, width="5em")
     mem_bar = percent_bar(mem_fraction, _memory(w.gpu_memory, w.gpu_memory_total),
                           color=mem_color, width="11em")
-    return f'<span class="scalekit-gpu" title="{label}">{util_bar} {mem_bar}</span>'
+    # the resource in sight (the pinned device), the device's name in the tooltip
+    tag = (f'<span class="scalekit-gpu-tag" style="font-size:0.8em">{escape(_resource(w))}'
+           "</span> " if w.gpus > 0 else "")
+    return f'<span class="scalekit-gpu" title="{label}">{tag}{util_bar} {mem_bar}</span>'
 
 
 def gpu_totals_text(snapshot: ClusterSnapshot) -> str:

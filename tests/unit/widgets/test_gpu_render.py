@@ -56,6 +56,7 @@ def test_gpu_workers_get_a_column_with_utilisation_and_memory_bars() -> None:
     assert rows[0].count('class="scalekit-bar"') == 4  # CPU, memory, GPU, GPU memory
     assert "37 %" in rows[0] and "14.00 / 140.00 GiB" in rows[0]
     assert 'title="NVIDIA H200 · GPU=1"' in rows[0]
+    assert '<span class="scalekit-gpu-tag" style="font-size:0.8em">GPU=1</span>' in rows[0]
     assert gpu_render.WARN_COLOR in rows[1]  # 130 of 140 GiB: nearly full
     assert 'class="scalekit-no-gpu"' in rows[2]  # the CPU worker of a mixed cluster
 
