@@ -16,7 +16,6 @@ import {
   IBar,
   IGpuCell,
   clusterSummary,
-  hasGpus,
   parseAdapt,
   parseScale,
   runRows,
@@ -52,24 +51,30 @@ function bar(b: IBar, kind: string): HTMLElement {
   );
 }
 
-/** A worker's GPU cell: utilisation and memory bars, or its label and the hint. */
-function gpuCell(g: IGpuCell | null): HTMLElement {
-  if (g === null) {
-    return h('td', { class: 'sk-gpu sk-no-gpu' }, '–');
-  }
+/**
+ * A GPU worker's second row: its GPU (`GPU=1`, the device's name in the title), then
+ * utilisation under the CPU bar and memory under the memory bar, or the hint.
+ */
+function gpuRow(g: IGpuCell): HTMLElement {
+  const tag = h('td', { class: 'sk-gpu-tag', title: g.title }, g.tag);
   if (g.utilization === null || g.memory === null) {
     return h(
-      'td',
-      { class: 'sk-gpu sk-gpu-hint', title: g.title },
-      `${g.label} · `,
-      h('em', {}, g.hint ?? '')
+      'tr',
+      { class: 'sk-worker-gpu' },
+      tag,
+      h(
+        'td',
+        { class: 'sk-gpu-hint', colspan: '2', title: g.title },
+        h('em', {}, g.hint ?? '')
+      )
     );
   }
   return h(
-    'td',
-    { class: 'sk-gpu', title: g.title },
-    bar(g.utilization, 'gpu'),
-    bar(g.memory, 'gpu-memory')
+    'tr',
+    { class: 'sk-worker-gpu' },
+    tag,
+    h('td', {}, bar(g.utilization, 'gpu')),
+    h('td', {}, bar(g.memory, 'gpu-memory'))
   );
 }
 
@@ -281,8 +286,9 @@ export class ScalekitSidebar extends Widget {
     this._clusterHead.replaceChildren(...head);
     this._summary.textContent = clusterSummary(c);
 
-    const gpus = hasGpus(c); // CPU-only clusters keep their two columns
-    const rows = c.workers.map(w => {
+    // a GPU worker gets a second row (the sidebar is too narrow for more columns)
+    const rows: HTMLElement[] = [];
+    for (const w of c.workers) {
       const row = workerRow(w);
       const name = h(
         'td',
@@ -292,15 +298,19 @@ export class ScalekitSidebar extends Widget {
       if (row.status !== 'running') {
         name.append(h('em', {}, ` (${row.status})`));
       }
-      return h(
-        'tr',
-        { class: 'sk-worker' },
-        name,
-        h('td', {}, bar(row.cpu, 'cpu')),
-        h('td', {}, bar(row.memory, 'memory')),
-        ...(gpus ? [gpuCell(row.gpu)] : [])
+      rows.push(
+        h(
+          'tr',
+          { class: 'sk-worker' },
+          name,
+          h('td', {}, bar(row.cpu, 'cpu')),
+          h('td', {}, bar(row.memory, 'memory'))
+        )
       );
-    });
+      if (row.gpu !== null) {
+        rows.push(gpuRow(row.gpu));
+      }
+    }
     const more =
       c.n_workers > c.workers.length
         ? [
@@ -324,8 +334,7 @@ export class ScalekitSidebar extends Widget {
                 {},
                 h('th', {}, 'worker'),
                 h('th', {}, 'CPU'),
-                h('th', {}, 'memory'),
-                ...(gpus ? [h('th', {}, 'GPU')] : [])
+                h('th', {}, 'memory')
               )
             ),
             h('tbody', {}, ...rows)

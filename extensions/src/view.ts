@@ -129,6 +129,8 @@ export interface IBar {
 
 /** What a worker's GPU cell shows: two bars, or (no NVML numbers) a hint. */
 export interface IGpuCell {
+  /** `GPU=1` (the resource: scalekit pinned one device to the worker), else `GPU` */
+  tag: string;
   /** `NVIDIA H200 · GPU=1`, `GPU=1` or `GPU` */
   label: string;
   utilization: IBar | null;
@@ -168,8 +170,10 @@ export function gpuMemoryText(
 export function gpuCell(g: IWorkerGpu): IGpuCell {
   const resource = g.resource > 0 ? `GPU=${g.resource}` : '';
   const label = [g.name, resource].filter(p => p).join(' · ') || 'GPU';
+  const tag = resource || 'GPU';
   if (!g.monitored) {
     return {
+      tag,
       label,
       utilization: null,
       memory: null,
@@ -181,6 +185,7 @@ export function gpuCell(g: IWorkerGpu): IGpuCell {
   const total = g.memory_total ?? 0;
   const memFraction = total > 0 && g.memory !== null ? g.memory / total : 0;
   return {
+    tag,
     label,
     utilization: {
       fraction: u === null ? 0 : clamp01(u / 100),
@@ -195,11 +200,6 @@ export function gpuCell(g: IWorkerGpu): IGpuCell {
     hint: null,
     title: label
   };
-}
-
-/** Whether the cluster has GPU workers (then the sidebar adds a GPU column). */
-export function hasGpus(c: ICluster): boolean {
-  return c.totals.gpu !== undefined || c.workers.some(w => w.gpu !== undefined);
 }
 
 /** One worker's bars: CPU in percent of its threads, memory of its limit. */

@@ -13,7 +13,6 @@ import {
   NVML_HINT,
   clusterSummary,
   formatLoss,
-  hasGpus,
   parseAdapt,
   parseScale,
   runRow,
@@ -190,6 +189,7 @@ describe('GPU workers', () => {
     const row = workerRow({ ...cluster().workers[0], gpu: h200 });
     expect(row.gpu).not.toBeNull();
     expect(row.gpu!.label).toBe('NVIDIA H200 · GPU=1');
+    expect(row.gpu!.tag).toBe('GPU=1');
     expect(row.gpu!.hint).toBeNull();
     expect(row.gpu!.utilization).toEqual({
       fraction: 0.37,
@@ -219,14 +219,14 @@ describe('GPU workers', () => {
       }
     });
     expect(row.gpu!.label).toBe('GPU=1');
+    expect(row.gpu!.tag).toBe('GPU=1');
     expect(row.gpu!.hint).toBe(NVML_HINT);
     expect(row.gpu!.utilization).toBeNull();
     expect(row.gpu!.title).toContain("pip install 'scalekit[gpu]'");
   });
 
-  it('adds GPU totals to the summary and a GPU column only with GPUs', () => {
+  it('adds GPU totals to the summary, and GPU cells, only with GPUs', () => {
     const cpu = cluster();
-    expect(hasGpus(cpu)).toBe(false);
     expect(workerRow(cpu.workers[0]).gpu).toBeNull();
     expect(clusterSummary(cpu)).toBe(
       '2 workers · 2 threads · CPU 24% · mem 0.5/8.0 GiB'
@@ -244,7 +244,6 @@ describe('GPU workers', () => {
         }
       }
     });
-    expect(hasGpus(gpu)).toBe(true);
     expect(clusterSummary(gpu)).toBe(
       '2 workers · 2 threads · CPU 24% · mem 0.5/8.0 GiB' +
         ' · 2 GPU workers · GPU 40% · GPU mem 28.0/280.0 GiB'
