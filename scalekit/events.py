@@ -40,7 +40,13 @@ class Event:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WorkerStats(Event):
-    """One worker as the scheduler last saw it (memory in bytes, CPU in percent)."""
+    """One worker as the scheduler last saw it (memory in bytes, CPU in percent).
+
+    The ``gpu*`` fields keep their defaults on a worker without a GPU. ``gpus`` is the
+    Dask resource ``GPU`` the worker advertises (scalekit's GPU workers: 1, pinned to
+    one device with ``CUDA_VISIBLE_DEVICES``); the others come from Dask's NVML
+    monitoring and stay ``None``/empty where it is off (nvidia-ml-py missing, no driver).
+    """
 
     name: str
     address: str
@@ -49,6 +55,22 @@ class WorkerStats(Event):
     memory: int = 0
     memory_limit: int = 0
     status: str = "running"
+    gpus: float = 0.0
+    gpu_name: str = ""
+    gpu_utilization: float | None = None  # percent of the device, latest NVML sample
+    gpu_memory: int | None = None  # bytes used on the device (all processes)
+    gpu_memory_total: int | None = None
+
+    @property
+    def gpu_monitored(self) -> bool:
+        """Whether NVML reported on this worker's GPU (utilisation or memory)."""
+        return any(v is not None for v in (
+            self.gpu_utilization, self.gpu_memory, self.gpu_memory_total))
+
+    @property
+    def has_gpu(self) -> bool:
+        """A GPU worker: it advertises the ``GPU`` resource or NVML sees a device."""
+        return self.gpus > 0 or self.gpu_monitored or bool(self.gpu_name)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -83,6 +105,27 @@ class ClusterSnapshot(Event):
     @property
     def mean_cpu(self) -> float:
         return sum(w.cpu for w in self.workers) / len(self.workers) if self.workers else 0.0
+
+    @property
+    def gpu_workers(self) -> tuple[WorkerStats, ...]:
+        """The workers that have a GPU (empty on a CPU-only cluster)."""
+        return tuple(w for w in self.workers if w.has_gpu)
+
+    @property
+    def mean_gpu_utilization(self) -> float | None:
+        """Mean GPU utilisation (percent) of the workers that measured it, else ``None``."""
+        values = [w.gpu_utilization for w in self.workers if w.gpu_utilization is not None]
+        return sum(values) / len(values) if values else None
+
+    @property
+    def total_gpu_memory(self) -> tuple[int, int] | None:
+        """``(used, total)`` GPU bytes over the workers that measured their use, else
+        ``None`` (total is 0 where no worker knew its device's size)."""
+        measured = [w for w in self.workers if w.gpu_memory is not None]
+        if not measured:
+            return None
+        return (sum(w.gpu_memory or 0 for w in measured),
+                sum(w.gpu_memory_total or 0 for w in measured))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -287,3 +330,5 @@ class TrainingReport(Event):
     peak_rss: tuple[int, ...] = ()
     state_bytes: tuple[int, ...] = ()
     transport: tuple[str, ...] = ()  # how each rank averaged: "shared memory", "gloo", ...
+    # torch.cuda.max_memory_allocated per rank; empty for a run without CUDA
+    peak_gpu_memory: tuple[int, ...] = ()

@@ -27,11 +27,16 @@ Message shapes (``protocol`` is :data:`PROTOCOL` on every message)::
 
     {"protocol": "scalekit/1", "type": "snapshot", "seq": 7, "time": 1.7e9,
      "cluster": {"id", "backend", "status", "workers": [...], "n_workers", "requested",
-                 "totals": {...}, "adaptive": {"minimum", "maximum"} | None,
+                 "totals": {..., "gpu"?}, "adaptive": {"minimum", "maximum"} | None,
                  "dashboard_link", "max_workers", "notice": {...} | None} | None,
      "clusters": 1,
      "runs": [{"run_id", "status", "epochs_done", "max_epochs", "progress", "loss",
                "loss_key", "last_checkpoint": {...} | None, "recoveries", ...}, ...]}
+
+A worker with a GPU also carries ``"gpu": {"name", "resource", "monitored",
+"utilization", "memory", "memory_total"}`` (``monitored`` false: no NVML numbers, as
+without nvidia-ml-py) and the totals ``"gpu": {"workers", "monitored", "utilization",
+"memory", "memory_total"}``; neither key is there on a CPU-only cluster.
 
 Importing this module imports neither torch, ``distributed`` nor ipywidgets: sessions
 are found through ``sys.modules`` (no ``scalekit.session`` imported: no cluster).
@@ -84,11 +89,36 @@ def _number(value: Any) -> float | None:
     return float(value) if math.isfinite(float(value)) else None
 
 
+def _bytes(value: int | None) -> int | None:
+    return None if value is None else int(value)
+
+
 def worker_dict(w: WorkerStats) -> dict[str, Any]:
-    return {
+    """One worker; ``"gpu"`` only for a worker that has one (CPU workers as before)."""
+    d: dict[str, Any] = {
         "name": w.name, "address": w.address, "nthreads": w.nthreads,
         "cpu": _number(w.cpu) or 0.0, "memory": int(w.memory),
         "memory_limit": int(w.memory_limit), "status": w.status,
+    }
+    if w.has_gpu:
+        d["gpu"] = {
+            "name": w.gpu_name, "resource": _number(w.gpus) or 0.0,
+            "monitored": w.gpu_monitored, "utilization": _number(w.gpu_utilization),
+            "memory": _bytes(w.gpu_memory), "memory_total": _bytes(w.gpu_memory_total),
+        }
+    return d
+
+
+def _gpu_totals(snapshot: ClusterSnapshot) -> dict[str, Any] | None:
+    gpus = snapshot.gpu_workers
+    if not gpus:
+        return None
+    memory = snapshot.total_gpu_memory
+    return {
+        "workers": len(gpus), "monitored": any(w.gpu_monitored for w in gpus),
+        "utilization": _number(snapshot.mean_gpu_utilization),
+        "memory": None if memory is None else memory[0],
+        "memory_total": None if memory is None else memory[1],
     }
 
 
@@ -117,6 +147,16 @@ def cluster_dict(
     # as the panel's CPU figure: percent of capacity (100 % = every thread busy)
     capacity = 100.0 * snapshot.total_threads
     cpu_percent = 100.0 * sum(w.cpu for w in snapshot.workers) / capacity if capacity else 0.0
+    totals: dict[str, Any] = {
+        "threads": snapshot.total_threads,
+        "cpu": _number(snapshot.mean_cpu) or 0.0,
+        "cpu_percent": _number(cpu_percent) or 0.0,
+        "memory": snapshot.total_memory,
+        "memory_limit": snapshot.total_memory_limit,
+    }
+    gpu = _gpu_totals(snapshot)
+    if gpu is not None:  # over all workers, also those past ``max_shown``
+        totals["gpu"] = gpu
     return {
         "id": cluster_id,
         "backend": snapshot.backend,
@@ -124,13 +164,7 @@ def cluster_dict(
         "workers": [worker_dict(w) for w in snapshot.workers[:max_shown]],
         "n_workers": snapshot.n_workers,
         "requested": requested,
-        "totals": {
-            "threads": snapshot.total_threads,
-            "cpu": _number(snapshot.mean_cpu) or 0.0,
-            "cpu_percent": _number(cpu_percent) or 0.0,
-            "memory": snapshot.total_memory,
-            "memory_limit": snapshot.total_memory_limit,
-        },
+        "totals": totals,
         "adaptive": (
             None if adaptive is None
             else {"minimum": int(adaptive[0]), "maximum": int(adaptive[1])}
@@ -183,6 +217,7 @@ def run_dict(state: TrainingState) -> dict[str, Any]:
         "recoveries": state.recoveries,
         "lost_steps": state.lost_steps,
         "downtime_s": _number(state.downtime_s) or 0.0,
+        "peak_gpu_memory": [int(b) for b in state.peak_gpu_memory],
         "started_at": state.started_at,
         "finished_at": state.finished_at,
         "message": message,

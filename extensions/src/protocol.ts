@@ -11,6 +11,21 @@ export const TARGET = 'scalekit';
 /** Present on every message of this protocol (`protocol` field). */
 export const PROTOCOL = 'scalekit/1';
 
+/** A worker's GPU, from Dask's NVML monitoring and the worker's `GPU` resource. */
+export interface IWorkerGpu {
+  /** the device's name as NVML says it, `''` when the worker did not report it */
+  name: string;
+  /** the Dask resource `GPU` the worker advertises (scalekit's GPU workers: 1) */
+  resource: number;
+  /** false: no NVML numbers from this worker (nvidia-ml-py missing, NVML off) */
+  monitored: boolean;
+  /** percent of the device, latest sample */
+  utilization: number | null;
+  /** bytes used on the device */
+  memory: number | null;
+  memory_total: number | null;
+}
+
 export interface IWorker {
   name: string;
   address: string;
@@ -20,6 +35,18 @@ export interface IWorker {
   memory: number;
   memory_limit: number;
   status: string;
+  /** only on a worker that has a GPU */
+  gpu?: IWorkerGpu;
+}
+
+/** The GPUs of a cluster, over all its workers; only when some worker has one. */
+export interface IGpuTotals {
+  workers: number;
+  monitored: boolean;
+  /** mean over the workers that measured it */
+  utilization: number | null;
+  memory: number | null;
+  memory_total: number | null;
 }
 
 export interface INotice {
@@ -42,6 +69,7 @@ export interface ICluster {
     cpu_percent: number;
     memory: number;
     memory_limit: number;
+    gpu?: IGpuTotals;
   };
   adaptive: { minimum: number; maximum: number } | null;
   dashboard_link: string | null;
@@ -76,6 +104,8 @@ export interface IRun {
   recoveries: number;
   lost_steps: number;
   downtime_s: number;
+  /** bytes per rank (torch.cuda.max_memory_allocated); empty without CUDA */
+  peak_gpu_memory?: number[];
   started_at: number | null;
   finished_at: number | null;
   message: string;

@@ -14,6 +14,7 @@ import type { ICluster, Intent, ISnapshot } from './protocol';
 import type { ScalekitTracker } from './tracker';
 import {
   IBar,
+  IGpuCell,
   clusterSummary,
   parseAdapt,
   parseScale,
@@ -47,6 +48,33 @@ function bar(b: IBar, kind: string): HTMLElement {
     { class: 'sk-bar', title: b.label },
     fill,
     h('span', { class: 'sk-bar-label' }, b.label)
+  );
+}
+
+/**
+ * A GPU worker's second row: its GPU (`GPU=1`, the device's name in the title), then
+ * utilisation under the CPU bar and memory under the memory bar, or the hint.
+ */
+function gpuRow(g: IGpuCell): HTMLElement {
+  const tag = h('td', { class: 'sk-gpu-tag', title: g.title }, g.tag);
+  if (g.utilization === null || g.memory === null) {
+    return h(
+      'tr',
+      { class: 'sk-worker-gpu' },
+      tag,
+      h(
+        'td',
+        { class: 'sk-gpu-hint', colspan: '2', title: g.title },
+        h('em', {}, g.hint ?? '')
+      )
+    );
+  }
+  return h(
+    'tr',
+    { class: 'sk-worker-gpu' },
+    tag,
+    h('td', {}, bar(g.utilization, 'gpu')),
+    h('td', {}, bar(g.memory, 'gpu-memory'))
   );
 }
 
@@ -258,7 +286,9 @@ export class ScalekitSidebar extends Widget {
     this._clusterHead.replaceChildren(...head);
     this._summary.textContent = clusterSummary(c);
 
-    const rows = c.workers.map(w => {
+    // a GPU worker gets a second row (the sidebar is too narrow for more columns)
+    const rows: HTMLElement[] = [];
+    for (const w of c.workers) {
       const row = workerRow(w);
       const name = h(
         'td',
@@ -268,14 +298,19 @@ export class ScalekitSidebar extends Widget {
       if (row.status !== 'running') {
         name.append(h('em', {}, ` (${row.status})`));
       }
-      return h(
-        'tr',
-        { class: 'sk-worker' },
-        name,
-        h('td', {}, bar(row.cpu, 'cpu')),
-        h('td', {}, bar(row.memory, 'memory'))
+      rows.push(
+        h(
+          'tr',
+          { class: 'sk-worker' },
+          name,
+          h('td', {}, bar(row.cpu, 'cpu')),
+          h('td', {}, bar(row.memory, 'memory'))
+        )
       );
-    });
+      if (row.gpu !== null) {
+        rows.push(gpuRow(row.gpu));
+      }
+    }
     const more =
       c.n_workers > c.workers.length
         ? [

@@ -6,7 +6,13 @@
  * strings and fractions on screen.
  */
 
-import type { ICluster, IRun, ISnapshot, IWorker } from './protocol';
+import type {
+  ICluster,
+  IRun,
+  ISnapshot,
+  IWorker,
+  IWorkerGpu
+} from './protocol';
 
 const GIB = 2 ** 30;
 
@@ -121,12 +127,79 @@ export interface IBar {
   warn: boolean;
 }
 
+/** What a worker's GPU cell shows: two bars, or (no NVML numbers) a hint. */
+export interface IGpuCell {
+  /** `GPU=1` (the resource: scalekit pinned one device to the worker), else `GPU` */
+  tag: string;
+  /** `NVIDIA H200 · GPU=1`, `GPU=1` or `GPU` */
+  label: string;
+  utilization: IBar | null;
+  memory: IBar | null;
+  /** set when the worker cannot measure its GPU */
+  hint: string | null;
+  title: string;
+}
+
 export interface IWorkerRow {
   name: string;
   title: string;
   status: string;
   cpu: IBar;
   memory: IBar;
+  /** null for a worker without a GPU */
+  gpu: IGpuCell | null;
+}
+
+/** Said where a GPU worker has no NVML numbers (as `scalekit.widgets.gpu_render`). */
+export const NVML_HINT = 'utilisation needs nvidia-ml-py';
+export const NVML_HINT_LONG =
+  "GPU utilisation and memory need nvidia-ml-py on the workers: pip install 'scalekit[gpu]'";
+
+/** GPU memory: `3.0/140.0 GiB`, `3.0 GiB` without a known size, `–` unknown. */
+export function gpuMemoryText(
+  used: number | null,
+  total: number | null
+): string {
+  if (used === null) {
+    return total ? `–/${gib(total)} GiB` : '–';
+  }
+  return total ? memoryText(used, total) : `${gib(used)} GiB`;
+}
+
+/** A worker's GPU cell. */
+export function gpuCell(g: IWorkerGpu): IGpuCell {
+  const resource = g.resource > 0 ? `GPU=${g.resource}` : '';
+  const label = [g.name, resource].filter(p => p).join(' · ') || 'GPU';
+  const tag = resource || 'GPU';
+  if (!g.monitored) {
+    return {
+      tag,
+      label,
+      utilization: null,
+      memory: null,
+      hint: NVML_HINT,
+      title: `${label}: ${NVML_HINT_LONG}`
+    };
+  }
+  const u = g.utilization;
+  const total = g.memory_total ?? 0;
+  const memFraction = total > 0 && g.memory !== null ? g.memory / total : 0;
+  return {
+    tag,
+    label,
+    utilization: {
+      fraction: u === null ? 0 : clamp01(u / 100),
+      label: u === null ? '–' : `${Math.round(u)}%`,
+      warn: false
+    },
+    memory: {
+      fraction: clamp01(memFraction),
+      label: gpuMemoryText(g.memory, g.memory_total),
+      warn: memFraction >= 0.9
+    },
+    hint: null,
+    title: label
+  };
 }
 
 /** One worker's bars: CPU in percent of its threads, memory of its limit. */
@@ -146,7 +219,8 @@ export function workerRow(w: IWorker): IWorkerRow {
       fraction: clamp01(memFraction),
       label: memoryText(w.memory, w.memory_limit),
       warn: memFraction >= 0.8
-    }
+    },
+    gpu: w.gpu === undefined ? null : gpuCell(w.gpu)
   };
 }
 
@@ -161,6 +235,20 @@ export function clusterSummary(c: ICluster): string {
   text += ` · ${plural(c.totals.threads, 'thread')}`;
   text += ` · CPU ${Math.round(c.totals.cpu_percent)}%`;
   text += ` · mem ${memoryText(c.totals.memory, c.totals.memory_limit)}`;
+  const g = c.totals.gpu;
+  if (g !== undefined) {
+    // workers, not devices: unpinned workers on one machine all see the same GPU
+    text += ` · ${plural(g.workers, 'GPU worker')}`;
+    if (g.utilization !== null) {
+      text += ` · GPU ${Math.round(g.utilization)}%`;
+    }
+    if (g.memory !== null) {
+      text += ` · GPU mem ${gpuMemoryText(g.memory, g.memory_total)}`;
+    }
+    if (!g.monitored) {
+      text += ` (${NVML_HINT})`;
+    }
+  }
   return text;
 }
 
@@ -214,6 +302,10 @@ export function runRow(run: IRun, now: number): IRunRow {
       : `${plural(run.recoveries, 'recovery', 'recoveries')}` +
           ` · ${plural(run.lost_steps, 'step')} redone · ${formatDuration(run.downtime_s)} down`
   );
+  const peak = run.peak_gpu_memory ?? [];
+  if (peak.length) {
+    details.push(`peak GPU memory per rank ${peak.map(gib).join(', ')} GiB`);
+  }
   if (run.message) {
     details.push(run.message);
   }

@@ -10,6 +10,7 @@ import {
   isSnapshot
 } from '../src/protocol';
 import {
+  NVML_HINT,
   clusterSummary,
   formatLoss,
   parseAdapt,
@@ -170,6 +171,108 @@ describe('cluster view', () => {
     );
     expect(safeUrl('javascript:alert(1)')).toBeNull();
     expect(safeUrl(null)).toBeNull();
+  });
+});
+
+describe('GPU workers', () => {
+  // shaped as scalekit/labext.py's worker_dict and cluster_dict send them
+  const h200 = {
+    name: 'NVIDIA H200',
+    resource: 1,
+    monitored: true,
+    utilization: 37,
+    memory: 14 * GIB,
+    memory_total: 140 * GIB
+  };
+
+  it('draws utilisation and memory bars with the device and its resource', () => {
+    const row = workerRow({ ...cluster().workers[0], gpu: h200 });
+    expect(row.gpu).not.toBeNull();
+    expect(row.gpu!.label).toBe('NVIDIA H200 · GPU=1');
+    expect(row.gpu!.tag).toBe('GPU=1');
+    expect(row.gpu!.hint).toBeNull();
+    expect(row.gpu!.utilization).toEqual({
+      fraction: 0.37,
+      label: '37%',
+      warn: false
+    });
+    expect(row.gpu!.memory!.fraction).toBeCloseTo(0.1);
+    expect(row.gpu!.memory!.label).toBe('14.0/140.0 GiB');
+    const full = workerRow({
+      ...cluster().workers[0],
+      gpu: { ...h200, memory: 135 * GIB, utilization: null }
+    });
+    expect(full.gpu!.memory!.warn).toBe(true);
+    expect(full.gpu!.utilization!.label).toBe('–');
+  });
+
+  it('marks a GPU worker without NVML numbers with the nvidia-ml-py hint', () => {
+    const row = workerRow({
+      ...cluster().workers[0],
+      gpu: {
+        name: '',
+        resource: 1,
+        monitored: false,
+        utilization: null,
+        memory: null,
+        memory_total: null
+      }
+    });
+    expect(row.gpu!.label).toBe('GPU=1');
+    expect(row.gpu!.tag).toBe('GPU=1');
+    expect(row.gpu!.hint).toBe(NVML_HINT);
+    expect(row.gpu!.utilization).toBeNull();
+    expect(row.gpu!.title).toContain("pip install 'scalekit[gpu]'");
+  });
+
+  it('adds GPU totals to the summary, and GPU cells, only with GPUs', () => {
+    const cpu = cluster();
+    expect(workerRow(cpu.workers[0]).gpu).toBeNull();
+    expect(clusterSummary(cpu)).toBe(
+      '2 workers · 2 threads · CPU 24% · mem 0.5/8.0 GiB'
+    );
+    const gpu = cluster({
+      workers: cpu.workers.map(w => ({ ...w, gpu: h200 })),
+      totals: {
+        ...cpu.totals,
+        gpu: {
+          workers: 2,
+          monitored: true,
+          utilization: 40.4,
+          memory: 28 * GIB,
+          memory_total: 280 * GIB
+        }
+      }
+    });
+    expect(clusterSummary(gpu)).toBe(
+      '2 workers · 2 threads · CPU 24% · mem 0.5/8.0 GiB' +
+        ' · 2 GPU workers · GPU 40% · GPU mem 28.0/280.0 GiB'
+    );
+    const blind = cluster({
+      totals: {
+        ...cpu.totals,
+        gpu: {
+          workers: 1,
+          monitored: false,
+          utilization: null,
+          memory: null,
+          memory_total: null
+        }
+      }
+    });
+    expect(clusterSummary(blind)).toMatch(
+      / · 1 GPU worker \(utilisation needs nvidia-ml-py\)$/
+    );
+  });
+
+  it('shows a CUDA run’s peak GPU memory per rank, and nothing for a CPU run', () => {
+    const gpuRun = runRow(
+      run({ status: 'finished', peak_gpu_memory: [3.5 * GIB, 3.25 * GIB] }),
+      1000
+    );
+    expect(gpuRun.details).toContain('peak GPU memory per rank 3.5, 3.3 GiB');
+    const cpuRun = runRow(run({ peak_gpu_memory: [] }), 1000);
+    expect(cpuRun.details.some(d => d.includes('GPU'))).toBe(false);
   });
 });
 

@@ -8,6 +8,7 @@ result, never faster than every 0.5 s, so a busy panel cannot load the kernel.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,6 +27,70 @@ def _natural(name: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
 
 
+GPU_RESOURCE = "GPU"  # the Dask resource scalekit's GPU workers advertise (GPU=1)
+
+
+def _finite(value: Any) -> float | None:
+    """A finite number as float, else ``None`` (NVML answers ``None`` when unsupported)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _bytes(value: Any) -> int | None:
+    number = _finite(value)
+    return int(number) if number is not None and number >= 0 else None
+
+
+def gpu_fields(worker: Mapping[str, Any]) -> dict[str, Any]:
+    """The GPU fields of :class:`WorkerStats` from one ``scheduler_info()`` worker entry.
+
+    Where distributed (2026.8) puts what its NVML monitoring sees, with
+    ``distributed.diagnostics.nvml`` on and nvidia-ml-py importable in the worker:
+
+    - ``entry["metrics"]["gpu_utilization"]`` (percent), ``["gpu_memory_used"]`` and
+      ``["gpu-memory-total"]`` (bytes): ``SystemMonitor.__init__``/``update`` in
+      ``distributed/system_monitor.py`` record them, ``Worker.get_metrics`` copies
+      ``monitor.recent()`` into the heartbeat's metrics (``worker.py``), and
+      ``WorkerState.identity`` (``scheduler.py``) returns them as ``"metrics"``. The
+      dashboard's GPU plots read these same keys (``dashboard/components/nvml.py``).
+    - ``entry["metrics"]["gpu"] == {"utilization", "memory-used"}`` and
+      ``entry["gpu"] == {"memory-total", "name"}``: ``add_gpu_metrics`` (``worker.py``)
+      registers them in ``DEFAULT_METRICS``/``DEFAULT_STARTUP_INFORMATION`` when NVML is
+      first initialised in a process, and the startup information is spread into the
+      entry by ``WorkerState.identity`` (``**self.extra``). A worker copies those tables
+      *before* its system monitor initialises NVML, so the first worker of a spawned
+      process (every nanny's) usually lacks them: the name is a bonus, the flat keys
+      are the source.
+
+    NVML reads the first device of the worker's ``CUDA_VISIBLE_DEVICES``
+    (``nvml._pynvml_handles``), so a pinned worker reports its own GPU. Any value may be
+    ``None`` (NVML's "not supported", e.g. utilisation of a MIG slice).
+    ``entry["resources"]["GPU"]`` is the resource the worker advertises; it needs no
+    NVML, so a GPU worker without nvidia-ml-py is still known as one.
+    """
+    metrics = worker.get("metrics") or {}
+    sampled = metrics.get("gpu") if isinstance(metrics.get("gpu"), Mapping) else {}
+    startup = worker.get("gpu") if isinstance(worker.get("gpu"), Mapping) else {}
+    nvml_on = "gpu-memory-total" in metrics or bool(sampled) or bool(startup)
+    resources = worker.get("resources") or {}
+    gpus = _finite(resources.get(GPU_RESOURCE)) or 0.0
+    if not nvml_on:
+        return {"gpus": max(gpus, 0.0)}
+    utilization = _finite(metrics.get("gpu_utilization", sampled.get("utilization")))
+    used = _bytes(metrics.get("gpu_memory_used", sampled.get("memory-used")))
+    # the monitor's total is None where NVML can't tell; the startup copy may know
+    total = _bytes(metrics.get("gpu-memory-total")) or _bytes(startup.get("memory-total"))
+    name = startup.get("name")
+    return {
+        "gpus": max(gpus, 0.0),
+        "gpu_name": name if isinstance(name, str) else "",
+        "gpu_utilization": utilization,
+        "gpu_memory": used,
+        "gpu_memory_total": total or None,
+    }
+
+
 def snapshot_from_info(
     info: Mapping[str, Any],
     *,
@@ -35,7 +100,11 @@ def snapshot_from_info(
     dashboard_link: str | None = None,
     details: tuple[tuple[str, str], ...] = (),
 ) -> ClusterSnapshot:
-    """Build a :class:`ClusterSnapshot` from ``Client.scheduler_info()`` output."""
+    """Build a :class:`ClusterSnapshot` from ``Client.scheduler_info()`` output.
+
+    Workers keep their GPU's name, utilisation and memory where Dask's NVML monitoring
+    reports them, and the ``GPU`` resource they advertise (see :func:`gpu_fields`).
+    """
     now = time.time()
     workers = []
     for address, w in (info.get("workers") or {}).items():
@@ -50,6 +119,7 @@ def snapshot_from_info(
                 memory=int(metrics.get("memory") or 0),
                 memory_limit=int(w.get("memory_limit") or 0),
                 status=str(w.get("status", "running")),
+                **gpu_fields(w),
             )
         )
     workers.sort(key=lambda w: _natural(w.name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
+from types import ModuleType
 
 from scalekit.events import ClusterSnapshot, Event, WorkerStats
 from scalekit.widgets.charts import PALETTE, line_chart_svg
@@ -120,12 +121,16 @@ def cluster_text(snapshot: ClusterSnapshot) -> str:
         f"  threads {snapshot.total_threads}, CPU {snapshot.mean_cpu:.1f} % (mean), "
         f"memory {_memory_summary(snapshot.total_memory, snapshot.total_memory_limit)}"
     )
+    gpu = _gpu_render() if snapshot.gpu_workers else None  # CPU-only: lines as before
+    if gpu is not None:
+        lines.append(f"  {gpu.gpu_totals_text(snapshot)}")
     width = max((len(w.name) for w in snapshot.workers), default=0)
     for w in snapshot.workers:
         status = "" if w.status == "running" else f"  [{w.status}]"
+        gpu_part = f"{gpu.gpu_text(w)}  " if gpu is not None and w.has_gpu else ""
         lines.append(
             f"    {w.name:<{width}}  CPU {w.cpu:5.1f} %  "
-            f"memory {_memory_summary(w.memory, w.memory_limit)}  {w.address}{status}"
+            f"memory {_memory_summary(w.memory, w.memory_limit)}  {gpu_part}{w.address}{status}"
         )
     if snapshot.dashboard_link:
         lines.append(f"  dashboard: {snapshot.dashboard_link}")
@@ -178,34 +183,46 @@ def _memory_bar(memory: int, limit: int) -> str:
     return percent_bar(fraction, _memory_summary(memory, limit), color=color, width="14em")
 
 
-def _worker_row(w: WorkerStats) -> str:
+def _gpu_render() -> ModuleType:
+    # imported when a cluster has GPUs (gpu_render draws with this module's bars)
+    from scalekit.widgets import gpu_render
+
+    return gpu_render
+
+
+def _worker_row(w: WorkerStats, gpu_column: bool = False) -> str:
     status = "" if w.status == "running" else f" <em>({escape(w.status)})</em>"
+    gpu = f"<td>{_gpu_render().gpu_cell_html(w)}</td>" if gpu_column else ""
     return (
         f'<tr class="scalekit-worker"><td title="{escape(w.address)}">{escape(w.name)}{status}'
         f"</td><td>{w.nthreads}</td><td>{_cpu_bar(w.cpu, w.nthreads)}</td>"
-        f"<td>{_memory_bar(w.memory, w.memory_limit)}</td></tr>"
+        f"<td>{_memory_bar(w.memory, w.memory_limit)}</td>{gpu}</tr>"
     )
 
 
 def workers_html(snapshot: ClusterSnapshot) -> str:
-    """A table with one row per worker: name, threads, CPU bar, memory bar."""
+    """A table with one row per worker: name, threads, CPU bar, memory bar, and a GPU
+    column (utilisation and memory bars) only when some worker has a GPU."""
     if not snapshot.workers:
         return '<div class="scalekit-workers"><em>no workers</em></div>'
-    rows = "".join(_worker_row(w) for w in snapshot.workers)
+    gpu_column = bool(snapshot.gpu_workers)
+    rows = "".join(_worker_row(w, gpu_column) for w in snapshot.workers)
+    gpu_head = "<th>GPU</th>" if gpu_column else ""
     return (
         '<table class="scalekit-workers" style="border-collapse:collapse;font-size:0.9em">'
         "<thead><tr><th style='text-align:left'>worker</th><th>threads</th><th>CPU</th>"
-        f"<th>memory</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<th>memory</th>{gpu_head}</tr></thead><tbody>{rows}</tbody></table>"
     )
 
 
 def totals_html(snapshot: ClusterSnapshot) -> str:
-    """One line of cluster totals: workers, threads, mean CPU and memory."""
+    """One line of cluster totals: workers, threads, mean CPU, memory (and GPUs)."""
+    gpus = _gpu_render().gpu_totals_text(snapshot) if snapshot.gpu_workers else ""
     return (
         f'<div class="scalekit-totals"><b>{escape(_workers_summary(snapshot))}</b> · '
         f"{snapshot.total_threads} threads · CPU {snapshot.mean_cpu:.1f} % (mean) · "
         f"memory {escape(_memory_summary(snapshot.total_memory, snapshot.total_memory_limit))}"
-        "</div>"
+        f"{' · ' + escape(gpus) if gpus else ''}</div>"
     )
 
 

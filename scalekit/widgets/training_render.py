@@ -33,6 +33,7 @@ __all__ = [
     "events_html",
     "fmt_duration",
     "fmt_value",
+    "gpu_memory_text",
     "rank_chips_html",
     "state_html",
     "state_text",
@@ -112,9 +113,19 @@ def world_text(state: TrainingState) -> str:
     return text
 
 
+def gpu_memory_text(state: TrainingState) -> str:
+    """``"peak GPU memory per rank 3.41, 3.52 GiB"`` once a CUDA run reported it, else ``""``."""
+    if not state.peak_gpu_memory:
+        return ""
+    return "peak GPU memory per rank " + ", ".join(
+        f"{b / 2**30:.2f}" for b in state.peak_gpu_memory) + " GiB"
+
+
 def stats_text(state: TrainingState) -> str:
-    """Throughput and world size on one line."""
-    return f"{_rate(state.samples_per_s)} · {world_text(state)}"
+    """Throughput and world size on one line (and peak GPU memory after a CUDA run)."""
+    text = f"{_rate(state.samples_per_s)} · {world_text(state)}"
+    gpu = gpu_memory_text(state)
+    return f"{text} · {gpu}" if gpu else text
 
 
 def _headline(state: TrainingState) -> str:

@@ -28,6 +28,7 @@ from scalekit.events import (
     Resized,
     RunFinished,
     RunStarted,
+    TrainingReport,
 )
 from scalekit.widgets.training_timeline import (
     CheckpointInfo,
@@ -116,6 +117,8 @@ class TrainingState:
         The newest checkpoint saved.
     recoveries, lost_steps, downtime_s : int, int, float
         Recoveries from failures; steps redone and seconds lost by them, in total.
+    peak_gpu_memory : tuple of int
+        Peak CUDA bytes per rank from the run's ``TrainingReport`` (empty without CUDA).
     n_batches : int or None
         Batches per epoch (the latest batch progress'), to place events in an epoch.
     version : int
@@ -148,6 +151,7 @@ class TrainingState:
     recoveries: int = 0
     lost_steps: int = 0
     downtime_s: float = 0.0
+    peak_gpu_memory: tuple[int, ...] = ()
     n_batches: int | None = None
     version: int = 0
     events_version: int = 0
@@ -212,6 +216,8 @@ class TrainingState:
             self._recovered(event)
         elif isinstance(event, RunFinished):
             self._finished(event)
+        elif isinstance(event, TrainingReport):
+            self.peak_gpu_memory = tuple(int(b) for b in event.peak_gpu_memory)
         else:
             return False
         return True

@@ -17,6 +17,7 @@ from scalekit.events import (
     EventBus,
     Notice,
     ScaleRequested,
+    TrainingReport,
     WorkerStats,
 )
 
@@ -190,6 +191,10 @@ EVENTS = [
     AdaptChanged(minimum=1, maximum=4),
     AdaptChanged(),
     Notice(level="error", message="scale: got 0"),
+    worker(1, gpus=1.0, gpu_name="NVIDIA H200", gpu_utilization=37.0, gpu_memory=2**30,
+           gpu_memory_total=140 * 2**30),
+    TrainingReport(run_id="r", strategy="ddp", world_size=2, samples_per_s=1.0,
+                   peak_rss=(1, 2), peak_gpu_memory=(3 * 2**30, 2**30)),
 ]
 
 
@@ -234,3 +239,43 @@ def test_snapshot_totals():
 def test_adapt_changed_enabled():
     assert AdaptChanged(minimum=1, maximum=4).enabled
     assert not AdaptChanged().enabled
+
+
+# -- GPUs ------------------------------------------------------------------------------------
+
+
+def test_worker_defaults_mean_no_gpu():
+    w = worker(0, cpu=10.0)
+    assert (w.gpus, w.gpu_name, w.gpu_utilization, w.gpu_memory, w.gpu_memory_total) == (
+        0.0, "", None, None, None)
+    assert not w.has_gpu and not w.gpu_monitored
+    assert snapshot(2).gpu_workers == ()
+    assert snapshot(2).mean_gpu_utilization is None and snapshot(2).total_gpu_memory is None
+
+
+@pytest.mark.parametrize("fields, monitored", [
+    ({"gpus": 1.0}, False),  # the resource alone: a GPU worker without NVML numbers
+    ({"gpu_memory_total": 2**30}, True),  # NVML sees a device, no resource (unpinned)
+    ({"gpus": 1.0, "gpu_utilization": 0.0}, True),  # 0 % is a measurement, not "none"
+])
+def test_a_gpu_worker_is_one_by_resource_or_by_nvml(fields, monitored):
+    w = worker(0, **fields)
+    assert w.has_gpu and w.gpu_monitored is monitored
+
+
+def test_snapshot_gpu_totals_cover_the_workers_that_measured():
+    snap = ClusterSnapshot(backend="local", status="running", workers=(
+        worker(0, gpus=1.0, gpu_utilization=20.0, gpu_memory=100, gpu_memory_total=1000),
+        worker(1, gpus=1.0, gpu_utilization=60.0, gpu_memory=300, gpu_memory_total=1000),
+        worker(2, gpus=1.0),  # no nvidia-ml-py there
+        worker(3),
+    ))
+    assert [w.name for w in snap.gpu_workers] == ["w0", "w1", "w2"]
+    assert snap.mean_gpu_utilization == 40.0
+    assert snap.total_gpu_memory == (400, 2000)
+
+
+def test_training_report_without_cuda_has_no_gpu_memory():
+    report = TrainingReport(run_id="r", strategy="ddp", world_size=1, samples_per_s=1.0)
+    assert report.peak_gpu_memory == ()
+    assert json.loads(json.dumps(report.to_dict()))["peak_gpu_memory"] == []

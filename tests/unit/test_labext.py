@@ -30,6 +30,7 @@ from scalekit.events import (
     RunFinished,
     RunStarted,
     ScaleRequested,
+    TrainingReport,
     WorkerStats,
 )
 from scalekit.labext import LabBridge, cluster_dict, run_dict
@@ -238,6 +239,57 @@ def test_run_dict_keeps_json_strict_with_nan_losses() -> None:
     d = run_dict(TrainingState.from_events(events))
     json.dumps(d, allow_nan=False)
     assert d["loss"] is None
+
+
+def _nvml_entry(name: str, *, gpu: bool, nvml: bool) -> dict[str, Any]:
+    """A ``scheduler_info()`` worker entry as distributed builds it (the full shape and
+    where each key comes from: tests/unit/backends/test_metrics.py::nvml_worker)."""
+    metrics: dict[str, Any] = {"cpu": 90.0, "memory": GIB, "num_fds": 30}
+    if nvml:  # SystemMonitor's flat keys, copied by Worker.get_metrics
+        metrics.update({"gpu-memory-total": 80 * GIB, "gpu_utilization": 61,
+                        "gpu_memory_used": 20 * GIB})
+    return {"type": "Worker", "id": name, "name": name, "host": "127.0.0.1", "nthreads": 4,
+            "resources": {"GPU": 1} if gpu else {}, "memory_limit": 8 * GIB,
+            "status": "running", "metrics": metrics}
+
+
+def test_gpu_workers_in_the_payload_from_scheduler_info() -> None:
+    from scalekit.backends.metrics import snapshot_from_info
+
+    info = {"address": "tcp://127.0.0.1:8786", "workers": {
+        "tcp://127.0.0.1:4000": _nvml_entry("g0", gpu=True, nvml=True),
+        "tcp://127.0.0.1:4001": _nvml_entry("g1", gpu=True, nvml=False),  # no pynvml
+        "tcp://127.0.0.1:4002": _nvml_entry("c0", gpu=False, nvml=False),
+    }}
+    d = cluster_dict(snapshot_from_info(info, backend="local"), cluster_id="c1")
+    json.dumps(d, allow_nan=False)
+    c0, g0, g1 = d["workers"]
+    assert g0["gpu"] == {"name": "", "resource": 1.0, "monitored": True, "utilization": 61.0,
+                         "memory": 20 * GIB, "memory_total": 80 * GIB}
+    assert g1["gpu"] == {"name": "", "resource": 1.0, "monitored": False,
+                         "utilization": None, "memory": None, "memory_total": None}
+    assert "gpu" not in c0  # CPU workers are sent as before
+    assert d["totals"]["gpu"] == {"workers": 2, "monitored": True, "utilization": 61.0,
+                                  "memory": 20 * GIB, "memory_total": 80 * GIB}
+
+
+def test_cpu_only_payload_has_no_gpu_keys_and_gpu_totals_count_every_worker() -> None:
+    cpu = cluster_dict(FakeSession(workers=2).bus.latest(ClusterSnapshot), cluster_id="c1")
+    assert "gpu" not in cpu["totals"] and all("gpu" not in w for w in cpu["workers"])
+    workers = tuple(WorkerStats(name=f"w{i}", address=f"tcp://h:{i}", nthreads=1, gpus=1.0,
+                                gpu_utilization=10.0 * i) for i in range(10))
+    snap = ClusterSnapshot(backend="local", status="running", workers=workers)
+    d = cluster_dict(snap, cluster_id="c1", max_shown=4)
+    assert len(d["workers"]) == 4 and d["totals"]["gpu"]["workers"] == 10
+    assert d["totals"]["gpu"]["utilization"] == pytest.approx(45.0)
+
+
+def test_run_dict_has_the_reports_peak_gpu_memory() -> None:
+    state = TrainingState.from_events(run_events(epochs=2, max_epochs=2))
+    assert run_dict(state)["peak_gpu_memory"] == []
+    state.apply(TrainingReport(run_id="run-1", strategy="ddp", world_size=2,
+                               samples_per_s=1.0, peak_gpu_memory=(2**30, 2 * 2**30)))
+    assert run_dict(state)["peak_gpu_memory"] == [2**30, 2 * 2**30]
 
 
 # --- the bridge: snapshots ---------------------------------------------------------------

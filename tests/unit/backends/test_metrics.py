@@ -105,6 +105,107 @@ def test_snapshot_is_json_safe():
     json.dumps(snapshot_from_info(INFO, backend="local").to_dict())
 
 
+# -- GPUs: scheduler_info() entries as distributed 2026.8 builds them with NVML on -------------
+#
+# A worker entry is ``WorkerState.identity()`` (distributed/scheduler.py): its fixed keys,
+# ``"metrics"`` (the worker's last heartbeat, ``Worker.get_metrics`` in worker.py) and
+# ``**extra`` (the worker's startup information). With nvidia-ml-py importable and NVML
+# working, ``SystemMonitor`` (distributed/system_monitor.py) samples the flat
+# ``gpu_utilization`` / ``gpu_memory_used`` / ``gpu-memory-total`` keys that
+# ``get_metrics`` copies from ``monitor.recent()``; ``add_gpu_metrics`` (worker.py) adds
+# ``metrics["gpu"] = nvml.real_time()`` and ``extra["gpu"] = nvml.one_time()`` only for
+# workers built after NVML was initialised in their process (not a nanny's first worker).
+
+GIB = 2**30
+H200_TOTAL = 150_754_820_096  # bytes, as NVML reports an H200's memory
+
+
+def nvml_worker(name: str, port: int, *, utilization: int | None = 37,
+                used: int | None = 14 * GIB, total: int | None = H200_TOTAL,
+                resources: dict[str, float] | None = None,
+                startup: bool = False) -> tuple[str, dict]:
+    """One ``scheduler_info()["workers"]`` item of a worker whose NVML sees a GPU."""
+    address = f"tcp://127.0.0.1:{port}"
+    metrics = {
+        "task_counts": {}, "bandwidth": {"total": 1e8, "workers": {}, "types": {}},
+        "digests_total_since_heartbeat": {}, "managed_bytes": 0,
+        "spilled_bytes": {"memory": 0, "disk": 0},
+        "transfer": {"incoming_bytes": 0, "incoming_count": 0, "incoming_count_total": 0,
+                     "outgoing_bytes": 0, "outgoing_count": 0, "outgoing_count_total": 0},
+        "event_loop_interval": 0.02,
+        # monitor.recent(): "a.b" keys nest, the GPU keys are flat
+        "cpu": 98.0, "memory": 3 * GIB, "time": 1.7e9,
+        "host_net_io": {"read_bps": 0.0, "write_bps": 0.0},
+        "host_disk_io": {"read_bps": 0.0, "write_bps": 0.0}, "num_fds": 40,
+        "gpu-memory-total": total, "gpu_utilization": utilization, "gpu_memory_used": used,
+    }
+    entry = {
+        "type": "Worker", "id": name, "host": "127.0.0.1", "resources": resources or {},
+        "local_directory": "/tmp/dask-scratch-space/worker-x", "name": name, "nthreads": 4,
+        "memory_limit": 16 * GIB, "last_seen": 1.7e9, "services": {"dashboard": 40001},
+        "metrics": metrics, "status": "running", "nanny": "tcp://127.0.0.1:40100",
+    }
+    if startup:
+        metrics["gpu"] = {"utilization": utilization, "memory-used": used}
+        entry["gpu"] = {"memory-total": total, "name": "NVIDIA H200"}
+    return address, entry
+
+
+def test_nanny_gpu_worker_reads_nvml_metrics_and_the_gpu_resource():
+    info = {"address": "tcp://127.0.0.1:8786",
+            "workers": dict([nvml_worker("gpu-0", 4000, resources={"GPU": 1})])}
+    [w] = snapshot_from_info(info, backend="local").workers
+    assert (w.gpus, w.gpu_name, w.gpu_utilization, w.gpu_memory, w.gpu_memory_total) == (
+        1.0, "", 37.0, 14 * GIB, H200_TOTAL)
+    assert w.has_gpu and w.gpu_monitored
+    assert (w.cpu, w.memory, w.nthreads) == (98.0, 3 * GIB, 4)  # CPU side as before
+
+
+def test_gpu_name_comes_from_the_startup_information_when_there():
+    info = {"workers": dict([nvml_worker("w", 4000, startup=True)])}
+    [w] = snapshot_from_info(info, backend="local").workers
+    assert w.gpu_name == "NVIDIA H200" and w.gpus == 0.0  # NVML alone: a GPU, no resource
+    assert w.has_gpu and w.gpu_memory_total == H200_TOTAL
+
+
+def test_nvml_not_supported_values_stay_unknown():
+    # NVML answers None for what a device can't tell (e.g. utilisation of a MIG slice)
+    address, entry = nvml_worker("mig", 4000, utilization=None, total=None, startup=True)
+    entry["gpu"]["memory-total"] = 20 * GIB  # the startup copy still knows the size
+    [w] = snapshot_from_info({"workers": {address: entry}}, backend="local").workers
+    assert w.gpu_utilization is None and w.gpu_memory == 14 * GIB
+    assert w.gpu_memory_total == 20 * GIB and w.gpu_monitored
+
+
+def test_gpu_worker_without_nvidia_ml_py_is_still_a_gpu_worker():
+    address, entry = nvml_worker("gpu-1", 4001, resources={"GPU": 1.0})
+    for key in ("gpu-memory-total", "gpu_utilization", "gpu_memory_used"):
+        del entry["metrics"][key]  # what a worker without pynvml sends
+    [w] = snapshot_from_info({"workers": {address: entry}}, backend="local").workers
+    assert w.has_gpu and not w.gpu_monitored
+    assert (w.gpus, w.gpu_name, w.gpu_utilization, w.gpu_memory, w.gpu_memory_total) == (
+        1.0, "", None, None, None)
+
+
+def test_cpu_workers_keep_the_no_gpu_defaults():
+    snap = snapshot_from_info(INFO, backend="local")
+    assert snap.gpu_workers == ()
+    assert all((w.gpus, w.gpu_utilization, w.gpu_memory_total) == (0.0, None, None)
+               for w in snap.workers)
+
+
+def test_gpu_snapshot_is_strict_json():
+    import json
+
+    info = {"workers": dict([nvml_worker("a", 4000, resources={"GPU": 1}, startup=True),
+                             nvml_worker("b", 4001, utilization=None, used=None)])}
+    data = json.loads(json.dumps(snapshot_from_info(info, backend="local").to_dict(),
+                                 allow_nan=False))
+    a, b = data["workers"]
+    assert a["gpu_name"] == "NVIDIA H200" and a["gpu_memory_total"] == H200_TOTAL
+    assert b["gpu_utilization"] is None and b["gpu_memory"] is None
+
+
 # -- MetricsSampler -------------------------------------------------------------------------
 
 

@@ -273,3 +273,19 @@ def test_publish_stays_cheap(bus: EventBus, panel: ClusterPanel) -> None:
     for i in range(50):
         bus.publish(_snap(1 + i % 8))
     assert (time.perf_counter() - start) / 50 < 0.02
+
+
+def test_gpu_workers_reach_the_widget_state(bus: EventBus, panel: ClusterPanel) -> None:
+    assert "GPU" not in panel.workers_html.get_state()["value"]  # the CPU-only fixture
+    gpu = WorkerStats(name="2", address="tcp://127.0.0.1:4002", nthreads=4, gpus=1.0,
+                      gpu_name="NVIDIA H200", gpu_utilization=55.0, gpu_memory=7 * GIB,
+                      gpu_memory_total=140 * GIB)
+    blind = WorkerStats(name="3", address="tcp://127.0.0.1:4003", nthreads=4, gpus=1.0)
+    bus.publish(_snap(4, workers=(*_workers(2), gpu, blind)))
+    workers = panel.workers_html.get_state()["value"]  # what the frontend model holds
+    assert "<th>GPU</th>" in workers
+    assert "55 %" in workers and "7.00 / 140.00 GiB" in workers
+    assert "GPU=1 · <em>utilisation needs nvidia-ml-py</em>" in workers
+    totals = panel.totals_html.get_state()["value"]
+    assert "2 GPU workers · GPU 55 % (mean) · GPU memory 7.00 / 140.00 GiB" in totals
+    assert "GPU 55 %  GPU memory 7.00 / 140.00 GiB" in panel._repr_mimebundle_()["text/plain"]

@@ -19,6 +19,7 @@ from scalekit.events import (
     Recovered,
     Resized,
     RunFinished,
+    TrainingReport,
 )
 from scalekit.widgets import render, timeline_render
 from scalekit.widgets.cluster_panel import WIDGET_VIEW
@@ -323,3 +324,15 @@ def test_panel_made_after_an_elastic_run_shows_the_timeline(
     data = p._repr_mimebundle_()
     assert "recoveries: 1 · downtime 4.5 s · lost 10 steps" in data["text/plain"]
     assert "scalekit-world-chart" in data["text/html"]
+
+
+def test_peak_gpu_memory_shows_when_the_report_arrives(bus: EventBus,
+                                                       panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels)
+    *events, finished = run_events(epochs=2, max_epochs=2)
+    _publish(bus, events)
+    assert "GPU" not in p.stats_html.value
+    bus.publish(TrainingReport(run_id="run-1", strategy="ddp", world_size=2,
+                               samples_per_s=900.0, peak_gpu_memory=(2**31, 3 * 2**30)))
+    bus.publish(finished)  # urgent: draws at once, then the panel stops listening
+    assert "peak GPU memory per rank 2.00, 3.00 GiB" in p.stats_html.get_state()["value"]

@@ -6,7 +6,14 @@ import re
 
 import pytest
 
-from scalekit.events import BatchProgress, EpochEnded, Notice, RankStatus, RunStarted
+from scalekit.events import (
+    BatchProgress,
+    EpochEnded,
+    Notice,
+    RankStatus,
+    RunStarted,
+    TrainingReport,
+)
 from scalekit.widgets import render
 from scalekit.widgets.training_state import TrainingState
 
@@ -152,3 +159,28 @@ def test_line_chart_empty() -> None:
 def test_rows_helper_marks_bests_like_skorch() -> None:
     r = rows(3)
     assert [x["valid_loss_best"] for x in r] == [True, True, False]
+
+
+def _report(run_id: str = "run-1", **kw: object) -> TrainingReport:
+    return TrainingReport(run_id=run_id, strategy="ddp", world_size=2, samples_per_s=900.0,
+                          peak_rss=(3 * 2**30, 3 * 2**30), **kw)  # type: ignore[arg-type]
+
+
+def test_peak_gpu_memory_per_rank_from_the_report() -> None:
+    events = run_events(epochs=2, max_epochs=2, status=None)
+    events.append(_report(peak_gpu_memory=(int(3.5 * 2**30), int(3.25 * 2**30))))
+    events.append(_report("other-run", peak_gpu_memory=(2**30,)))  # not this run's
+    s = TrainingState.from_events(events)
+    assert s.peak_gpu_memory == (int(3.5 * 2**30), int(3.25 * 2**30))
+    line = "peak GPU memory per rank 3.50, 3.25 GiB"
+    text = render.training_text(s)
+    assert line in text.splitlines()[2]  # on the throughput line
+    assert line in render.training_html(s)
+
+
+def test_a_run_without_cuda_shows_no_gpu_memory() -> None:
+    events = run_events(epochs=2, max_epochs=2)
+    events.insert(-1, _report())  # the controller publishes it just before RunFinished
+    s = TrainingState.from_events(events)
+    assert s.peak_gpu_memory == ()
+    assert "GPU" not in render.training_text(s) and "GPU" not in render.training_html(s)
