@@ -22,13 +22,15 @@ CHROMIUM ?= $(or $(SCALEKIT_CHROMIUM),/usr/bin/chromium)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .DEFAULT_GOAL := help
-.PHONY: help lab test test-fast demo lint install install-lab install-test constraints chromium
+.PHONY: help lab test test-fast test-gpu gpu-wheels demo lint install install-lab install-test constraints chromium
 
 help:
 	@echo "make lab        install (once) and open $(NOTEBOOK) in JupyterLab on 127.0.0.1"
 	@echo "make test       install (once) and run the whole test suite, slow tests included"
 	@echo "make test-fast  the test suite without tests marked slow"
 	@echo "make demo       install (once) and run the headless demo: scalekit demo"
+	@echo "make test-gpu   on a machine with a CUDA GPU: the GPU tests and the GPU benchmark"
+	@echo "make gpu-wheels py3.12 wheels to carry to a GPU machine without a package index"
 	@echo "make lint       ruff and the import-layer contracts (lint-imports)"
 	@echo "make constraints  re-pin constraints.txt from the current .venv"
 
@@ -74,6 +76,31 @@ test: $(VENV)/.installed-test chromium
 # -- the rest -------------------------------------------------------------------------
 test-fast: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m "not slow" --durations=10 $(PYTEST_ARGS)
+
+# -- GPUs (never needed for CI: tests/gpu skip without CUDA) ------------------------------
+# On a GPU machine: `make test-gpu`, or with that machine's own interpreter (and the
+# wheels of `make gpu-wheels` on PYTHONPATH, see bench/gpu-check.sh):
+# `make test-gpu GPU_PYTHON=python3`.
+GPU_PYTHON ?= $(BIN)/python
+GPU_BENCH_ARGS ?=
+test-gpu:
+	$(GPU_PYTHON) -m pytest -m gpu tests/gpu -p no:cacheprovider -v --durations=10
+	$(GPU_PYTHON) bench/bench_training.py --device cuda $(GPU_BENCH_ARGS)
+
+# What a GPU machine with torch (CUDA) but no package index lacks, as wheels for its
+# Python (GPU_PY, default 3.12), pinned by constraints.txt; bench/gpu-check.sh installs
+# them there.
+GPU_PY ?= 3.12
+GPU_WHEELS := dask distributed tornado zict tblib partd locket skorch ipywidgets comm \
+	traitlets widgetsnbextension jupyterlab_widgets ipython ipython_pygments_lexers \
+	decorator jedi parso matplotlib-inline pexpect ptyprocess prompt_toolkit wcwidth \
+	stack_data asttokens executing pure_eval pytest pytest-timeout pluggy iniconfig \
+	nvidia-ml-py pygments
+gpu-wheels: | $(BIN)/python
+	$(PIP) download --disable-pip-version-check --no-deps --only-binary=:all: \
+	  --python-version $(GPU_PY) --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 \
+	  --platform any -d build/gpu-wheels \
+	  $$(for p in $(GPU_WHEELS); do grep -i "^$$p==" constraints.txt || echo $$p; done)
 
 demo: $(VENV)/.installed-lab
 	$(BIN)/scalekit demo

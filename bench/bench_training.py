@@ -2,6 +2,7 @@
 
     python bench/bench_training.py            # the full workload (a few minutes)
     python bench/bench_training.py --quick    # a smoke run (20k samples, 1 epoch)
+    python bench/bench_training.py --device cuda   # on a GPU machine (make test-gpu)
 
 Every configuration trains the same model on the same data for the same epochs with the
 same seed and global batch, and the script prints samples/s, the per-fit overhead and
@@ -75,6 +76,8 @@ class Workload:
     lr: float = 0.05
     momentum: float = 0.9
     seed: int = 0
+    hidden: int = 512
+    device: str = "cpu"
 
 
 def skorch_net(w: Workload, max_epochs: int | None = None):
@@ -82,10 +85,10 @@ def skorch_net(w: Workload, max_epochs: int | None = None):
 
     torch.manual_seed(w.seed)  # the same initial weights in every configuration
     return NeuralNetClassifier(
-        Student, criterion=nn.CrossEntropyLoss, optimizer=torch.optim.SGD, lr=w.lr,
-        optimizer__momentum=w.momentum, batch_size=w.batch_size,
-        max_epochs=w.epochs if max_epochs is None else max_epochs,
-        iterator_train__shuffle=True, train_split=None, verbose=0,
+        Student, module__hidden=w.hidden, criterion=nn.CrossEntropyLoss,
+        optimizer=torch.optim.SGD, lr=w.lr, optimizer__momentum=w.momentum,
+        batch_size=w.batch_size, max_epochs=w.epochs if max_epochs is None else max_epochs,
+        iterator_train__shuffle=True, train_split=None, verbose=0, device=w.device,
     )
 
 
@@ -145,7 +148,8 @@ def run_plain(name: str, w: Workload, data, threads: int, repeats: int = 1) -> R
     return best(runs)
 
 
-def run_scalekit(name: str, session, w: Workload, data, repeats: int = 1) -> Result:
+def run_scalekit(name: str, session, w: Workload, data, repeats: int = 1,
+                 **fit_options) -> Result:
     """``sk.fit`` on the session's workers (cluster start-up excluded, per-fit overhead
     included)."""
     import scalekit as sk
@@ -153,12 +157,12 @@ def run_scalekit(name: str, session, w: Workload, data, repeats: int = 1) -> Res
     X, y, X_test, y_test = data
     # warm-up fit: a fresh worker imports torch, DDP and torch._dynamo on first use
     sk.fit(skorch_net(w, max_epochs=1), X[:2048], y[:2048], cluster=session, show=False,
-           seed=w.seed)
+           seed=w.seed, **fit_options)
     runs = []
     for _ in range(repeats):
         net = skorch_net(w)
         started = time.perf_counter()
-        run = sk.fit(net, X, y, cluster=session, show=False, seed=w.seed)
+        run = sk.fit(net, X, y, cluster=session, show=False, seed=w.seed, **fit_options)
         wall = time.perf_counter() - started
         transport = run.report.transport[0] if run.report.world_size > 1 else ""
         runs.append(Result(name, w.batch_size, w.n * w.epochs / wall, wall,
@@ -181,6 +185,7 @@ def run_torchrun(name: str, w: Workload, nproc: int, threads: int, repeats: int 
 
 
 def _torchrun_once(name: str, w: Workload, nproc: int, threads: int) -> Result:
+    """One torchrun launch; on ``w.device == "cuda"`` one GPU per process over NCCL."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "GLOO_SOCKET_IFNAME": "lo"}
@@ -191,6 +196,7 @@ def _torchrun_once(name: str, w: Workload, nproc: int, threads: int) -> Result:
             "--samples", str(w.n), "--epochs", str(w.epochs), "--batch-size", str(w.batch_size),
             "--lr", str(w.lr), "--momentum", str(w.momentum), "--seed", str(w.seed),
             "--threads", str(threads), "--out", str(out),
+            "--device", w.device, "--hidden", str(w.hidden),
         ]
         started = time.perf_counter()
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
@@ -226,7 +232,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each configuration this often and keep the fastest")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"),
+                        help="cuda: the GPU suite (MLP 64-2048-2048-10, batch 1024)")
     args = parser.parse_args(argv)
+    if args.device == "cuda":
+        from bench_gpu import main as gpu_main
+
+        return gpu_main(args)
 
     n = args.n or (20_000 if args.quick else 200_000)
     epochs = args.epochs or (1 if args.quick else 2)

@@ -174,6 +174,8 @@ class TrainingController:
             peak_rss=tuple(r.peak_rss for r in results),
             state_bytes=tuple(r.state_bytes for r in results),
             transport=tuple(r.transport for r in results),
+            peak_gpu_memory=(tuple(r.peak_gpu_memory for r in results)
+                             if any(r.peak_gpu_memory for r in results) else ()),
         )
 
     def cancel(self) -> None:

@@ -79,6 +79,13 @@ def test_notebook_runs(path, tmp_path, monkeypatch, kernel_for_this_python):
         for out in cell.outputs if out.output_type == "error"
     ]
     assert not errors
+    if path.name == "02_distributed_training.ipynb":
+        # its last cell trains on the GPUs where there are some, and says so where not
+        import torch
+
+        said = "".join(out.get("text", "") for out in nb.cells[-1].outputs)
+        expected = "GPU worker(s) in bf16" if torch.cuda.is_available() else "No GPU here"
+        assert expected in said, said
     if path.name == "01_quickstart.ipynb":
         # the cell for browser tests wrote where its scheduler listened
         assert scheduler_file.read_text().startswith("tcp://127.0.0.1:")

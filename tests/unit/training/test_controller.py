@@ -444,3 +444,12 @@ def test_a_late_failure_report_of_an_older_round_is_ignored():
     stale = dict(SURVIVOR_FAILED, generation=2)
     recovered = recovered_after([newer, stale], failure_noticed_before=2)
     assert recovered.lost_steps == 1
+
+
+def test_the_report_carries_peak_gpu_memory_only_for_gpu_runs():
+    c = controller(classifier())
+    c.results = [RankResult(rank=1, worker="b", epochs_done=1, peak_gpu_memory=3 << 30),
+                 RankResult(rank=0, worker="a", epochs_done=1, peak_gpu_memory=2 << 30)]
+    assert c.report().peak_gpu_memory == (2 << 30, 3 << 30)  # in rank order
+    c.results = [RankResult(rank=0, worker="a", epochs_done=1)]
+    assert c.report().peak_gpu_memory == ()
