@@ -289,6 +289,7 @@ class TrainConfig(_Section):
     progress_interval: float = 0.5
     max_failures: int = 3
     hang_timeout: float = 5.0
+    stall_timeout: float = 6.0
     beacon_interval: float = 1.0
     host_reduce: bool = True
     precision: str = "32"
@@ -305,6 +306,7 @@ class TrainConfig(_Section):
         self._int("max_failures", 0, 10_000)
         self._seconds("hang_timeout", lo=0.5)
         self._seconds("beacon_interval", lo=0.05)
+        self._seconds("stall_timeout", lo=0.0)
         if self.beacon_interval * 2 > self.hang_timeout:
             raise ConfigError(
                 self._field("hang_timeout"), self.hang_timeout,

@@ -87,6 +87,7 @@ class TrainingController:
     ) -> None:
         from scalekit.training.strategies import resolve
 
+        checkpoint, resume, max_world = _checked_arguments(checkpoint, resume, max_world)
         self.strategy = resolve(strategy)
         self.client = client
         self.net = net
@@ -207,6 +208,8 @@ class TrainingController:
                 self.results = outcome.results
                 self._state = outcome.results[0].state
                 return
+            if outcome.kind == "retry":  # workers changed while the round started
+                continue
             if outcome.kind == "resize":
                 self._after_resize(workers, outcome)
             else:
@@ -230,11 +233,11 @@ class TrainingController:
             strategy=self.strategy, run_config=self._run_config(),
         )
         self._current = Round(
-            self.client, spec, workers, self._ensure_data(), beacons=self._beacons,
+            self.client, spec, workers, self._ensure_data, beacons=self._beacons,
             hang_timeout=self.config.hang_timeout, max_world=self.max_world,
             shrink_to=lambda: self._shrink_to,
             kill=lambda address, where: kill_local_or_restart(self.client, address, where),
-            eligible=self._placeable,
+            eligible=self._placeable, stall_timeout=self.config.stall_timeout,
         )
         if self._cancelled:
             self._current.cancelled.set()
@@ -465,7 +468,8 @@ class TrainingController:
         kind = msg.get("kind")
         if kind == "beat":
             self._beacons.beat(int(msg["generation"]), int(msg["rank"]), str(msg["host"]),
-                               int(msg["pid"]))
+                               int(msg["pid"]), step=int(msg.get("step", 0)),
+                               waiting=bool(msg.get("waiting", False)))
         elif kind == "batch":
             self._note_recovered(msg)
             self._progress = _position(msg)
@@ -514,6 +518,34 @@ class TrainingController:
             step=int(state["step"]), world_size=int(msg.get("world_size", 0)),
             lost_steps=max(0, lost), downtime_s=time.monotonic() - failed_at,
         ))
+
+
+def _checked_arguments(checkpoint: Any, resume: Any, max_world: Any) -> tuple[Any, bool, Any]:
+    """``sk.fit``'s checkpoint, resume and max_workers, validated like config fields."""
+    import os
+
+    from scalekit.errors import ConfigError
+
+    if checkpoint is True:
+        raise ConfigError(
+            "checkpoint", True, "a folder path or fsspec URL, False (no checkpoints) or "
+            "None (a fresh folder per run)",
+            "Leave it out for the default folder, or name one: checkpoint='./ckpt/run1'.")
+    if isinstance(checkpoint, os.PathLike):
+        checkpoint = os.fspath(checkpoint)
+    if not (checkpoint is None or checkpoint is False or isinstance(checkpoint, str)
+            or isinstance(checkpoint, CheckpointStore)):
+        raise ConfigError("checkpoint", checkpoint,
+                          "a folder path or fsspec URL, False or None")
+    if isinstance(checkpoint, str) and not checkpoint.strip():
+        raise ConfigError("checkpoint", checkpoint, "a non-empty folder path or URL")
+    if not isinstance(resume, bool):
+        raise ConfigError("resume", resume, "True or False")
+    if max_world is not None and (not isinstance(max_world, int) or isinstance(max_world, bool)
+                                  or max_world < 1):
+        raise ConfigError("max_workers", max_world, "an integer >= 1, or None for every worker",
+                          "It caps the world size of the fit; the cluster keeps its workers.")
+    return checkpoint, resume, max_world
 
 
 class _on_cpu:  # noqa: N801 - a context manager used like a function

@@ -28,11 +28,13 @@ import tempfile
 import uuid
 from typing import Any
 
+from scalekit.errors import ScalekitError
+
 SLOT_BYTES = 4 << 20  # per rank and buffer; larger tensors go through in chunks
 _MSG = struct.Struct("qq")  # (round, elements): a peer's slot holds this round's chunk
 
 
-class PeerLost(ConnectionError):
+class PeerLost(ScalekitError, ConnectionError):
     """A peer's connection closed or went silent for the collective timeout."""
 
 

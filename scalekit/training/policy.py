@@ -7,7 +7,7 @@ Each is table-tested without a cluster.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +64,39 @@ def decide_after_failure(
                            f"restoring on {workers_alive} worker(s)")
 
 
-def classify(errors: Sequence[tuple[int, str, bool]], lost: Sequence[int], hung: Sequence[int]
-             ) -> Failure | None:
+def stalled_ranks(progress: Mapping[int, tuple[int, float]], waiting: Mapping[int, bool],
+                  *, now: float, timeout: float) -> list[int]:
+    """Ranks stuck in their own code while their peers wait for them.
+
+    A rank deadlocked in user code (a lock, an endless loop) keeps its liveness beacon
+    going, so it is not *silent*; but no rank's step advances any more, and the healthy
+    ranks sit in a collective waiting for it. Those healthy ranks would be the first to
+    time out (and be blamed); this names the one that is not waiting instead.
+
+    Parameters
+    ----------
+    progress : mapping rank -> (step, since)
+        Each rank's step count and the monotonic time it last changed.
+    waiting : mapping rank -> bool
+        Whether the rank's training thread was last seen in a collective (or the
+        backward pass that runs one), i.e. waiting for its peers.
+    now, timeout : float
+        The current monotonic time; how long every rank must have been still
+        (``0`` turns the check off).
+    """
+    if timeout <= 0 or len(progress) < 2:
+        return []
+    still = all(now - since >= timeout for _, since in progress.values())
+    if not still:
+        return []
+    busy = sorted(r for r in progress if not waiting.get(r, False))
+    if not busy or len(busy) == len(progress):
+        return []  # all computing (a long step), or all waiting (a collective hang)
+    return busy
+
+
+def classify(errors: Sequence[tuple[int, str, bool]], lost: Sequence[int], hung: Sequence[int],
+             stalled: Sequence[int] = ()) -> Failure | None:
     """Pick the root cause of a failed round.
 
     Parameters
@@ -76,12 +107,17 @@ def classify(errors: Sequence[tuple[int, str, bool]], lost: Sequence[int], hung:
         Ranks whose worker left the cluster.
     hung : sequence of int
         Ranks whose liveness beacon went silent.
+    stalled : sequence of int
+        Ranks stuck in their own code while their peers waited (:func:`stalled_ranks`).
     """
     for rank, message, peer in errors:
         if not peer:
             return Failure("user", rank=rank, message=message)
     if hung:
         return Failure("hung", rank=min(hung))
+    if stalled:
+        return Failure("hung", rank=min(stalled),
+                       message="stopped advancing while its peers waited for it")
     if lost:
         return Failure("lost", rank=min(lost))
     if errors:

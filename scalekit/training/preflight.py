@@ -45,25 +45,29 @@ def preflight(net: Any, X: Any, y: Any) -> None:
     from scalekit.training.rank import dumps_by_value
 
     try:
-        dumps_by_value(net)  # exactly how the net travels to the workers
+        shipped = dumps_by_value(net)  # exactly how the net travels to the workers
     except (pickle.PicklingError, TypeError, AttributeError) as exc:
         raise UsageError(
             f"the net cannot be sent to the workers because it cannot be pickled: {exc}. "
             "Define the module class at the top level of a module or notebook cell, and "
             "avoid open files, locks or lambdas in its attributes."
         ) from exc
-    _dry_run(net, X, y)
+    _dry_run(shipped, X, y)
 
 
-def _dry_run(net: Any, X: Any, y: Any) -> None:
-    """Run a copy of the module on two samples to catch shape and dtype errors."""
-    import copy
+def _dry_run(shipped: bytes, X: Any, y: Any) -> None:
+    """Run a copy of the module on two samples to catch shape and dtype errors.
 
+    The copy is the net as the workers get it (``shipped``, pickled by value): a
+    deep copy would go through skorch's own ``__getstate__``, which pickles the module
+    by reference and fails for classes a function or notebook cell defines.
+    """
+    import cloudpickle
     import numpy as np
 
     from scalekit.training.data import BatchReader
 
-    probe = copy.deepcopy(net)
+    probe = cloudpickle.loads(shipped)
     if not getattr(probe, "initialized_", False):
         probe.initialize()
     dataset = probe.get_dataset(X, y)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from scalekit.errors import ScalekitError
 from scalekit.training.dist_net import RankContext, make_distributed, undo_distributed
 
 
@@ -191,18 +192,18 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
             saver = _Saver(spec, par, rank)
             if spec.checkpoint_seconds > 0 and not strategy.sharded:
                 ctx.on_step = saver.maybe_mid_epoch
-        publish.start_beacon(ctx)
-        make_distributed(net, ctx, par)
-        control = RoundControl(
-            rank, publish.epoch,
-            save=saver.at_epoch_end if saver is not None else None,
-            stop_requested=_stop_flag(spec.stop_event) if spec.stop_event else None,
-            max_epochs=spec.max_epochs, state=state,
-        )
-        net.callbacks_.append(("scalekit_round", control))
-        publish.rank_state("training")
         started = time.perf_counter()
-        try:
+        publish.start_beacon(ctx)
+        try:  # from here on the beacon runs: whatever fails, it stops
+            make_distributed(net, ctx, par)
+            control = RoundControl(
+                rank, publish.epoch,
+                save=saver.at_epoch_end if saver is not None else None,
+                stop_requested=_stop_flag(spec.stop_event) if spec.stop_event else None,
+                max_epochs=spec.max_epochs, state=state,
+            )
+            net.callbacks_.append(("scalekit_round", control))
+            publish.rank_state("training")
             net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
         finally:
             publish.stop_beacon()
@@ -299,16 +300,21 @@ def _stop_flag(name: str) -> Any:
 # -- rendezvous -----------------------------------------------------------------------
 
 
+def rendezvous_name(run_id: str, generation: int) -> str:
+    """The Dask ``Variable`` through which a round's ranks learn rank 0's store address
+    (the controller deletes it when the round ends)."""
+    return f"scalekit-rdzv-{run_id}-{generation}"
+
+
 def _rendezvous(spec: RankSpec, rank: int, host: str) -> Any:
     """Rank 0 hosts a TCPStore on an OS-chosen port; the others learn it via Dask."""
     import torch.distributed as dist
     from distributed import Variable, get_client
 
     timeout = timedelta(seconds=spec.rendezvous_timeout)
-    var = Variable(f"scalekit-rdzv-{spec.run_id}-{spec.generation}", client=get_client())
+    var = Variable(rendezvous_name(spec.run_id, spec.generation), client=get_client())
     if rank == 0:
-        store = dist.TCPStore(host, 0, spec.world_size, is_master=True, timeout=timeout,
-                              wait_for_workers=False)
+        store = listening_store(host, spec.world_size, timeout)
         var.set(f"{host}:{store.port}")
         return store
     try:
@@ -321,7 +327,36 @@ def _rendezvous(spec: RankSpec, rank: int, host: str) -> Any:
     return dist.TCPStore(master, int(port), spec.world_size, is_master=False, timeout=timeout)
 
 
-class RendezvousError(TimeoutError):
+def listening_store(host: str, world_size: int, timeout: timedelta) -> Any:
+    """A master ``TCPStore`` that listens on ``host`` only, on an OS-chosen port.
+
+    Left to itself the store listens on every interface (``::``), unauthenticated:
+    anyone who reaches the machine could join or poison a round. Bound to the worker's
+    own address it is reachable exactly where the worker is.
+    """
+    import socket
+
+    import torch.distributed as dist
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.bind((host, 0))
+        listener.listen(128)
+        port = listener.getsockname()[1]
+    except BaseException:
+        listener.close()
+        raise
+    fd = listener.detach()  # the store owns the socket from here on
+    try:
+        return dist.TCPStore(host, port, world_size, is_master=True, timeout=timeout,
+                             wait_for_workers=False, master_listen_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class RendezvousError(ScalekitError, TimeoutError):
     """The ranks of a round did not all meet in time (a peer is missing)."""
 
 
@@ -392,6 +427,25 @@ def _peak_gpu_memory(spec: RankSpec) -> int:
     return int(torch.cuda.max_memory_allocated())
 
 
+# -- liveness --------------------------------------------------------------------------
+
+# Where a training thread blocks when it waits for its peers: torch.distributed's
+# collectives, the autograd engine (DDP's all-reduce completes inside backward), and the
+# shared-memory reducer.
+_WAITING_IN = (os.sep + os.path.join("torch", "distributed") + os.sep,
+               os.sep + os.path.join("torch", "autograd") + os.sep,
+               os.sep + os.path.join("scalekit", "training", "host_reduce.py"))
+
+
+def waits_for_peers(frame: Any) -> bool:
+    """Whether a thread whose innermost Python frame is ``frame`` is waiting in a
+    collective (as opposed to running model, data or callback code)."""
+    if frame is None:
+        return False
+    name = frame.f_code.co_filename
+    return any(part in name for part in _WAITING_IN)
+
+
 # -- state -----------------------------------------------------------------------------
 
 
@@ -447,19 +501,26 @@ class _Publisher:
     # or dead process falls silent, which the controller notices within seconds --
     # gloo alone would wait for the collective timeout.
     def start_beacon(self, ctx: RankContext) -> None:
-        import socket
+        """Start beating; call it from the rank's training thread (it is the one whose
+        stack tells whether the rank waits for its peers)."""
+        import sys
         import threading
 
+        from scalekit.training.host_reduce import host_identity
+
         self._beacon_stop = threading.Event()
-        host, pid = socket.gethostname(), os.getpid()
+        host, pid = host_identity(), os.getpid()
+        trainer = threading.get_ident()
 
         def beat() -> None:
             while not self._beacon_stop.wait(self.spec.beacon_interval):
                 self.sample_rss()
+                frame = sys._current_frames().get(trainer)
                 self.send({"kind": "beat", "rank": self.rank, "step": ctx.step,
-                           "pid": pid, "host": host})
+                           "pid": pid, "host": host, "waiting": waits_for_peers(frame)})
 
-        self.send({"kind": "beat", "rank": self.rank, "step": 0, "pid": pid, "host": host})
+        self.send({"kind": "beat", "rank": self.rank, "step": 0, "pid": pid, "host": host,
+                   "waiting": False})
         threading.Thread(target=beat, name="scalekit-beacon", daemon=True).start()
 
     def sample_rss(self) -> int:

@@ -12,14 +12,20 @@ import dataclasses
 import logging
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from scalekit.training.policy import Failure, classify, decide_membership
-from scalekit.training.rank import FIRST_IMPORTS, RankResult, RankSpec, run_rank
+from scalekit.training.host_reduce import host_identity
+from scalekit.training.policy import Failure, classify, decide_membership, stalled_ranks
+from scalekit.training.rank import (
+    FIRST_IMPORTS,
+    RankResult,
+    RankSpec,
+    rendezvous_name,
+    run_rank,
+)
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -35,7 +41,7 @@ GONE_S = 15.0  # how long to wait for ended workers to leave before the next rou
 
 @dataclasses.dataclass
 class RoundOutcome:
-    kind: str  # "finished" | "resize" | "failed"
+    kind: str  # "finished" | "resize" | "failed" | "retry" (workers changed as it started)
     results: list[RankResult] = dataclasses.field(default_factory=list)
     failure: Failure | None = None
     next_world: tuple[str, ...] = ()
@@ -45,19 +51,35 @@ class RoundOutcome:
 
 @dataclasses.dataclass
 class Beacons:
-    """Last liveness beat per rank of the current generation (monotonic seconds)."""
+    """Last liveness beat per rank of the current generation (monotonic seconds), with
+    where the rank runs, its step count (and since when) and whether it was waiting in
+    a collective."""
 
     generation: int = -1
     last: dict[int, float] = dataclasses.field(default_factory=dict)
     where: dict[int, tuple[str, int]] = dataclasses.field(default_factory=dict)  # host, pid
+    progress: dict[int, tuple[int, float]] = dataclasses.field(default_factory=dict)
+    waiting: dict[int, bool] = dataclasses.field(default_factory=dict)
 
-    def beat(self, generation: int, rank: int, host: str, pid: int) -> None:
-        if generation == self.generation:
-            self.last[rank] = time.monotonic()
-            self.where[rank] = (host, pid)
+    def beat(self, generation: int, rank: int, host: str, pid: int, step: int = 0,
+             waiting: bool = False) -> None:
+        if generation != self.generation:
+            return
+        now = time.monotonic()
+        self.last[rank] = now
+        self.where[rank] = (host, pid)
+        self.waiting[rank] = waiting
+        if rank not in self.progress or self.progress[rank][0] != step:
+            self.progress[rank] = (step, now)
 
     def reset(self, generation: int) -> None:
         self.generation, self.last, self.where = generation, {}, {}
+        self.progress, self.waiting = {}, {}
+
+    def stalled(self, timeout: float) -> list[int]:
+        """Ranks stuck in their own code while the others wait (see policy)."""
+        return stalled_ranks(self.progress, self.waiting, now=time.monotonic(),
+                             timeout=timeout)
 
     def silent(self, timeout: float) -> list[int]:
         now = time.monotonic()
@@ -72,8 +94,12 @@ class Beacons:
 
 def kill_local_or_restart(client: Client, address: str, where: tuple[str, int] | None) -> None:
     """End a hung worker process: SIGKILL when it runs on this host (a stopped process
-    ignores everything else), otherwise ask its nanny to restart it."""
-    if where is not None and where[0] == socket.gethostname():
+    ignores everything else), otherwise ask its nanny to restart it.
+
+    "This host" is the hostname *and* boot id (:func:`host_identity`): a cloned VM or a
+    container with the same hostname must never get a local PID killed.
+    """
+    if where is not None and where[0] == host_identity():
         try:
             os.kill(where[1], signal.SIGKILL)
             return
@@ -123,17 +149,20 @@ def is_peer_failure(exc: BaseException | None) -> bool:
 class Round:
     """Submit the ranks of one generation and watch them."""
 
-    def __init__(self, client: Client, spec: RankSpec, workers: list[str], data: list[Future],
+    def __init__(self, client: Client, spec: RankSpec, workers: list[str],
+                 data: list[Future] | Callable[[], list[Future]],
                  *, beacons: Beacons, hang_timeout: float, max_world: int,
                  shrink_to: Callable[[], int | None],
                  kill: Callable[[str, tuple[str, int] | None], None],
-                 eligible: Callable[[list[str]], list[str]] | None = None) -> None:
+                 eligible: Callable[[list[str]], list[str]] | None = None,
+                 stall_timeout: float = 0.0) -> None:
         self.client = client
         self.spec = spec
         self.workers = workers
         self.data = data
         self.beacons = beacons
         self.hang_timeout = hang_timeout
+        self.stall_timeout = stall_timeout
         self.max_world = max_world
         self.shrink_to = shrink_to
         self.kill = kill
@@ -152,25 +181,46 @@ class Round:
         self.beacons.reset(self.spec.generation)
         stop = Event(self.spec.stop_event, client=self.client)
         try:
+            data = self.data() if callable(self.data) else self.data
             spec_future = self.client.scatter(self.spec, hash=False, broadcast=True,
                                               workers=self.workers)
-        except OSError as exc:  # CommClosedError: a worker of this round went away
-            return self._lost_before_start(exc)
-        futures = [
-            self.client.submit(
-                run_rank, spec_future, rank, *self.data,
-                key=f"scalekit-rank-{self.spec.run_id}-g{self.spec.generation}-r{rank}",
-                workers=[address], allow_other_workers=False, pure=False,
-            )
-            for rank, address in enumerate(self.workers)
-        ]
+            futures = [
+                self.client.submit(
+                    run_rank, spec_future, rank, *data,
+                    key=f"scalekit-rank-{self.spec.run_id}-g{self.spec.generation}-r{rank}",
+                    workers=[address], allow_other_workers=False, pure=False,
+                )
+                for rank, address in enumerate(self.workers)
+            ]
+        except Exception as exc:
+            # a worker that leaves while the round is set up makes the scheduler fail
+            # a scatter or submit naming it (KeyError, CommClosedError, ...): that is a
+            # change of membership, and the round starts again on the workers there are
+            self._forget(stop)
+            if self._members_changed():
+                logger.info("round %d: workers changed while it started (%s: %s); again",
+                            self.spec.generation, type(exc).__name__, exc)
+                return RoundOutcome("retry", error=exc)
+            raise
         try:
             return self._watch(futures, stop)
         except BaseException:  # interrupted or cancelled: no rank may run on
             self._abandon(futures)
             raise
         finally:
+            self._forget(stop)
+
+    def _forget(self, stop: Any) -> None:
+        """Leave nothing of this round on the scheduler (its stop event, its
+        rendezvous variable): a long fit runs many rounds."""
+        from distributed import Variable
+
+        try:
             stop.clear()
+            Variable(rendezvous_name(self.spec.run_id, self.spec.generation),
+                     client=self.client).delete()
+        except Exception:  # the scheduler may be going away with the cluster
+            logger.debug("could not clean up round %d", self.spec.generation, exc_info=True)
 
     def _abandon(self, futures: list[Future]) -> None:
         """End every rank still running (a running task cannot be cancelled; its
@@ -212,12 +262,14 @@ class Round:
             hung += [r for r in self.beacons.never_started(len(futures), self.started,
                                                            self.start_allowance)
                      if states[r] == "pending" and r not in hung]
+            stalled = [r for r in self.beacons.stalled(self.stall_timeout)
+                       if states[r] == "pending" and r not in hung]
             errors = [
                 (r, str(futures[r].exception()), is_peer_failure(futures[r].exception()))
                 for r, s in enumerate(states) if s == "error"
             ]
-            if lost or hung or errors:
-                return self._fail(futures, lost, hung, errors)
+            if lost or hung or stalled or errors:
+                return self._fail(futures, lost, hung, errors, stalled)
             time.sleep(POLL_S)
 
     def _maybe_resize(self, alive: set[str], stop: Any) -> None:
@@ -243,11 +295,12 @@ class Round:
             stop.set()
 
     def _fail(self, futures: list[Future], lost: list[int], hung: list[int],
-              errors: list[tuple[int, str, bool]]) -> RoundOutcome:
+              errors: list[tuple[int, str, bool]], stalled: list[int] = ()) -> RoundOutcome:
         noticed = time.monotonic()
         alive = set(self.client.nthreads())  # the error may have come before the news
         lost = sorted(set(lost) | {r for r, w in enumerate(self.workers) if w not in alive})
-        failure = classify(errors, lost, hung)
+        failure = classify(errors, lost, hung, stalled)
+        hung = sorted(set(hung) | set(stalled))  # ended alike: their process is killed
         assert failure is not None
         rank = failure.rank if failure.rank is not None else 0
         failure = dataclasses.replace(failure, worker=self.workers[rank])
@@ -283,17 +336,16 @@ class Round:
                 return
             time.sleep(POLL_S)
 
-    def _lost_before_start(self, exc: BaseException) -> RoundOutcome:
-        """A worker left between the membership check and the start of the round."""
-        noticed = time.monotonic()
-        deadline = noticed + GONE_S
+    def _members_changed(self) -> bool:
+        """Whether a worker of this round has left (waiting a little for the news)."""
+        deadline = time.monotonic() + GONE_S
         while True:
-            alive = set(self.client.nthreads())
-            gone = [r for r, w in enumerate(self.workers) if w not in alive]
-            if gone or time.monotonic() > deadline:
-                break
+            try:
+                alive = set(self.client.nthreads())
+            except Exception:  # the client itself is gone: not a membership change
+                return False
+            if set(self.workers) - alive:
+                return True
+            if time.monotonic() > deadline:
+                return False
             time.sleep(POLL_S)
-        rank = gone[0] if gone else 0
-        failure = Failure("lost", rank=rank, worker=self.workers[rank],
-                          message=f"{type(exc).__name__}: {exc}")
-        return RoundOutcome("failed", failure=failure, failed_at=noticed)

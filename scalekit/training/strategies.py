@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from scalekit.errors import UsageError
+
 
 @dataclasses.dataclass(frozen=True)
 class DDP:
@@ -39,7 +41,7 @@ class LocalSGD:
 
     def __post_init__(self) -> None:
         if not isinstance(self.sync_every, int) or self.sync_every < 1:
-            raise ValueError(f"sync_every must be an integer >= 1, got {self.sync_every!r}")
+            raise UsageError(f"sync_every must be an integer >= 1, got {self.sync_every!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,7 @@ class FSDP:
         ok = isinstance(wrap, str) and wrap or (
             isinstance(wrap, tuple) and wrap and all(isinstance(w, str) and w for w in wrap))
         if not ok:
-            raise ValueError(
+            raise UsageError(
                 f"wrap must be 'children', a module class name or a non-empty tuple of "
                 f"class names such as ('Linear',), got {wrap!r}"
             )
@@ -77,7 +79,7 @@ class Hybrid(FSDP):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not isinstance(self.shard_size, int) or self.shard_size < 1:
-            raise ValueError(f"shard_size must be an integer >= 1, got {self.shard_size!r}")
+            raise UsageError(f"shard_size must be an integer >= 1, got {self.shard_size!r}")
 
 
 Strategy = DDP | LocalSGD | FSDP | Hybrid
@@ -93,18 +95,18 @@ def resolve(strategy: str | Strategy, **options: Any) -> Strategy:
             return dataclasses.replace(strategy, **options)
         except TypeError as exc:
             fields = [f.name for f in dataclasses.fields(strategy)]
-            raise ValueError(
+            raise UsageError(
                 f"{strategy.name} takes the options {fields or 'none'}: {exc}") from exc
     cls = NAMES.get(str(strategy))
     if cls is None:
-        raise ValueError(
+        raise UsageError(
             f"unknown strategy {strategy!r}; choose one of {', '.join(NAMES)}"
         )
     try:
         return cls(**options)
     except TypeError as exc:
         fields = [f.name for f in dataclasses.fields(cls)]
-        raise ValueError(f"{strategy} takes the options {fields or 'none'}: {exc}") from exc
+        raise UsageError(f"{strategy} takes the options {fields or 'none'}: {exc}") from exc
 
 
 def hybrid_mesh_shape(world_size: int, shard_size: int) -> tuple[int, int]:
@@ -232,7 +234,12 @@ def prepare(strategy: Strategy, net: Any, *, world_size: int, device_ids: list[i
     module = net.module_
     if isinstance(strategy, LocalSGD):
         reducer = _host_reducer(module, host_reduce, world_size, timeout)
-        average_parameters(module, reducer)  # start from identical weights
+        try:
+            average_parameters(module, reducer)  # start from identical weights
+        except BaseException:  # a peer gone already: release the shared memory
+            if reducer is not None:
+                reducer.close()
+            raise
         return Prepared(strategy, module, module, module, reducer=reducer)
     if isinstance(strategy, FSDP):
         from torch.distributed.device_mesh import init_device_mesh
@@ -347,7 +354,7 @@ def _shard_units(module: Any, wrap: str | tuple[str, ...]) -> list[Any]:
     names = {wrap} if isinstance(wrap, str) else set(wrap)
     units = [m for m in module.modules() if m is not module and type(m).__name__ in names]
     if not units:
-        raise ValueError(f"FSDP wrap={wrap!r} matches no submodule of {type(module).__name__}")
+        raise UsageError(f"FSDP wrap={wrap!r} matches no submodule of {type(module).__name__}")
     return units
 
 

@@ -32,7 +32,7 @@ import pytest
 import torch
 from skorch import NeuralNetClassifier
 from torch import nn
-from training_models import HoldWhileFileExists, WideMLP, digits_x4, slow_store
+from training_models import DeadlockOnce, HoldWhileFileExists, WideMLP, digits_x4, slow_store
 
 import scalekit as sk
 from scalekit.errors import UsageError
@@ -402,6 +402,38 @@ def test_a_stopped_rank_is_found_within_seconds_and_the_fit_goes_on(session, ref
     report(f"hung rank: detected {detected:.2f}s, training again "
            f"{found[0].downtime_s:.2f}s later, {found[0].lost_steps} steps lost")
     assert_checkpoints_intact(url)
+    assert_no_rank_left(session)
+
+
+def test_a_rank_deadlocked_in_its_own_code_is_named_not_its_waiting_peer(
+        session, reference, tmp_path):
+    """Rank 1 blocks on a lock in a callback: its beacon goes on beating, rank 0 waits in
+    the all-reduce. The stuck rank is found by its step standing still while its peer
+    waits (scalekit.training.stall-timeout), named, ended and the fit recovers; the
+    collective timeout (60 s) would have blamed the healthy rank 0."""
+    url = str(tmp_path / "ckpt")
+    marker = tmp_path / "deadlocked"
+    run = sk.fit(make_net(callbacks=[("deadlock", DeadlockOnce(marker, rank=1, epoch=3,
+                                                               at_batch=MID_EPOCH))]),
+                 X_TRAIN, Y_TRAIN, cluster=session, checkpoint=url, wait=False, show=False)
+    try:
+        wait_until(marker.exists, FIT_TIMEOUT, "rank 1 to deadlock", run)
+        stuck_at = time.time()
+        notice = wait_until(
+            lambda: [e for e in of(run, Notice) if "hung" in e.message and e.time > stuck_at],
+            60, "the stuck rank to be noticed", run)[0]
+        detected = notice.time - stuck_at
+        report(f"deadlocked rank found after {detected:.2f}s: {notice.message}")
+        assert_finished_like_the_reference(run, reference)
+    finally:
+        if not run.done:
+            run.wait(timeout=FIT_TIMEOUT)
+    assert "rank 1 " in notice.message and "rank 0 " not in notice.message
+    failed = [e for e in of(run, RankStatus) if e.state == "failed" and e.generation == 0]
+    assert 1 in {e.rank for e in failed}  # (rank 0 reports its own abort too)
+    assert detected < 10  # the issue's target
+    found = recoveries(run)
+    assert len(found) == 1 and found[0].lost_steps <= BATCHES
     assert_no_rank_left(session)
 
 

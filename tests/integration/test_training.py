@@ -345,3 +345,17 @@ def test_a_cuda_net_on_cpu_workers_gets_a_clear_error_and_the_cluster_is_unchang
     assert "device='cpu'" in message and "Nothing was started" in message
     assert set(session.client.nthreads()) == before
     assert net.device == "cuda"  # the user's setting is left as it was
+
+
+def test_fits_leave_no_round_state_on_the_scheduler(session):
+    """Each round's rendezvous variable and stop event are gone once it ends (one of
+    each per round used to stay on the scheduler for good)."""
+    sk.fit(make_net(max_epochs=2), X_TRAIN, Y_TRAIN, cluster=session, show=False,
+           checkpoint=False)
+
+    def scalekit_names(dask_scheduler):
+        variables = dask_scheduler.extensions["variables"].variables
+        events = dask_scheduler.extensions["events"]._events
+        return [str(n) for n in [*variables, *events] if "scalekit" in str(n)]
+
+    assert session.client.run_on_scheduler(scalekit_names) == []

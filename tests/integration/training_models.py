@@ -204,3 +204,26 @@ class HoldWhileFileExists(Callback):
             open(self.path + ".held", "w").close()
         while os.path.exists(self.path):
             time.sleep(0.05)
+
+
+class DeadlockOnce(Callback):
+    """Deadlocks rank ``rank`` after training step ``at_batch`` of epoch ``epoch`` (a lock
+    acquired twice: its beacon thread keeps beating), once: it first creates ``path``,
+    and a rank that finds ``path`` there goes on (the restarted worker, after recovery)."""
+
+    def __init__(self, path, rank=1, epoch=3, at_batch=1):
+        self.path, self.rank, self.epoch, self.at_batch = str(path), rank, epoch, at_batch
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        import threading
+
+        ctx = getattr(net, "_sk_ctx", None)
+        if (not training or ctx is None or ctx.rank != self.rank
+                or len(net.history) != self.epoch
+                or len(net.history[-1]["batches"]) != self.at_batch
+                or os.path.exists(self.path)):
+            return
+        open(self.path, "w").close()
+        lock = threading.Lock()
+        lock.acquire()
+        lock.acquire()  # never returns

@@ -66,6 +66,24 @@ def test_preflight_accepts_good_inputs():
     preflight(classifier().initialize(), X, Y)
 
 
+def test_preflight_accepts_a_module_class_defined_inside_a_function():
+    """It travels by value (cloudpickle), so the probe must not need it importable."""
+
+    def make():
+        class Local(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.lin = nn.Linear(X.shape[1], 2)
+
+            def forward(self, x):
+                return torch.softmax(self.lin(x), dim=-1)
+
+        return Local
+
+    net = NeuralNetClassifier(make(), verbose=0).initialize()
+    preflight(net, X, Y)
+
+
 def test_preflight_rejects_x_and_y_of_different_lengths():
     with pytest.raises(UsageError, match="X has 40 samples but y has 39"):
         preflight(classifier(), X, Y[:-1])
@@ -453,3 +471,27 @@ def test_the_report_carries_peak_gpu_memory_only_for_gpu_runs():
     assert c.report().peak_gpu_memory == (2 << 30, 3 << 30)  # in rank order
     c.results = [RankResult(rank=0, worker="a", epochs_done=1)]
     assert c.report().peak_gpu_memory == ()
+
+
+@pytest.mark.parametrize(("kwargs", "says"), [
+    ({"checkpoint": True}, "checkpoint: got True, expected a folder path or fsspec URL"),
+    ({"checkpoint": 3}, "checkpoint: got 3"),
+    ({"checkpoint": "  "}, "a non-empty folder path"),
+    ({"resume": "yes"}, "resume: got 'yes', expected True or False"),
+    ({"resume": 1}, "resume: got 1"),
+    ({"max_world": -1}, "max_workers: got -1, expected an integer >= 1"),
+    ({"max_world": 0}, "max_workers: got 0"),
+    ({"max_world": 2.5}, "max_workers: got 2.5"),
+    ({"max_world": True}, "max_workers: got True"),
+])
+def test_fit_arguments_are_validated_before_anything_happens(kwargs, says):
+    from scalekit.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        TrainingController(None, classifier(), X, Y, bus=EventBus(), **kwargs)
+    assert says in str(info.value)
+
+
+def test_a_path_object_is_a_checkpoint_folder(tmp_path):
+    c = TrainingController(None, classifier(), X, Y, bus=EventBus(), checkpoint=tmp_path)
+    assert c.checkpoint == str(tmp_path)

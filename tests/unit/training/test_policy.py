@@ -206,3 +206,44 @@ def test_adaptive_decision(minimum, maximum, dask_target, demand, current, targe
                                  demand=demand, current=current)
     assert (decision.target, decision.shrink_to) == (target, shrink_to)
     assert decision.reason
+
+
+# -- a rank stuck in its own code -----------------------------------------------------------
+
+from scalekit.training.policy import classify as _classify  # noqa: E402
+from scalekit.training.policy import stalled_ranks  # noqa: E402
+
+
+@pytest.mark.parametrize(("progress", "waiting", "expected"), [
+    # rank 1 busy (a lock in a callback), rank 0 waits in the all-reduce: rank 1
+    ({0: (40, 0.0), 1: (40, 0.0)}, {0: True, 1: False}, [1]),
+    ({0: (40, 0.0), 1: (39, 0.0), 2: (40, 0.0)}, {0: True, 1: False, 2: True}, [1]),
+    # every rank computing (a long step, or a hold in every rank): nobody
+    ({0: (40, 0.0), 1: (40, 0.0)}, {0: False, 1: False}, []),
+    # every rank waiting (a collective hang: the silent-beacon check's business)
+    ({0: (40, 0.0), 1: (40, 0.0)}, {0: True, 1: True}, []),
+    # a rank advanced recently: the world is moving
+    ({0: (40, 0.0), 1: (41, 9.0)}, {0: True, 1: False}, []),
+    # one rank alone cannot wait for anyone
+    ({0: (40, 0.0)}, {0: False}, []),
+    # waiting unknown counts as busy
+    ({0: (40, 0.0), 1: (40, 0.0)}, {0: True}, [1]),
+])
+def test_stalled_ranks(progress, waiting, expected):
+    assert stalled_ranks(progress, waiting, now=10.0, timeout=6.0) == expected
+
+
+def test_stall_detection_waits_for_the_timeout_and_can_be_off():
+    progress, waiting = {0: (5, 0.0), 1: (5, 0.0)}, {0: True, 1: False}
+    assert stalled_ranks(progress, waiting, now=5.9, timeout=6.0) == []
+    assert stalled_ranks(progress, waiting, now=6.0, timeout=6.0) == [1]
+    assert stalled_ranks(progress, waiting, now=100.0, timeout=0.0) == []
+
+
+def test_a_stalled_rank_is_a_hang_that_names_it():
+    failure = _classify([], [], [], stalled=[2])
+    assert (failure.kind, failure.rank) == ("hung", 2)
+    assert "peers waited" in failure.message
+    # a silent beacon or a user error still comes first
+    assert _classify([], [], [0], stalled=[2]).rank == 0
+    assert _classify([(2, "ValueError: x", False)], [], [], stalled=[1]).kind == "user"

@@ -76,7 +76,9 @@ def test_hybrid_is_an_fsdp_and_strategies_pickle():
     ("hybrid", {"shard_size": "2"}, "shard_size must be an integer >= 1, got '2'"),
 ])
 def test_bad_strategies_and_options_are_value_errors(given, options, says):
-    with pytest.raises(ValueError) as info:
+    from scalekit.errors import ScalekitError
+
+    with pytest.raises(ScalekitError) as info:  # also a ValueError
         resolve(given, **options)
     assert says in str(info.value)
 
@@ -292,3 +294,21 @@ def test_ddp_keeps_gradients_in_its_buckets(one_rank_group):
     assert isinstance(par.train_module, DistributedDataParallel)
     assert par.train_module.module is net.module_ and par.model is net.module_
     assert par.train_module.gradient_as_bucket_view
+
+
+def test_local_sgd_releases_its_shared_memory_when_the_first_average_fails(monkeypatch):
+    closed = []
+
+    class Reducer:
+        def close(self):
+            closed.append(True)
+
+    def fails(module, reducer=None):
+        raise ConnectionError("a peer went away")
+
+    monkeypatch.setattr(st, "_host_reducer", lambda *a, **k: Reducer())
+    monkeypatch.setattr(st, "average_parameters", fails)
+    with pytest.raises(ConnectionError):
+        st.prepare(LocalSGD(), initialized_net(), world_size=2, device_ids=None,
+                   host_reduce=True)
+    assert closed == [True]
