@@ -237,7 +237,7 @@ class TrainingController:
             hang_timeout=self.config.hang_timeout, max_world=self.max_world,
             shrink_to=lambda: self._shrink_to,
             kill=lambda address, where: kill_local_or_restart(self.client, address, where),
-            eligible=self._placeable, stall_timeout=self.config.stall_timeout,
+            eligible=self._joinable, stall_timeout=self.config.stall_timeout,
         )
         if self._cancelled:
             self._current.cancelled.set()
@@ -435,6 +435,12 @@ class TrainingController:
                                         message=f"{reason}; it sits this fit out"))
         self._gpu_index.update(index)
         return [w for w in workers if w in index]
+
+    def _joinable(self, current: list[str], joining: list[str]) -> list[str]:
+        """The ``joining`` workers that can take a rank beside the ``current`` ones (a
+        new worker whose only GPU a current rank holds cannot)."""
+        placed = set(self._placeable([*current, *joining]))
+        return [w for w in joining if w in placed]
 
     def _inventory(self, workers: list[str]) -> list[devices.WorkerDevices]:
         """What each worker can compute on (asked once per worker, then remembered)."""

@@ -178,7 +178,7 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
     par = prepare(strategy, net, world_size=spec.world_size, device_ids=ids,
                   host_reduce=spec.host_reduce, timeout=spec.collective_timeout,
                   precision=spec.precision)
-    ctx.scaler = _grad_scaler(spec.precision, strategy, state)
+    ctx.scaler = _grad_scaler(spec.precision, state)
     net.__dict__["_sk_scaler"] = ctx.scaler  # its state goes into checkpoints
     try:
         if state is not None and state.get("sharded"):
@@ -401,18 +401,15 @@ def _place(net: Any, spec: RankSpec, rank: int) -> Any:
     return device
 
 
-def _grad_scaler(precision: str, strategy: Any, state: dict[str, Any] | None) -> Any:
-    """fp16 needs loss scaling (sharded strategies agree on overflows across ranks)."""
+def _grad_scaler(precision: str, state: dict[str, Any] | None) -> Any:
+    """fp16 needs loss scaling. The plain GradScaler serves every strategy: with FSDP2
+    the gradients are DTensors, whose overflow check DTensor reduces across the mesh
+    (``found_inf_reduce_handler``), so the sharded ranks skip a step together."""
     if precision != "fp16":
         return None
-    if strategy.sharded:
-        from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+    import torch
 
-        scaler: Any = ShardedGradScaler("cuda")
-    else:
-        import torch
-
-        scaler = torch.amp.GradScaler("cuda")
+    scaler = torch.amp.GradScaler("cuda")
     saved = (state or {}).get("grad_scaler")
     if saved:  # the scale a resumed fp16 run had reached
         scaler.load_state_dict(saved)

@@ -154,7 +154,7 @@ class Round:
                  *, beacons: Beacons, hang_timeout: float, max_world: int,
                  shrink_to: Callable[[], int | None],
                  kill: Callable[[str, tuple[str, int] | None], None],
-                 eligible: Callable[[list[str]], list[str]] | None = None,
+                 eligible: Callable[[list[str], list[str]], list[str]] | None = None,
                  stall_timeout: float = 0.0) -> None:
         self.client = client
         self.spec = spec
@@ -166,7 +166,9 @@ class Round:
         self.max_world = max_world
         self.shrink_to = shrink_to
         self.kill = kill
-        self.eligible = eligible  # which new workers could take a rank (a GPU each, ...)
+        # (current, joining) -> the joining workers that could take a rank beside the
+        # current ones (a GPU each, ...)
+        self.eligible = eligible
         self.stop_requested = False
         self.next_world: tuple[str, ...] = ()
         self.warming: dict[str, Future] = {}
@@ -284,7 +286,7 @@ class Round:
         ready = {a for a, f in self.warming.items() if f.status != "pending"}
         joining = sorted(alive & ready)
         if joining and self.eligible is not None:
-            joining = self.eligible(joining)
+            joining = self.eligible(list(self.workers), joining)
         candidates = sorted((alive & set(self.workers)) | set(joining))
         decision = decide_membership(self.workers, candidates, max_world=self.max_world,
                                      shrink_to=self.shrink_to())

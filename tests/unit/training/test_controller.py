@@ -495,3 +495,78 @@ def test_fit_arguments_are_validated_before_anything_happens(kwargs, says):
 def test_a_path_object_is_a_checkpoint_folder(tmp_path):
     c = TrainingController(None, classifier(), X, Y, bus=EventBus(), checkpoint=tmp_path)
     assert c.checkpoint == str(tmp_path)
+
+
+# -- GPU placement through the controller ----------------------------------------------
+
+
+class InventoryClient:
+    """A scheduler whose workers report fixed GPUs (``client.run(worker_devices)``)."""
+
+    def __init__(self, inventory):
+        self.inventory = {w.worker: w for w in inventory}
+        self.asked: list[list[str]] = []
+
+    def run(self, function, workers, on_error="raise"):
+        self.asked.append(list(workers))
+        return {w: self.inventory[w] for w in workers if w in self.inventory}
+
+
+def gpu_controller(inventory):
+    from scalekit.training.devices import WorkerDevices  # noqa: F401
+
+    c = TrainingController(InventoryClient(inventory), classifier(device="cuda"), X, Y,
+                           bus=EventBus())
+    c.device_type, c.backend = "cuda", "cpu:gloo,cuda:nccl"
+    return c
+
+
+def one_gpu_host(*names):
+    from scalekit.training.devices import GpuInfo, WorkerDevices
+
+    gpu = GpuInfo("GPU-a", "NVIDIA H200")
+    return [WorkerDevices(worker=n, host="h", gpus=(gpu,), nccl=True) for n in names]
+
+
+def test_a_worker_that_would_share_the_gpu_sits_out_and_is_announced_once():
+    from scalekit.events import Notice
+
+    c = gpu_controller(one_gpu_host("a", "b"))
+    notices = []
+    c.bus.subscribe(lambda e: notices.append(e) if isinstance(e, Notice) else None,
+                    replay=False)
+    assert c._placeable(["a", "b"]) == ["a"]
+    assert c._placeable(["a", "b"]) == ["a"]
+    assert len(notices) == 1 and "worker b would share" in notices[0].message
+    assert c._gpu_index == {"a": 0}
+    assert c.client.asked == [["a", "b"]]  # each worker asked once
+
+
+def test_a_joining_worker_is_judged_beside_the_current_ranks():
+    """Alone, b could take the GPU; beside a (which holds it) it cannot: otherwise the
+    round would stop for b again and again."""
+    c = gpu_controller(one_gpu_host("a", "b"))
+    assert c._joinable(["a"], ["b"]) == []
+    assert c._joinable([], ["b"]) == ["b"]
+
+
+def test_placement_is_checked_before_a_cuda_fit_starts():
+    from scalekit.errors import UsageError
+    from scalekit.training.devices import WorkerDevices
+
+    c = gpu_controller(one_gpu_host("a", "b"))
+    with pytest.raises(UsageError, match="worker b would share NVIDIA H200"):
+        c._check_placement(["a", "b"])
+    c._check_placement(["a"])
+    no_nccl = gpu_controller([WorkerDevices(worker="a", host="h",
+                                            gpus=one_gpu_host("a")[0].gpus, nccl=False)])
+    with pytest.raises(UsageError, match="NCCL is not available on worker"):
+        no_nccl._check_placement(["a"])
+    no_nccl.backend = "gloo"  # the documented fallback
+    no_nccl._check_placement(["a"])
+
+
+def test_a_cpu_net_asks_the_workers_nothing():
+    c = TrainingController(InventoryClient([]), classifier(), X, Y, bus=EventBus())
+    assert c._placeable(["a", "b"]) == ["a", "b"]
+    assert c.client.asked == []
