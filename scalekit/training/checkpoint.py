@@ -39,14 +39,7 @@ import warnings
 from typing import Any
 
 from scalekit.errors import CheckpointError
-from scalekit.training.integrity import (
-    check_manifest,
-    digest,
-    file_digest,
-    load_dcp_metadata,
-    manifest_digest,
-    verify_bytes,
-)
+from scalekit.training.integrity import check_manifest, digest, manifest_digest, verify_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -360,7 +353,12 @@ class CheckpointStore:
         files = check_manifest(entry.get("files"), name)
         if name.endswith(".pt"):
             return self._load_plain(name, files[name])
-        return self._load_sharded_meta(name, files)
+        from scalekit.training import sharded
+
+        state, (nbytes, sha) = sharded.load_meta(self, name, files)
+        epoch, step = _position(name)
+        return state, CheckpointInfo(url=self._url(name), name=name, epoch=epoch, step=step,
+                                     nbytes=nbytes, sha256=sha)
 
     def _load_plain(self, name: str, expected: dict[str, Any] | None
                     ) -> tuple[dict[str, Any], CheckpointInfo]:
@@ -373,36 +371,6 @@ class CheckpointStore:
         epoch, step = _position(name)
         return state, CheckpointInfo(url=self._url(name), name=name, epoch=epoch, step=step,
                                      nbytes=len(data), sha256=digest(data))
-
-    def _load_sharded_meta(self, name: str, files: dict[str, Any]
-                           ) -> tuple[dict[str, Any], CheckpointInfo]:
-        """Verify every file of a sharded checkpoint and read its ``.metadata`` safely
-        (so a bad one is skipped here, not found by the ranks); return its ``meta.pt``
-        with ``"sharded"`` naming the folder for the ranks to load from."""
-        import torch
-
-        from scalekit.training.sharded import META, METADATA
-
-        small = {}
-        for path, expected in sorted(files.items()):
-            if path.rsplit("/", 1)[-1] in (META, METADATA):
-                small[path.rsplit("/", 1)[-1]] = data = self.fs.cat_file(self._path(path))
-                verify_bytes(data, expected, path)
-            else:
-                sha, nbytes = file_digest(self.fs, self._path(path))
-                if (sha, nbytes) != (expected["sha256"], expected["nbytes"]):
-                    raise CheckpointError(f"{path}: content does not match the digest in "
-                                          f"{POINTER}")
-        missing = {META, METADATA} - set(small)
-        if missing:
-            raise CheckpointError(f"sharded checkpoint without its {', '.join(sorted(missing))}")
-        load_dcp_metadata(small[METADATA])
-        state = torch.load(io.BytesIO(small[META]), weights_only=True, map_location="cpu")
-        epoch, step = _position(name)
-        info = CheckpointInfo(url=self._url(name), name=name, epoch=epoch, step=step,
-                              nbytes=sum(f["nbytes"] for f in files.values()),
-                              sha256=manifest_digest(files))
-        return {**state, "sharded": self._url(name)}, info
 
     # -- paths ---------------------------------------------------------------------------
     def _path(self, name: str) -> str:

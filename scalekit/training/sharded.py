@@ -32,6 +32,7 @@ from scalekit.training.integrity import (
     Manifest,
     file_digest,
     load_dcp_metadata,
+    manifest_digest,
     verify_bytes,
 )
 
@@ -167,6 +168,31 @@ def save(store: CheckpointStore, model: Any, optimizer: Any, meta: dict[str, Any
 def _entry(store: CheckpointStore, path: str) -> dict[str, Any]:
     sha, nbytes = file_digest(store.fs, path)
     return {"sha256": sha, "nbytes": nbytes}
+
+
+def load_meta(store: CheckpointStore, name: str, files: Manifest
+              ) -> tuple[dict[str, Any], tuple[int, str]]:
+    """In the notebook: verify every file of the committed checkpoint ``name`` and read
+    its ``.metadata`` safely (so that a bad one is skipped here, with a fallback, rather
+    than found by the ranks); return its ``meta.pt`` with ``"sharded"`` naming the folder
+    the ranks load from, and the checkpoint's total size and manifest digest."""
+    import torch
+
+    small = {}
+    for path, expected in sorted(files.items()):
+        base = path.rsplit("/", 1)[-1]
+        if base in (META, METADATA):
+            small[base] = data = store.fs.cat_file(store._path(path))
+            verify_bytes(data, expected, path)
+        elif file_digest(store.fs, store._path(path)) != (expected["sha256"], expected["nbytes"]):
+            raise CheckpointError(f"{path}: content does not match the digest in latest.json")
+    missing = {META, METADATA} - set(small)
+    if missing:
+        raise CheckpointError(f"sharded checkpoint without its {', '.join(sorted(missing))}")
+    load_dcp_metadata(small[METADATA])
+    state = torch.load(io.BytesIO(small[META]), weights_only=True, map_location="cpu")
+    nbytes = sum(f["nbytes"] for f in files.values())
+    return {**state, "sharded": store._url(name)}, (nbytes, manifest_digest(files))
 
 
 def load(store: CheckpointStore, model: Any, optimizer: Any, url: str) -> None:
