@@ -365,12 +365,11 @@ class CheckpointStore:
         import torch
 
         data = self.fs.cat_file(self._path(name))  # a fresh read, no cached listing
-        if expected is not None:
-            verify_bytes(data, expected, name)
+        sha = verify_bytes(data, expected, name)
         state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         epoch, step = _position(name)
         return state, CheckpointInfo(url=self._url(name), name=name, epoch=epoch, step=step,
-                                     nbytes=len(data), sha256=digest(data))
+                                     nbytes=len(data), sha256=sha)
 
     # -- paths ---------------------------------------------------------------------------
     def _path(self, name: str) -> str:

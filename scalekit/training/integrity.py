@@ -73,12 +73,15 @@ def check_manifest(files: Any, name: str) -> Manifest:
     return files
 
 
-def verify_bytes(data: bytes, expected: dict[str, Any], path: str) -> None:
-    """Raise :class:`CheckpointError` unless ``data`` is what the manifest recorded."""
-    if len(data) != expected["nbytes"] or digest(data) != expected["sha256"]:
+def verify_bytes(data: bytes, expected: dict[str, Any] | None, path: str) -> str:
+    """The SHA-256 of ``data``; :class:`CheckpointError` unless it is what the manifest
+    recorded (``expected``: ``None`` checks nothing)."""
+    sha = digest(data)
+    if expected is not None and (len(data), sha) != (expected["nbytes"], expected["sha256"]):
         raise CheckpointError(
             f"{path}: content does not match the digest in latest.json "
             f"({len(data)} bytes, {expected['nbytes']} recorded)")
+    return sha
 
 
 # -- DCP's .metadata without arbitrary pickle --------------------------------------------
