@@ -131,6 +131,7 @@ def save(store: CheckpointStore, model: Any, optimizer: Any, meta: dict[str, Any
     initialized = dist.is_available() and dist.is_initialized()
     collective = initialized and dist.get_world_size() > 1
     folder = store._path(name)
+    store.fs.invalidate_cache(folder)  # this folder and its parents: no stale listing
     if rank == 0 and store.fs.exists(folder):
         # an uncommitted leftover of a writer that died, or a checkpoint being redone
         # after its successor failed to load: its files are replaced, not mixed
