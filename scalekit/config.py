@@ -361,11 +361,46 @@ class CheckpointConfig(_Section):
             )
 
     def default_url(self, run_id: str) -> str:
-        """The folder a run without an explicit ``checkpoint=`` URL uses."""
-        import tempfile
-
-        root = self.root or os.path.join(tempfile.gettempdir(), "scalekit-checkpoints")
+        """The folder a run without an explicit ``checkpoint=`` URL uses: under ``root``,
+        or under the private :meth:`private_root` when ``root`` is not set."""
+        root = self.root or self.private_root()
         return f"{root.rstrip('/')}/{run_id}"
+
+    @classmethod
+    def private_root(cls) -> str:
+        """``$XDG_CACHE_HOME/scalekit/checkpoints`` (``~/.cache/...`` by default): created
+        with mode 0700 and refused when another user owns it or others may write to it.
+
+        A shared folder (the old default was ``<tmp>/scalekit-checkpoints``) lets any
+        local user replace a run's checkpoints, which the run then loads.
+        """
+        import stat
+
+        cache = os.environ.get("XDG_CACHE_HOME", "")
+        if not os.path.isabs(cache):  # the XDG rule: a relative value is ignored
+            cache = os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(cache, "scalekit", "checkpoints")
+        field = f"scalekit.{cls.section}.root"
+        try:
+            os.makedirs(root, mode=0o700, exist_ok=True)  # new folders: 0700 (umask aside)
+            info = os.stat(root)
+        except OSError as exc:
+            raise ConfigError(field, None, "a folder this user can create",
+                              f"Could not create {root}: {exc}. Set {field}.") from exc
+        uid = os.getuid() if hasattr(os, "getuid") else None
+        if uid is not None and info.st_uid != uid:
+            raise ConfigError(
+                field, None, f"a folder owned by this user (uid {uid})",
+                f"{root} belongs to uid {info.st_uid}, who could replace your checkpoints: "
+                f"remove it, or set {field} to a folder of your own.")
+        if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise ConfigError(
+                field, None, "a folder only its owner may write to",
+                f"{root} has mode {stat.S_IMODE(info.st_mode):o}: others could replace your "
+                f"checkpoints. Run `chmod 700 {root}`, or set {field}.")
+        if uid is not None and stat.S_IMODE(info.st_mode) != 0o700:
+            os.chmod(root, 0o700)  # ours and not writable by others: make it unreadable too
+        return root
 
 
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei|e[0-9]+)?$")

@@ -44,6 +44,11 @@ class ClusterError(ScalekitError, RuntimeError):
     """A cluster could not be started, scaled or reached."""
 
 
+class CheckpointError(ScalekitError, RuntimeError):
+    """No usable checkpoint could be read, or one was refused (damaged, not committed,
+    or holding something other than plain data)."""
+
+
 class UsageError(ScalekitError, ValueError):
     """An API was called in a state or with arguments that cannot work."""
 

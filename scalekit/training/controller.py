@@ -268,6 +268,15 @@ class TrainingController:
         if decision.action == "give_up":
             self._raise(failure, outcome, decision.reason)
         self.failures += 1
+        if self.store is not None:
+            # the failed round's writers have ended: a temporary file is now an orphan
+            # (during a round, pruning spares fresh ones: they may be a live writer's)
+            try:
+                self.store.prune_temporaries(grace_s=0.0)
+            except Exception:
+                logger.debug("could not prune %s", self.store.url, exc_info=True)
+        # load_latest falls back past any checkpoint that fails to load (damaged, pruned
+        # under a stale listing, refused); only when none loads does it raise
         newest = self._load_checkpoint(required=False)
         if newest is not None and self._newer(newest, self._state):
             self._state = newest

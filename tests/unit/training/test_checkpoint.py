@@ -1,10 +1,17 @@
-"""CheckpointStore: atomic writes, pruning, verified loads, fallback, no pickle."""
+"""CheckpointStore: atomic writes, pruning, verified loads, fallback, no pickle.
+
+Sharded (DCP) checkpoints and the refusal of planted pickles in them are tested in
+test_checkpoint_sharded.py; S3 itself (moto) in tests/integration/test_s3_checkpoints.py.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import pickle
+import re
 import uuid
 import warnings
 
@@ -13,6 +20,7 @@ import fsspec
 import pytest
 import torch
 
+from scalekit.errors import ScalekitError
 from scalekit.training.checkpoint import POINTER, CheckpointError, CheckpointInfo, CheckpointStore
 
 
@@ -148,38 +156,49 @@ def test_mid_epoch_checkpoints_sort_between_epochs(url):
 # -- atomicity: a writer that dies mid-write never changes "latest" ---------------------
 
 
-def test_a_failed_rename_of_the_checkpoint_leaves_latest_alone(url, monkeypatch):
+def fail_writes_to(store, monkeypatch, suffix, message):
+    """Make the write that publishes a file ending in ``suffix`` fail: the rename of its
+    temporary on a local disk, the single PUT on an object store (memory:// here)."""
+    real_mv, real_pipe = store.fs.mv, store.fs.pipe_file
+
+    def mv(src, dst, *args, **kwargs):
+        if str(dst).endswith(suffix):
+            raise OSError(message)
+        return real_mv(src, dst, *args, **kwargs)
+
+    def pipe_file(path, *args, **kwargs):
+        if str(path).endswith(suffix):
+            raise OSError(message)
+        return real_pipe(path, *args, **kwargs)
+
+    monkeypatch.setattr(store.fs, "mv", mv)
+    monkeypatch.setattr(store.fs, "pipe_file", pipe_file)
+
+
+def test_a_failed_write_of_the_checkpoint_leaves_latest_alone(url, monkeypatch):
     store = CheckpointStore(url)
     store.save(state_for(1), epoch=1)
     before = read(store, POINTER)
 
-    def broken_mv(*args, **kwargs):
-        raise OSError("disk went away")
-
-    monkeypatch.setattr(store.fs, "mv", broken_mv)
+    fail_writes_to(store, monkeypatch, "ckpt-000002-00000000.pt", "disk went away")
     with pytest.raises(OSError, match="disk went away"):
         store.save(state_for(2), epoch=2)
     monkeypatch.undo()
 
     assert read(store, POINTER) == before
-    assert files(store) == ["ckpt-000001-00000000.pt", POINTER]  # the temporary is gone
+    assert files(store) == ["ckpt-000001-00000000.pt", POINTER]  # no temporary left
     state, info = store.load_latest()
     assert info.epoch == 1 and state["epoch"] == 1
 
 
 def test_a_failed_pointer_update_keeps_the_previous_latest(url, monkeypatch):
-    """Dying between the checkpoint's rename and the pointer's: latest is still whole."""
+    """Dying between the checkpoint's write and the pointer's: latest is still whole, and
+    the uncommitted checkpoint is not the one loaded."""
     store = CheckpointStore(url)
     store.save(state_for(1), epoch=1)
     before = read(store, POINTER)
-    real_mv = store.fs.mv
 
-    def mv(src, dst, *args, **kwargs):
-        if str(dst).endswith(POINTER):
-            raise OSError("killed")
-        return real_mv(src, dst, *args, **kwargs)
-
-    monkeypatch.setattr(store.fs, "mv", mv)
+    fail_writes_to(store, monkeypatch, POINTER, "killed")
     with pytest.raises(OSError, match="killed"):
         store.save(state_for(2), epoch=2)
     monkeypatch.undo()
@@ -191,8 +210,10 @@ def test_a_failed_pointer_update_keeps_the_previous_latest(url, monkeypatch):
     assert info.epoch == 1 and state["epoch"] == 1  # what latest.json names, verified
 
 
-def test_a_writer_killed_while_writing_leaves_a_temporary_that_is_ignored(url, monkeypatch):
-    store = CheckpointStore(url)
+def test_a_writer_killed_while_writing_leaves_a_temporary_that_is_ignored(tmp_path,
+                                                                          monkeypatch):
+    """A local disk: the checkpoint is written to a temporary file first."""
+    store = CheckpointStore(str(tmp_path / "ckpts"))
     good = store.save(state_for(1), epoch=1)
     before = read(store, POINTER)
     real_open = store.fs.open
@@ -230,7 +251,8 @@ def test_a_writer_killed_while_writing_leaves_a_temporary_that_is_ignored(url, m
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert store.load_latest()[1].epoch == 1
-    # and the next save goes through as usual
+    # and the next save goes through as usual (the fresh temporary is left alone: its
+    # writer could still be running; see the pruning tests below)
     assert store.save(state_for(2), epoch=2).epoch == 2
     assert store.load_latest()[1].epoch == 2
 
@@ -278,7 +300,8 @@ def test_a_digest_mismatch_in_the_pointer_falls_back(url):
     store.save(state_for(1), epoch=1)
     store.save(state_for(2), epoch=2)
     pointer = json.loads(read(store, POINTER))
-    pointer["sha256"] = "0" * 64
+    newest = pointer["checkpoints"][0]
+    newest["files"][newest["name"]]["sha256"] = "0" * 64
     write(store, POINTER, json.dumps(pointer).encode())
 
     with pytest.warns(RuntimeWarning, match="does not match the digest in latest.json"):
@@ -326,6 +349,148 @@ def test_nothing_readable_raises_checkpoint_error(url):
     assert isinstance(info.value, RuntimeError)
 
 
+def test_checkpoint_error_is_a_scalekit_error_and_a_runtime_error(tmp_path):
+    """Issue 13 item 21: one ``except ScalekitError`` catches every scalekit failure."""
+    assert issubclass(CheckpointError, ScalekitError)
+    assert issubclass(CheckpointError, RuntimeError)
+    with pytest.raises(ScalekitError, match="no readable checkpoint"):
+        CheckpointStore(str(tmp_path)).load_latest()
+
+
+# -- latest.json records every kept checkpoint, with digests -------------------------------
+
+
+def test_the_pointer_records_the_kept_checkpoints_and_their_digests(url):
+    store = CheckpointStore(url, keep=2)
+    for epoch in (1, 2, 3):
+        store.save(state_for(epoch), epoch=epoch)
+    pointer = store.latest_info()
+    kept = pointer["checkpoints"]
+    assert [e["name"] for e in kept] == store.names()[::-1]  # newest first, as on disk
+    for entry in kept:
+        data = read(store, entry["name"])
+        assert entry["files"] == {entry["name"]: {"sha256": hashlib.sha256(data).hexdigest(),
+                                                  "nbytes": len(data)}}
+    assert (pointer["name"], pointer["epoch"]) == (kept[0]["name"], 3)
+
+
+def test_a_pointer_of_the_earlier_format_still_loads_verified(url):
+    """latest.json as scalekit wrote it before it recorded every kept checkpoint."""
+    store = CheckpointStore(url)
+    store.save(state_for(1), epoch=1)
+    newest = store.save(state_for(2), epoch=2)
+    write(store, POINTER, json.dumps({"name": newest.name, "sha256": newest.sha256,
+                                      "epoch": 2, "step": 0, "nbytes": newest.nbytes}).encode())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert store.load_latest()[1].epoch == 2
+    write(store, newest.name, flip(read(store, newest.name)))
+    with pytest.warns(RuntimeWarning, match="does not match the digest"):
+        assert store.load_latest()[1].epoch == 1
+
+
+# -- stale listings and load errors never end a fit ----------------------------------------
+
+
+class CachedListings:
+    """A stand-in for s3fs/gcsfs: directory listings are cached until
+    ``invalidate_cache``, so a second process's writes and deletions go unseen."""
+
+    def __init__(self, fs):
+        self._fs = fs
+        self._listings = {}
+
+    def __getattr__(self, name):
+        return getattr(self._fs, name)
+
+    def ls(self, path, detail=False, **kwargs):
+        key = (str(path), detail)
+        if key not in self._listings:
+            self._listings[key] = self._fs.ls(path, detail=detail, **kwargs)
+        return self._listings[key]
+
+    def invalidate_cache(self, path=None):
+        self._listings.clear()
+
+
+def test_a_reader_with_a_cached_listing_sees_what_another_process_pruned(url):
+    """Issue 13 item 1: the notebook listed the folder, rank 0 then saved and pruned;
+    without a fresh listing the notebook tried deleted files and gave up."""
+    writer = CheckpointStore(url, keep=2)
+    reader = CheckpointStore(url, keep=2)
+    reader.fs = CachedListings(reader.fs)
+    for epoch in (1, 2):
+        writer.save(state_for(epoch), epoch=epoch)
+    assert reader.names() == ["ckpt-000001-00000000.pt", "ckpt-000002-00000000.pt"]
+    for epoch in (3, 4, 5):  # epochs 1-3 pruned meanwhile
+        writer.save(state_for(epoch), epoch=epoch)
+    assert reader.names() == ["ckpt-000004-00000000.pt", "ckpt-000005-00000000.pt"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        state, info = reader.load_latest()
+    assert info.epoch == 5 and state["epoch"] == 5
+
+
+def fail_reads_of(store, monkeypatch, suffix, exc):
+    """Make every way of reading a file ending in ``suffix`` raise ``exc``."""
+    for method in ("open", "cat_file", "cat"):
+        real = getattr(store.fs, method)
+
+        def broken(path, *args, _real=real, **kwargs):
+            if str(path).endswith(suffix):
+                raise exc
+            return _real(path, *args, **kwargs)
+
+        monkeypatch.setattr(store.fs, method, broken)
+
+
+def test_any_error_reading_the_pointer_falls_back_instead_of_ending_the_fit(url, monkeypatch):
+    """An object store's ``FileExpired`` (or a timeout) reading latest.json used to
+    propagate out of load_latest and end the fit."""
+    store = CheckpointStore(url)
+    store.save(state_for(1), epoch=1)
+    store.save(state_for(2), epoch=2)
+    fail_reads_of(store, monkeypatch, POINTER, OSError(16, "FileExpired: latest.json changed"))
+    with pytest.warns(RuntimeWarning, match="FileExpired.*loaded unverified"):
+        state, info = store.load_latest()
+    assert info.epoch == 2  # plain checkpoints are written whole: complete, if unverified
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("connection reset"), PermissionError("denied"),
+                                 OSError(16, "FileExpired")], ids=["runtime", "perm", "os"])
+def test_any_error_loading_the_newest_checkpoint_falls_back(url, monkeypatch, exc):
+    store = CheckpointStore(url)
+    store.save(state_for(1), epoch=1)
+    store.save(state_for(2), epoch=2)
+    fail_reads_of(store, monkeypatch, "ckpt-000002-00000000.pt", exc)
+    with pytest.warns(RuntimeWarning, match=re.escape(f"ckpt-000002-00000000.pt: {exc}")):
+        assert store.load_latest()[1].epoch == 1
+
+
+# -- pruning temporaries ------------------------------------------------------------------
+
+
+def test_pruning_spares_a_fresh_temporary_and_removes_old_ones(tmp_path):
+    """Issue 13 item 13: a concurrent writer's fresh ``.tmp`` survives a save's pruning;
+    temporaries older than the grace period (a writer that died) are removed."""
+    store = CheckpointStore(str(tmp_path / "ckpts"))
+    store.save(state_for(1), epoch=1)
+    fresh = ".ckpt-000002-00000000.pt.c0ffee00.tmp"
+    old = [".ckpt-000001-00000000.pt.deadbeef.tmp", f".{POINTER}.deadbeef.tmp"]
+    write(store, fresh, b"being written right now")
+    long_ago = os.path.getmtime(store._path(POINTER)) - 2 * store.tmp_grace_s
+    for name in old:
+        write(store, name, b"left by a writer that died")
+        os.utime(store._path(name), (long_ago, long_ago))
+
+    store.save(state_for(2), epoch=2)
+    left = [n for n in files(store) if n.endswith(".tmp")]
+    assert left == [fresh]
+    # once no writer can be running (the controller, after a failed round): all of them
+    assert store.prune_temporaries(grace_s=0.0) == [fresh]
+    assert files(store) == ["ckpt-000001-00000000.pt", "ckpt-000002-00000000.pt", POINTER]
+
+
 # -- no arbitrary pickle ----------------------------------------------------------------
 
 EXECUTED: list[str] = []
@@ -352,10 +517,10 @@ def test_a_pickle_payload_is_refused_and_never_runs(url):
     data = buffer.getvalue()
     name = "ckpt-000002-00000000.pt"
     write(store, name, data)
-    import hashlib
-
-    write(store, POINTER, json.dumps({"name": name, "sha256": hashlib.sha256(data).hexdigest(),
-                                      "epoch": 2, "step": 0}).encode())
+    pointer = json.loads(read(store, POINTER))
+    pointer["checkpoints"].insert(0, {"name": name, "epoch": 2, "step": 0, "files": {
+        name: {"sha256": hashlib.sha256(data).hexdigest(), "nbytes": len(data)}}})
+    write(store, POINTER, json.dumps(pointer).encode())
     EXECUTED.clear()
     with pytest.warns(RuntimeWarning, match="Weights only load failed|weights_only"):
         state, info = store.load_latest()
