@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Iterator
 
@@ -92,6 +93,7 @@ class KubernetesBackend(DaskClusterBackend):
         self._pending_since: float | None = None
         self._pods: list[PodState] = []
         self._pods_read = 0.0
+        self._pods_lock = threading.Lock()  # see pods()
         self._created: bool | None = False  # we created the DaskCluster (None: unknown)
 
     # -- where the notebook runs -----------------------------------------------------------
@@ -136,10 +138,22 @@ class KubernetesBackend(DaskClusterBackend):
             if any(error is e for e in _causes(exc)):  # raised inside, wrapped on the way
                 raise error  # noqa: B904 - it keeps its own cause
             raise error from exc
+        self._settle()
         self._requested = self.config.workers
         logger.info("kubernetes cluster %s/%s up with %d workers in %.1fs", self.namespace,
                     self.cluster_name, self.config.workers,
                     time.monotonic() - self._started_at)
+
+    def _settle(self) -> None:
+        """One more look once the cluster is up. The start watch's last look often
+        predates the scheduler's readiness (its probe passes after workers connect), and
+        a snapshot must not show that; a 'Pending' phase now is #968's: fixed at once."""
+        assert self._io is not None
+        try:
+            self._io.run(self._observe(started=True), timeout=10)
+        except Exception:  # the cluster is up: a missed look must not fail the start
+            logger.debug("looking at the started cluster failed", exc_info=True)
+            self._forget_pods()
 
     def _watch_from_cluster_loop(self) -> Awaitable[None]:
         """The start watch, run on our loop (our own kr8s client) for KubeCluster's loop."""
@@ -147,8 +161,9 @@ class KubernetesBackend(DaskClusterBackend):
         return asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(self._watch_start(), self._io.loop))
 
-    async def _observe(self) -> list[PodState]:
-        """Read the DaskCluster phase and the pods; fix #968's stuck 'Pending'."""
+    async def _observe(self, started: bool = False) -> list[PodState]:
+        """Read the DaskCluster phase and the pods; fix #968's stuck 'Pending' (at once
+        when the cluster has ``started``: scheduler ready and workers connected)."""
         found, phase, pods = await kube_api.read_cluster(self.cluster_name, self.namespace)
         self.last_phase = phase
         self._pods, self._pods_read = pods, time.monotonic()
@@ -156,7 +171,8 @@ class KubernetesBackend(DaskClusterBackend):
             now = time.monotonic()
             self._pending_since = self._pending_since or now
             scheduler_ready = any(p.component == "scheduler" and p.ready for p in pods)
-            if scheduler_ready and now - self._pending_since > PENDING_FIX_AFTER and (
+            waited = started or now - self._pending_since > PENDING_FIX_AFTER
+            if scheduler_ready and waited and (
                     await kube_api.fix_pending(found, self.cluster_name, self.namespace)):
                 self.pending_fixed, self.last_phase = True, "Running"
         else:
@@ -343,9 +359,14 @@ class KubernetesBackend(DaskClusterBackend):
                 raise
             raise error from exc
 
+    def _forget_pods(self) -> None:
+        """The cached pod list predates a change we made: the next look reads it anew."""
+        self._pods_read = 0.0
+
     def scale(self, n: int) -> None:
         with self._translating():
             super().scale(n)
+        self._forget_pods()
 
     def adapt(self, bounds: AdaptConfig) -> None:
         """A ``DaskAutoscaler``: the operator asks the scheduler every 5 s."""
@@ -353,6 +374,7 @@ class KubernetesBackend(DaskClusterBackend):
         cluster = self._running()
         with self._translating():
             cluster.adapt(minimum=bounds.minimum, maximum=bounds.maximum)
+        self._forget_pods()
         self._adaptive = (bounds.minimum, bounds.maximum)
         self._requested = None
 
@@ -367,13 +389,19 @@ class KubernetesBackend(DaskClusterBackend):
 
     # -- state -----------------------------------------------------------------------------
     def pods(self, fresh: bool = True) -> list[PodState]:
-        """The cluster's pods (scheduler and workers) as the API server has them."""
-        if (fresh or time.monotonic() - self._pods_read > DETAILS_TTL) and (
-                self._io is not None and not self._closed and self.cluster_name):
-            self._pods_read = time.monotonic()  # an unreachable API is not asked at 2 Hz
-            with self._translating():
-                self._io.run(self._observe(), timeout=10)
-        return list(self._pods)
+        """The cluster's pods (scheduler and workers) as the API server has them.
+
+        One read at a time: a caller that comes while another thread reads (the panel's
+        sampler and a cell, just after a start) waits for that read's result instead of
+        taking the list it is replacing.
+        """
+        with self._pods_lock:
+            if (fresh or time.monotonic() - self._pods_read > DETAILS_TTL) and (
+                    self._io is not None and not self._closed and self.cluster_name):
+                self._pods_read = time.monotonic()  # an unreachable API: not asked at 2 Hz
+                with self._translating():
+                    self._io.run(self._observe(), timeout=10)
+            return list(self._pods)
 
     def _details(self) -> tuple[tuple[str, str], ...]:
         try:
