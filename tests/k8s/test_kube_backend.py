@@ -52,7 +52,7 @@ def test_start_scale_1_3_1_snapshot_and_close(notebook):
         assert isinstance(backend, KubernetesBackend) and backend.port_forward
         name = backend.cluster_name
         # the notebook is outside the cluster: it talks to the scheduler through a forward
-        assert s.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert s.scheduler_address.startswith("tls://127.0.0.1:")
         assert forward_threads()
         assert s.dashboard_link and s.dashboard_link.startswith("http://127.0.0.1:")
         (dc,) = kube.dask("daskclusters")
@@ -158,16 +158,24 @@ def test_adapt_uses_a_dask_autoscaler(notebook):
         s.wait_for_workers(1, timeout=120)
 
 
-def test_inside_the_cluster_the_scheduler_is_reached_by_dns(notebook, monkeypatch):
+def test_inside_the_cluster_the_scheduler_is_reached_by_dns(notebook, monkeypatch, caplog):
     kube = notebook
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")  # what every pod has
+    monkeypatch.setenv("HOSTNAME", "not-a-pod")  # this process's own pod cannot be read
     with kube.in_cluster_dns():
         with cluster(workers=1, backend="kubernetes") as s:
             assert not s.backend.port_forward
             name = s.backend.cluster_name
-            assert s.scheduler_address == f"tcp://{name}-scheduler.scalekit:8786"
+            assert s.scheduler_address == f"tls://{name}-scheduler.scalekit:8786"
             assert not forward_threads()
             assert s.client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+            (policy,) = kube.objects("networkpolicies", group="networking.k8s.io")
+    # the notebook connects by address: its namespace is admitted to the scheduler (its
+    # own pod's labels would narrow that, but this process is no pod), with a warning
+    assert policy["spec"]["ingress"][1]["from"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "scalekit"}},
+        "podSelector": {"matchLabels": {}}}]
+    assert "notebook-selector" in caplog.text
 
 
 def test_keep_on_shutdown_leaves_the_cluster_and_a_fixed_name_reconnects(notebook):
