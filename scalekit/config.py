@@ -429,8 +429,13 @@ class KubernetesConfig(_Section):
         (scheduler) pod; quantities as Kubernetes writes them (``"2"``, ``"500m"``,
         ``"4Gi"``); ``gpu`` counts ``nvidia.com/gpu``. A worker's CPU request defaults to
         its thread count.
-    env, labels, node_selector : dict
-        Extra environment variables, labels and node selector of every pod.
+    env : dict
+        Extra environment variables of every pod: a value, or a reference that keeps a
+        credential out of the ``DaskCluster``: ``{"valueFrom": {"secretKeyRef": {"name":
+        "aws", "key": "secret-access-key"}}}`` (or ``configMapKeyRef``; ``optional`` as
+        in Kubernetes). Errors never show a value.
+    labels, node_selector : dict
+        Extra labels and node selector of every pod.
     tolerations : list of dict
         Pod tolerations (``key``, ``operator``, ``value``, ``effect``).
     service_account : str or None
@@ -454,6 +459,16 @@ class KubernetesConfig(_Section):
         ``ClusterIP``, ``NodePort`` or ``LoadBalancer``.
     idle_timeout : float
         The operator deletes a cluster idle this long (0: never).
+    tls : bool
+        Scheduler, workers and client speak only mutual TLS, with certificates of a CA
+        made for the cluster (kept in a Secret next to it). ``False`` turns that off
+        explicitly, and then only a ``ClusterIP`` scheduler service is allowed.
+    network_policy : bool
+        Create a NetworkPolicy that admits only the cluster's pods, the notebook and the
+        Dask operator to the cluster's pods (docs/kubernetes.md, section 'Security').
+    notebook_selector : dict
+        Labels of the notebook's pod, admitted by the NetworkPolicy when the notebook runs
+        in the cluster and reaches the scheduler by DNS (``{}``: the pod's own labels).
     """
 
     section: ClassVar[str] = "kubernetes"
@@ -477,6 +492,14 @@ class KubernetesConfig(_Section):
     close_timeout: float = 60.0
     scheduler_service_type: str = "ClusterIP"
     idle_timeout: float = 0.0
+    tls: bool = True
+    network_policy: bool = True
+    notebook_selector: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    _ENV_SOURCES: ClassVar[tuple[str, ...]] = ("secretKeyRef", "configMapKeyRef")
+    _ENV_EXPECTED: ClassVar[str] = (
+        "a value, or {'valueFrom': {'secretKeyRef': {'name': SECRET, 'key': KEY}}} "
+        "(or configMapKeyRef)")
 
     def __post_init__(self) -> None:
         if self.image is not None and (not isinstance(self.image, str) or not self.image
@@ -492,7 +515,8 @@ class KubernetesConfig(_Section):
                               "a name or template such as 'scalekit-{user}-{uuid}'")
         self._set("resources", self._resources("resources", gpu=True))
         self._set("scheduler_resources", self._resources("scheduler_resources", gpu=False))
-        for name in ("env", "labels", "node_selector"):
+        self._env()
+        for name in ("labels", "node_selector", "notebook_selector"):
             self._str_map(name)
         if isinstance(self.image_pull_secrets, str):
             self._set("image_pull_secrets", [self.image_pull_secrets])
@@ -526,6 +550,55 @@ class KubernetesConfig(_Section):
         self._seconds("operator_timeout", lo=1.0)
         self._seconds("close_timeout", lo=0.0)
         self._seconds("idle_timeout", lo=0.0)
+        self._bool("tls")
+        self._bool("network_policy")
+        if not self.tls and self.scheduler_service_type != "ClusterIP":
+            raise ConfigError(
+                self._field("scheduler_service_type"), self.scheduler_service_type,
+                "ClusterIP while scalekit.kubernetes.tls is false",
+                "A NodePort or LoadBalancer service lets anyone who reaches it run code "
+                "on the workers unless TLS admits only holders of the cluster's "
+                "certificates: turn scalekit.kubernetes.tls back on (the default) or use "
+                "ClusterIP (see docs/kubernetes.md, section 'Security').")
+
+    def _env(self) -> None:
+        """Values become strings, references stay references; no error shows a value
+        (env often carries credentials, and errors reach panels and logs)."""
+        value, field = self.env, self._field("env")
+        if value is None:
+            value = {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(field, f"<{type(value).__name__}, not shown>",
+                              f"a mapping of variable names to {self._ENV_EXPECTED}")
+        env: dict[str, Any] = {}
+        for name, item in value.items():
+            if not isinstance(name, str) or not name or "=" in name:
+                raise ConfigError(field, f"<a variable named {name!r}>",
+                                  "variable names: non-empty strings without '='")
+            if item is None:
+                continue
+            if isinstance(item, Mapping):
+                env[name] = self._env_reference(f"{field}.{name}", item)
+            elif isinstance(item, (str, int, float, bool)):
+                env[name] = str(item)
+            else:
+                raise ConfigError(f"{field}.{name}", f"<{type(item).__name__}, not shown>",
+                                  self._ENV_EXPECTED)
+        self._set("env", env)
+
+    def _env_reference(self, field: str, item: Mapping) -> dict[str, Any]:
+        source = item.get("valueFrom") if set(item) == {"valueFrom"} else None
+        kind = next(iter(source)) if isinstance(source, Mapping) and len(source) == 1 else None
+        ref = source[kind] if kind in self._ENV_SOURCES else None  # type: ignore[index]
+        if not (isinstance(ref, Mapping) and set(ref) <= {"name", "key", "optional"}
+                and all(isinstance(ref.get(k), str) and ref.get(k) for k in ("name", "key"))
+                and isinstance(ref.get("optional", False), bool)):
+            # a reference names a Secret and a key, no credential: safe to show; a mapping
+            # of any other shape might hold one
+            shown = (dict(item) if kind in self._ENV_SOURCES
+                     else f"<mapping with keys {sorted(map(str, item))}, values not shown>")
+            raise ConfigError(field, shown, self._ENV_EXPECTED)
+        return {"valueFrom": {kind: dict(ref)}}
 
     def _str_map(self, name: str) -> None:
         value = getattr(self, name)

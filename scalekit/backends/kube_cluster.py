@@ -5,8 +5,9 @@
 - :class:`PortForward`: a kr8s port-forward to the scheduler service on its own thread,
   which, unlike ``KubeCluster``'s own forwards, can be stopped;
 - :class:`WatchedKubeCluster`: ``dask_kubernetes.operator.KubeCluster`` whose start is
-  watched by the backend, whose scheduler forward is a :class:`PortForward`, and whose
-  failed construction or close stops its loop thread.
+  watched by the backend, whose scheduler forward is a :class:`PortForward`, whose
+  scheduler comms carry the client's TLS certificate, and whose failed construction or
+  close stops its loop thread.
 """
 
 from __future__ import annotations
@@ -15,13 +16,18 @@ import asyncio
 import contextlib
 import errno
 import socket
+import ssl
 import threading
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dask_kubernetes.operator import KubeCluster
-from distributed.core import Status
+from distributed.core import Status, rpc
 
+if TYPE_CHECKING:
+    from distributed.security import Security
+
+from scalekit.backends.kube_errors import causes
 from scalekit.backends.kube_spec import SCHEDULER_PORT
 
 T = TypeVar("T")
@@ -142,14 +148,18 @@ class WatchedKubeCluster(KubeCluster):
     forward : bool
         Reach the scheduler through a :class:`PortForward` (the notebook is outside the
         cluster) instead of ``KubeCluster``'s own address logic.
+    security : distributed.security.Security, optional
+        The client's TLS certificate for a scheduler that speaks only ``tls://``; a
+        ``Client`` on this cluster takes it from ``cluster.security``.
     **kwargs
         For ``KubeCluster``.
     """
 
     def __init__(self, *, watch: Callable[[], Awaitable[None]], forward: bool,
-                 **kwargs: Any) -> None:
+                 security: Security | None = None, **kwargs: Any) -> None:
         self._scalekit_watch = watch
         self._scalekit_forward_wanted = forward
+        self.security = security
         self.scalekit_forward: PortForward | None = None
         try:
             super().__init__(**kwargs)
@@ -171,13 +181,64 @@ class WatchedKubeCluster(KubeCluster):
                 await start
             raise
 
+    @property
+    def _scheme(self) -> str:
+        return "tls" if self.security is not None else "tcp"
+
     async def _get_scheduler_address(self) -> str:
         if not self._scalekit_forward_wanted:
-            return await super()._get_scheduler_address()
+            address = await super()._get_scheduler_address()  # tcp://<service>.<ns>:8786
+            return f"{self._scheme}://{address.split('://', 1)[-1]}"
         forward = PortForward(f"{self.name}-scheduler", self.namespace, SCHEDULER_PORT)
         self.scalekit_forward = forward
         port = await asyncio.get_running_loop().run_in_executor(None, forward.start)
-        return f"tcp://127.0.0.1:{port}"
+        return f"{self._scheme}://127.0.0.1:{port}"
+
+    async def _create_cluster(self) -> None:
+        # the backend creates the DaskCluster (and its Secret) before KubeCluster starts;
+        # upstream would re-create a vanished one from the spec, without its Secret
+        raise RuntimeError(f"DaskCluster {self.name!r} disappeared while it was starting")
+
+    async def _connect_cluster(self) -> None:
+        """Upstream's connect, with the client's TLS arguments on the scheduler comms:
+        upstream's ``wait_for_scheduler_comm`` and ``rpc`` pass none, which a ``tls://``
+        scheduler refuses ("TLS expects a `ssl_context` argument")."""
+        from dask_kubernetes.operator._objects import DaskCluster
+        from dask_kubernetes.operator.kubecluster.kubecluster import wait_for_service
+        from dask_kubernetes.operator.networking import (
+            get_scheduler_address,
+            wait_for_scheduler,
+        )
+
+        if self.shutdown_on_close is None:
+            self.shutdown_on_close = False
+        cluster = await DaskCluster.get(self.name, namespace=self.namespace)
+        container = cluster.spec.worker.spec.containers[0]
+        self.image, self.n_workers = container.image, cluster.replicas
+        self.resources = container.get("resources")
+        self.env = container.get("env") or {}
+        self.jupyter = False
+        await wait_for_scheduler(self.name, self.namespace, timeout=self._resource_timeout)
+        await wait_for_service(f"{self.name}-scheduler", self.namespace)
+        address = await self._get_scheduler_address()
+        args = self.security.get_connection_args("client") if self.security else {}
+        # the pod is ready when its dashboard answers, which it does before the scheduler
+        # listens; through a forward, a port not listening yet ends the TLS handshake
+        # with an EOF: retried, as upstream retries a refused TCP connection
+        while True:
+            try:
+                async with rpc(address, connection_args=args) as comm:
+                    await comm.versions()
+                break
+            except OSError as exc:  # distributed's comm errors are OSErrors
+                if any(isinstance(e, ssl.SSLCertVerificationError) for e in causes(exc)):
+                    raise  # the scheduler's certificate is not the cluster's: no retry
+                await asyncio.sleep(0.1)
+        self.scheduler_comm = rpc(address, connection_args=args)
+        dashboard = await get_scheduler_address(
+            f"{self.name}-scheduler", self.namespace, port_name="http-dashboard",
+            port_forward_cluster_ip=self.port_forward_cluster_ip)
+        self.forwarded_dashboard_port = dashboard.split(":")[-1]
 
     def abandon(self) -> None:
         """Forget this object without deleting the cluster (the backend does that)."""

@@ -3,13 +3,16 @@
 :func:`translate` turns what kr8s, httpx and dask-kubernetes raise into one of these
 (which verb on which resource a 403 refused, whether the operator's CRDs exist, ...);
 :func:`pod_failure` and :func:`collect_evidence` find a failing pod and fetch its last
-log lines and events.
+log lines and events. :func:`mask_error` removes the values of ``env`` from an error
+before anyone sees it: errors reach the panel, the lab sidebar and logs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import re
+from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,6 +28,14 @@ IMAGE_DOC = f"{DOCS}, section 'The image'"
 FATAL_REASONS = ("CrashLoopBackOff", "ImagePullBackOff", "InvalidImageName",
                  "ErrImageNeverPull", "CreateContainerConfigError", "CreateContainerError",
                  "RunContainerError")
+
+
+MASK = "***"
+MIN_MASKED = 8  # plain env values this long are masked in errors whatever their name...
+# ...and shorter ones (from 3 characters) when their name says they are a credential
+_CREDENTIAL_NAME = re.compile(
+    r"KEY|SECRET|TOKEN|PASS|PWD|CREDENTIAL|AUTH|PRIVATE|SESSION|SIGNATURE|CERT", re.I)
+_MASKED_ATTRIBUTES = ("summary", "evidence", "message", "server_message")
 
 
 class KubernetesError(ClusterError):
@@ -145,6 +156,48 @@ class PodState:
         return ", ".join(parts)
 
 
+MAX_POD_LINES = 8  # a snapshot lists every pod up to this many, else the troubled ones
+
+
+def pods_text(pods: list[PodState]) -> str:
+    """Every pod with its state and message: evidence for errors."""
+    if not pods:
+        return "no pods of this cluster exist (yet)"
+    return "pods:\n" + "\n".join(f"  {p.name}: {p.describe()}"
+                                 + (f" - {p.message}" if p.message else "") for p in pods)
+
+
+def pod_lines(pods: list[PodState], cluster: str) -> tuple[tuple[str, str], ...]:
+    """The panel's lines about a cluster: the cluster, a pod count, then each pod (the
+    scheduler first); a big cluster shows the scheduler and the troubled pods only."""
+    running = sum(p.phase == "Running" for p in pods)
+    lines = [("cluster", cluster), ("pods", f"{running} running, {len(pods) - running} other")]
+    ordered = sorted(pods, key=lambda p: (p.component != "scheduler", p.name))
+    if len(ordered) <= MAX_POD_LINES:
+        return tuple(lines + [(p.name, p.describe()) for p in ordered])
+    healthy = [p for p in ordered if p.component != "scheduler" and p.ready
+               and not p.restarts and not p.deleting]
+    shown = [p for p in ordered if p not in healthy][:MAX_POD_LINES]
+    rest = [p for p in ordered if p not in shown]
+    lines += [(p.name, p.describe()) for p in shown]
+    lines.append(("other pods", f"{len(rest)} more" + (
+        ", all running, ready, 0 restarts" if set(rest) <= set(healthy) else "")))
+    return tuple(lines)
+
+
+def waiting_for(pods: list[PodState], workers: int, wanted: int) -> str:
+    """What a start that timed out was still waiting for."""
+    schedulers = [p for p in pods if p.component == "scheduler"]
+    if not schedulers:
+        return "the scheduler pod to be created (is the operator running?)"
+    if not any(p.phase == "Running" for p in schedulers):
+        return ("the scheduler pod to run (Pending: unschedulable, or an image still "
+                "pulling? see the pods below)")
+    if not any(p.ready for p in schedulers):
+        return "the scheduler to become ready (its /health readiness probe)"
+    return f"workers to connect ({workers} of {wanted})"
+
+
 def pod_failure(pods: list[PodState]) -> PodState | None:
     """The first pod (scheduler first) that will not come up by itself, if any."""
     order = sorted(pods, key=lambda p: (p.component != "scheduler", p.name))
@@ -152,6 +205,11 @@ def pod_failure(pods: list[PodState]) -> PodState | None:
 
 
 def failure_message(pod: PodState, cluster: str) -> str:
+    if pod.reason == "CreateContainerConfigError":
+        return (f"the {pod.component} pod {pod.name} of cluster {cluster!r} cannot start its "
+                f"container: {pod.message or 'its configuration refers to something missing'}"
+                ". Create the Secret or ConfigMap (and key) that scalekit.kubernetes.env "
+                "refers to in the cluster's namespace, or fix the reference.")
     if "Image" in pod.reason or pod.reason == "ErrImagePull":
         return (f"the {pod.component} pod {pod.name} of cluster {cluster!r} cannot pull its "
                 f"image ({pod.reason}). Check the image name and tag, and the "
@@ -198,10 +256,48 @@ async def collect_evidence(namespace: str, pod: PodState, lines: int = 25) -> st
     return "\n".join(text)
 
 
+# -- keeping env values out of errors ------------------------------------------------------
+
+
+def secret_values(env: Mapping[str, Any]) -> tuple[str, ...]:
+    """The plain ``env`` values that errors must not show, longest first (so that a value
+    containing another is masked whole). References (``valueFrom``) hold no value."""
+    found = {value for name, value in env.items() if isinstance(value, str) and (
+        len(value) >= MIN_MASKED or (len(value) >= 3 and _CREDENTIAL_NAME.search(name)))}
+    return tuple(sorted(found, key=len, reverse=True))
+
+
+def mask(text: str, values: Iterable[str]) -> str:
+    """``text`` with every occurrence of ``values`` replaced by ``***``."""
+    for value in values:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+def mask_error(error: BaseException, values: Iterable[str]) -> BaseException:
+    """Mask ``values`` in ``error`` and the errors it was raised from (their messages,
+    evidence and arguments), in place; returns ``error``."""
+    values = tuple(values)
+    if not values:
+        return error
+    for err in causes(error):
+        err.args = tuple(mask(a, values) if isinstance(a, str) else a for a in err.args)
+        for name in _MASKED_ATTRIBUTES:
+            text = getattr(err, name, None)
+            if isinstance(text, str):
+                try:
+                    setattr(err, name, mask(text, values))
+                except (AttributeError, TypeError):  # a read-only property
+                    pass
+    return error
+
+
 # -- translating what the libraries raise -------------------------------------------------
 
 
-def _chain(exc: BaseException) -> list[BaseException]:
+def causes(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors it was raised from or during, outermost first."""
     seen: list[BaseException] = []
     while exc is not None and exc not in seen:
         seen.append(exc)
@@ -246,7 +342,7 @@ def translate(exc: BaseException, *, namespace: str | None = None,
     """The scalekit error for ``exc`` (or anything in its chain), or ``None``."""
     import httpx
 
-    for err in _chain(exc):
+    for err in causes(exc):
         if isinstance(err, KubernetesError):
             return err
         response = getattr(err, "response", None)

@@ -19,12 +19,17 @@ import re
 import uuid
 from typing import Any
 
+from scalekit.backends.kube_security import (
+    DASHBOARD_PORT,
+    SCHEDULER_PORT,
+    tls_args,
+    volume,
+    volume_mount,
+)
 from scalekit.config import ClusterConfig, KubernetesConfig
 from scalekit.errors import ConfigError
 
 API_VERSION = "kubernetes.dask.org/v1"
-SCHEDULER_PORT = 8786
-DASHBOARD_PORT = 8787
 WORKER_DASHBOARD_PORT = 8788
 GPU_RESOURCE = "nvidia.com/gpu"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "scalekit"}
@@ -66,16 +71,31 @@ def cluster_name(template: str, *, user: str | None = None, token: str | None = 
     return name
 
 
-def scheduler_args() -> list[str]:
-    return ["dask", "scheduler", "--host", "0.0.0.0", "--port", str(SCHEDULER_PORT),
+def scheduler_args(tls: bool = False) -> list[str]:
+    """``dask scheduler`` on all of the pod's addresses; with ``tls``, only over TLS with
+    the mounted certificates (its dashboard stays HTTP: probes and the operator use it)."""
+    args = ["dask", "scheduler", "--host", "0.0.0.0", "--port", str(SCHEDULER_PORT),
             "--dashboard-address", f":{DASHBOARD_PORT}"]
+    if tls:
+        args += ["--protocol", "tls", *tls_args("scheduler")]
+    return args
 
 
-def worker_args(cluster: ClusterConfig, gpus: int = 0) -> list[str]:
+def scheduler_address(cluster: str, namespace: str | None, tls: bool) -> str:
+    """The scheduler's address inside the cluster (its service's DNS name)."""
+    host = f"{cluster}-scheduler" + (f".{namespace}.svc.cluster.local" if namespace else "")
+    return f"{'tls' if tls else 'tcp'}://{host}:{SCHEDULER_PORT}"
+
+
+def worker_args(cluster: ClusterConfig, gpus: int = 0, tls: bool = False) -> list[str]:
+    """``dask worker``; it finds the scheduler in ``DASK_SCHEDULER_ADDRESS`` and takes
+    its protocol (``tls://``) from there."""
     args = ["dask", "worker", "--name", "$(DASK_WORKER_NAME)",
             "--nthreads", str(cluster.threads_per_worker),
             "--dashboard", "--dashboard-address", str(WORKER_DASHBOARD_PORT),
             "--preload-nanny", __name__]
+    if tls:
+        args += tls_args("worker")
     if cluster.memory_limit is None:
         args += ["--memory-limit", "0"]
     elif cluster.memory_limit != "auto":  # "auto" reads the container's memory limit
@@ -105,15 +125,24 @@ def _worker_resources(kube: KubernetesConfig, cluster: ClusterConfig) -> dict:
     return _resources({k: v for k, v in resources.items() if v})
 
 
-def _env(kube: KubernetesConfig, extra: dict[str, str]) -> list[dict[str, str]]:
-    merged = {**extra, **kube.env}
-    return [{"name": k, "value": v} for k, v in merged.items()]
+def _env(kube: KubernetesConfig, extra: dict[str, str]) -> list[dict[str, Any]]:
+    """Container env: plain values, and ``valueFrom`` references (a Secret's or a
+    ConfigMap's key) as they are, so credentials stay out of the DaskCluster."""
+    merged: dict[str, Any] = {**extra, **kube.env}
+    return [{"name": k, **(dict(v) if isinstance(v, dict) else {"value": v})}
+            for k, v in merged.items()]
 
 
-def _pod_spec(kube: KubernetesConfig, container: dict[str, Any]) -> dict[str, Any]:
+def _pod_spec(kube: KubernetesConfig, container: dict[str, Any],
+              tls: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The pod around ``container``; ``tls`` = (cluster, role) mounts that role's files
+    of the cluster's TLS Secret."""
     if kube.image_pull_policy:
         container["imagePullPolicy"] = kube.image_pull_policy
     spec: dict[str, Any] = {"containers": [container]}
+    if tls is not None:
+        container["volumeMounts"] = [volume_mount()]
+        spec["volumes"] = [volume(*tls)]
     if kube.service_account:
         spec["serviceAccountName"] = kube.service_account
     if kube.image_pull_secrets:
@@ -144,23 +173,32 @@ def require_image(kube: KubernetesConfig) -> str:
     return kube.image
 
 
-def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig,
-                       name: str) -> dict[str, Any]:
+def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig, name: str,
+                       namespace: str | None = None) -> dict[str, Any]:
     """The ``DaskCluster`` manifest for ``cluster`` (worker count, threads, memory) and
-    ``kube`` (image, resources, scheduling, labels).
+    ``kube`` (image, resources, scheduling, labels, TLS).
+
+    With ``kube.tls`` the scheduler and workers speak only TLS, with the certificates of
+    the Secret :func:`~scalekit.backends.kube_security.secret_name` names (created next
+    to the DaskCluster), and workers are given the ``tls://`` scheduler address in
+    ``namespace`` (the operator's default is ``tcp://``).
     """
     require_image(kube)
     labels = {**kube.labels, **MANAGED_BY}
     gpus = int(kube.resources.get("limits", {}).get("gpu", 0))
     threads = str(cluster.threads_per_worker)
+    tls = kube.tls
     extra = dict.fromkeys(_THREAD_VARS, threads)
     if not cluster.profile:  # see ClusterConfig.profile
         extra["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
-    worker_env = _env(kube, extra)
+    secure = {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"} if tls else {}
+    if tls:
+        extra["DASK_SCHEDULER_ADDRESS"] = scheduler_address(name, namespace, tls=True)
+    worker_env = _env(kube, {**extra, **secure})
     worker = {
         "name": "worker",
         "image": kube.image,
-        "args": worker_args(cluster, gpus),
+        "args": worker_args(cluster, gpus, tls=tls),
         "env": worker_env,
         "ports": [{"name": "http-dashboard", "containerPort": WORKER_DASHBOARD_PORT,
                    "protocol": "TCP"}],
@@ -171,9 +209,9 @@ def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig,
     scheduler = {
         "name": "scheduler",
         "image": kube.image,
-        "args": scheduler_args(),
+        "args": scheduler_args(tls=tls),
         "env": _env(kube, {"DASK_DISTRIBUTED__SCHEDULER__HTTP__ROUTES": repr(
-            _SCHEDULER_ROUTES)}),
+            _SCHEDULER_ROUTES), **secure}),
         "ports": [
             {"name": "tcp-comm", "containerPort": SCHEDULER_PORT, "protocol": "TCP"},
             {"name": "http-dashboard", "containerPort": DASHBOARD_PORT, "protocol": "TCP"},
@@ -193,11 +231,11 @@ def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig,
             "worker": {
                 "replicas": cluster.workers,
                 "metadata": {"labels": dict(labels)},
-                "spec": _pod_spec(kube, worker),
+                "spec": _pod_spec(kube, worker, (name, "worker") if tls else None),
             },
             "scheduler": {
                 "metadata": {"labels": dict(labels)},
-                "spec": _pod_spec(kube, scheduler),
+                "spec": _pod_spec(kube, scheduler, (name, "scheduler") if tls else None),
                 "service": {
                     "type": kube.scheduler_service_type,
                     "selector": selector,

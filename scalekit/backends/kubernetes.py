@@ -12,13 +12,18 @@ panel and the training runtime do not know where the workers run. On top of
   ``Pending``: the backend sets ``Running`` as the fixed operator would;
 - scheduler access by port-forward outside the cluster (without the 10 s DNS probe
   upstream does first) and by cluster DNS inside it; the forward is stopped on close;
+- mutual TLS with a CA made for the cluster (its certificates in a Secret) and a
+  NetworkPolicy that admits only the cluster's pods, the notebook and the operator,
+  both owned by the DaskCluster (``kube_security``);
+- errors that never show the values of ``env`` (they reach panels and logs);
 - closing deletes the ``DaskCluster`` first (so a kernel shutdown with little time still
   removes it), unless ``keep_on_shutdown``; :meth:`KubernetesBackend.delete` (what
   ``%scalekit down`` calls) deletes it in any case.
 
-The rooms around it: ``kube_spec`` (config -> manifest), ``kube_api`` (the backend's own
-API requests), ``kube_cluster`` (the loop and forward threads, the ``KubeCluster``
-subclass), ``kube_errors`` (errors with evidence).
+The rooms around it: ``kube_spec`` (config -> manifest), ``kube_security``
+(certificates, Secret and NetworkPolicy manifests), ``kube_api`` (the backend's own API
+requests), ``kube_cluster`` (the loop and forward threads, the ``KubeCluster`` subclass),
+``kube_errors`` (errors with evidence, masking).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Iterator
 
@@ -39,10 +45,17 @@ from scalekit.backends.kube_errors import (
     PodFailureError,
     PodState,
     StartTimeoutError,
+    causes,
     collect_evidence,
     failure_message,
+    mask,
+    mask_error,
     pod_failure,
+    pod_lines,
+    pods_text,
+    secret_values,
     translate,
+    waiting_for,
 )
 from scalekit.backends.kube_spec import build_cluster_spec, cluster_name, require_image
 from scalekit.config import AdaptConfig, ClusterConfig, KubernetesConfig
@@ -51,17 +64,7 @@ from scalekit.errors import ClusterError, ConfigError
 logger = logging.getLogger(__name__)
 
 DETAILS_TTL = 2.0  # the panel samples twice a second; the pod list is read at most this often
-MAX_POD_LINES = 8  # the snapshot lists every pod up to this many, else the troubled ones
 PENDING_FIX_AFTER = 2.0  # seconds a ready cluster may sit in "Pending" before we fix it
-
-
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 class KubernetesBackend(DaskClusterBackend):
@@ -92,7 +95,9 @@ class KubernetesBackend(DaskClusterBackend):
         self._pending_since: float | None = None
         self._pods: list[PodState] = []
         self._pods_read = 0.0
+        self._pods_lock = threading.Lock()  # see pods()
         self._created: bool | None = False  # we created the DaskCluster (None: unknown)
+        self._secrets = secret_values(self.kube.env)  # masked in every error
 
     # -- where the notebook runs -----------------------------------------------------------
     @property
@@ -114,32 +119,50 @@ class KubernetesBackend(DaskClusterBackend):
         try:
             self.namespace = self._io.run(kube_api.preflight(self.kube.namespace), timeout=60)
             self.cluster_name = cluster_name(self.kube.name)
-            spec = build_cluster_spec(self.kube, self.config, self.cluster_name)
+            spec = build_cluster_spec(self.kube, self.config, self.cluster_name,
+                                      self.namespace)
             # created here, on our own loop, so that a refusal comes back as it is (kr8s
             # retries 403s with a re-login that races with KubeCluster's other requests);
             # KubeCluster then finds it and connects
             self._created = None  # unknown until the API answers
-            self._created = self._io.run(kube_api.create_cluster(spec, self.namespace),
-                                         timeout=60)
+            created = self._io.run(kube_api.create_cluster(spec, self.namespace), timeout=60)
+            self._created = created is not None
             forward = self.port_forward
+            security = self._io.run(kube_api.secure(
+                self.kube, self.cluster_name, self.namespace, created, forward=forward),
+                timeout=60)
             self._cluster = WatchedKubeCluster(
-                watch=self._watch_from_cluster_loop, forward=forward, custom_cluster_spec=spec,
-                namespace=self.namespace, shutdown_on_close=not self.kube.keep_on_shutdown,
+                watch=self._watch_from_cluster_loop, forward=forward, security=security,
+                custom_cluster_spec=spec, namespace=self.namespace,
+                shutdown_on_close=not self.kube.keep_on_shutdown,
                 port_forward_cluster_ip=True if forward else None,
                 resource_timeout=int(self.kube.operator_timeout) + 30, quiet=True)
             self._client = Client(self._cluster, set_as_default=False)
             self._wait_for_workers()
         except BaseException as exc:
-            error = self._failed_start(exc)
+            error = mask_error(self._failed_start(exc), self._secrets)
+            mask_error(exc, self._secrets)
             if error is exc or not isinstance(exc, Exception):
                 raise
-            if any(error is e for e in _causes(exc)):  # raised inside, wrapped on the way
+            if any(error is e for e in causes(exc)):  # raised inside, wrapped on the way
                 raise error  # noqa: B904 - it keeps its own cause
             raise error from exc
+        self._settle()
         self._requested = self.config.workers
         logger.info("kubernetes cluster %s/%s up with %d workers in %.1fs", self.namespace,
                     self.cluster_name, self.config.workers,
                     time.monotonic() - self._started_at)
+
+    def _settle(self) -> None:
+        """One more look once the cluster is up. The start watch's last look often
+        predates the scheduler's readiness (its probe passes after workers connect), and
+        a snapshot must not show that; a 'Pending' phase now is #968's: fixed at once."""
+        assert self._io is not None
+        try:
+            self._io.run(self._observe(started=True), timeout=10)
+        except Exception:  # the cluster is up: a missed look must not fail the start
+            logger.debug("looking at the started cluster failed", exc_info=True)
+            self._forget_pods()
 
     def _watch_from_cluster_loop(self) -> Awaitable[None]:
         """The start watch, run on our loop (our own kr8s client) for KubeCluster's loop."""
@@ -147,8 +170,9 @@ class KubernetesBackend(DaskClusterBackend):
         return asyncio.wrap_future(
             asyncio.run_coroutine_threadsafe(self._watch_start(), self._io.loop))
 
-    async def _observe(self) -> list[PodState]:
-        """Read the DaskCluster phase and the pods; fix #968's stuck 'Pending'."""
+    async def _observe(self, started: bool = False) -> list[PodState]:
+        """Read the DaskCluster phase and the pods; fix #968's stuck 'Pending' (at once
+        when the cluster has ``started``: scheduler ready and workers connected)."""
         found, phase, pods = await kube_api.read_cluster(self.cluster_name, self.namespace)
         self.last_phase = phase
         self._pods, self._pods_read = pods, time.monotonic()
@@ -156,7 +180,8 @@ class KubernetesBackend(DaskClusterBackend):
             now = time.monotonic()
             self._pending_since = self._pending_since or now
             scheduler_ready = any(p.component == "scheduler" and p.ready for p in pods)
-            if scheduler_ready and now - self._pending_since > PENDING_FIX_AFTER and (
+            waited = started or now - self._pending_since > PENDING_FIX_AFTER
+            if scheduler_ready and waited and (
                     await kube_api.fix_pending(found, self.cluster_name, self.namespace)):
                 self.pending_fixed, self.last_phase = True, "Running"
         else:
@@ -190,7 +215,7 @@ class KubernetesBackend(DaskClusterBackend):
             scheduler_ready = any(p.component == "scheduler" and p.ready for p in pods)
             stuck = sorted((p for p in pods if not p.ready),
                            key=lambda p: p.component != "scheduler")
-            evidence = self._pods_text(pods)
+            evidence = pods_text(pods)
             if stuck:
                 evidence += "\n\n" + await collect_evidence(self.namespace or "default",
                                                             stuck[0])
@@ -200,20 +225,12 @@ class KubernetesBackend(DaskClusterBackend):
                 f"observed DaskCluster phase: {self.last_phase or 'none'}"
                 + (" (dask/dask-kubernetes#968: patching it to Running failed)"
                    if self.last_phase == "Pending" and scheduler_ready else "")
-                + f"; still waiting for {self._waiting_for(pods)}",
+                + "; still waiting for "
+                + waiting_for(pods, self._workers_now(), self.config.workers),
                 evidence, self.last_phase)
 
-    def _waiting_for(self, pods: list[PodState]) -> str:
-        schedulers = [p for p in pods if p.component == "scheduler"]
-        if not schedulers:
-            return "the scheduler pod to be created (is the operator running?)"
-        if not any(p.phase == "Running" for p in schedulers):
-            return ("the scheduler pod to run (Pending: unschedulable, or an image still "
-                    "pulling? see the pods below)")
-        if not any(p.ready for p in schedulers):
-            return "the scheduler to become ready (its /health readiness probe)"
-        have = len(self._client.nthreads()) if self._client is not None else 0
-        return f"workers to connect ({have} of {self.config.workers})"
+    def _workers_now(self) -> int:
+        return len(self._client.nthreads()) if self._client is not None else 0
 
     def _wait_for_workers(self) -> None:
         assert self._io is not None and self._client is not None
@@ -223,12 +240,6 @@ class KubernetesBackend(DaskClusterBackend):
                 self._io.run(self._watch_start(), timeout=60)
                 next_look = time.monotonic() + 1.0
             time.sleep(0.2)
-
-    def _pods_text(self, pods: list[PodState]) -> str:
-        if not pods:
-            return "no pods of this cluster exist (yet)"
-        return "pods:\n" + "\n".join(f"  {p.name}: {p.describe()}"
-                                     + (f" - {p.message}" if p.message else "") for p in pods)
 
     def _failed_start(self, exc: BaseException) -> BaseException:
         """Remove everything the start made; return the error to raise."""
@@ -243,7 +254,7 @@ class KubernetesBackend(DaskClusterBackend):
                 error = ClusterError(
                     f"the kubernetes cluster {self.cluster_name!r} failed to start: "
                     f"{type(exc).__name__}: {exc} (last DaskCluster phase: "
-                    f"{self.last_phase or 'none'})\n\n{self._pods_text(self._pods)}")
+                    f"{self.last_phase or 'none'})\n\n{pods_text(self._pods)}")
         self._cleanup(delete=self._created is not False)  # a kept one we joined stays
         return error
 
@@ -318,7 +329,8 @@ class KubernetesBackend(DaskClusterBackend):
         logger.warning(
             "could not delete DaskCluster %s/%s: %s; delete it with `kubectl delete "
             "daskcluster -n %s %s`", self.namespace, self.cluster_name,
-            translate(exc, namespace=self.namespace) or exc, self.namespace, self.cluster_name)
+            mask(str(translate(exc, namespace=self.namespace) or exc), self._secrets),
+            self.namespace, self.cluster_name)
 
     def _wait_gone(self, io: IoLoop) -> None:
         if not self.kube.close_timeout:
@@ -335,17 +347,24 @@ class KubernetesBackend(DaskClusterBackend):
     def _translating(self) -> Iterator[None]:
         try:
             yield
-        except KubernetesError:
+        except KubernetesError as exc:
+            mask_error(exc, self._secrets)
             raise
         except Exception as exc:
+            mask_error(exc, self._secrets)
             error = translate(exc, namespace=self.namespace)
             if error is None:
                 raise
-            raise error from exc
+            raise mask_error(error, self._secrets) from exc
+
+    def _forget_pods(self) -> None:
+        """The cached pod list predates a change we made: the next look reads it anew."""
+        self._pods_read = 0.0
 
     def scale(self, n: int) -> None:
         with self._translating():
             super().scale(n)
+        self._forget_pods()
 
     def adapt(self, bounds: AdaptConfig) -> None:
         """A ``DaskAutoscaler``: the operator asks the scheduler every 5 s."""
@@ -353,6 +372,7 @@ class KubernetesBackend(DaskClusterBackend):
         cluster = self._running()
         with self._translating():
             cluster.adapt(minimum=bounds.minimum, maximum=bounds.maximum)
+        self._forget_pods()
         self._adaptive = (bounds.minimum, bounds.maximum)
         self._requested = None
 
@@ -367,32 +387,24 @@ class KubernetesBackend(DaskClusterBackend):
 
     # -- state -----------------------------------------------------------------------------
     def pods(self, fresh: bool = True) -> list[PodState]:
-        """The cluster's pods (scheduler and workers) as the API server has them."""
-        if (fresh or time.monotonic() - self._pods_read > DETAILS_TTL) and (
-                self._io is not None and not self._closed and self.cluster_name):
-            self._pods_read = time.monotonic()  # an unreachable API is not asked at 2 Hz
-            with self._translating():
-                self._io.run(self._observe(), timeout=10)
-        return list(self._pods)
+        """The cluster's pods (scheduler and workers) as the API server has them.
+
+        One read at a time: a caller that comes while another thread reads (the panel's
+        sampler and a cell, just after a start) waits for that read's result instead of
+        taking the list it is replacing.
+        """
+        with self._pods_lock:
+            if (fresh or time.monotonic() - self._pods_read > DETAILS_TTL) and (
+                    self._io is not None and not self._closed and self.cluster_name):
+                self._pods_read = time.monotonic()  # an unreachable API: not asked at 2 Hz
+                with self._translating():
+                    self._io.run(self._observe(), timeout=10)
+            return list(self._pods)
 
     def _details(self) -> tuple[tuple[str, str], ...]:
         try:
             pods = self.pods(fresh=False)
         except Exception as exc:  # the panel must keep working if the API hiccups
             return (("pods", f"unavailable ({type(exc).__name__})"),)
-        running = sum(p.phase == "Running" for p in pods)
-        lines = [("cluster", f"{self.namespace}/{self.cluster_name} "
-                             f"({self.last_phase or 'unknown'})"),
-                 ("pods", f"{running} running, {len(pods) - running} other")]
-        ordered = sorted(pods, key=lambda p: (p.component != "scheduler", p.name))
-        if len(ordered) > MAX_POD_LINES:  # a big cluster: the scheduler and the troubled
-            healthy = [p for p in ordered if p.component != "scheduler" and p.ready
-                       and not p.restarts and not p.deleting]
-            shown = [p for p in ordered if p not in healthy][:MAX_POD_LINES]
-            rest = [p for p in ordered if p not in shown]
-            lines += [(p.name, p.describe()) for p in shown]
-            lines.append(("other pods", f"{len(rest)} more" + (
-                ", all running, ready, 0 restarts" if set(rest) <= set(healthy) else "")))
-        else:
-            lines += [(p.name, p.describe()) for p in ordered]
-        return tuple(lines)
+        return pod_lines(pods, f"{self.namespace}/{self.cluster_name} "
+                               f"({self.last_phase or 'unknown'})")

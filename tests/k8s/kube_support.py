@@ -13,6 +13,8 @@ IMAGE = "ghcr.io/scalekit/test-worker:dev"  # any name: this environment runs it
 CRASHING_IMAGE = "ghcr.io/scalekit/test-worker:broken"  # `dask` exits with an ImportError
 HANGING_IMAGE = "ghcr.io/scalekit/test-worker:hangs"  # `dask` never listens
 MISSING_IMAGE = "registry.invalid/scalekit/no-such-image:1.0"  # the pull fails
+# `dask` prints its environment's credential, as a crash dump or a chatty entrypoint does
+LEAKY_IMAGE = "ghcr.io/scalekit/test-worker:leaks-env"
 
 
 def _script(folder: Path, body: str) -> str:
@@ -31,9 +33,16 @@ def add_test_images(kube: EmulatedCluster, root: Path) -> None:
         "exit 1\n"))))
     kube.add_image(HANGING_IMAGE, Image(bin_dir=_script(root / "hangs", (
         'echo "waiting for a GPU driver that never comes"\nexec sleep 600\n'))))
+    kube.add_image(LEAKY_IMAGE, Image(bin_dir=_script(root / "leaky", (
+        'echo "starting with AWS_SECRET_ACCESS_KEY=$AWS_SECRET_ACCESS_KEY" >&2\n'
+        'echo "KeyError: \'$AWS_SECRET_ACCESS_KEY\'" >&2\n'
+        "exit 1\n"))))
     kube.add_image(MISSING_IMAGE, Image(pull_error=(
         "rpc error: code = NotFound desc = failed to pull and unpack image "
         f'"{MISSING_IMAGE}": not found')))
+
+
+MANAGED = "app.kubernetes.io/managed-by=scalekit"
 
 
 def assert_nothing_left(kube: EmulatedCluster, timeout: float = 60.0) -> None:
@@ -43,6 +52,10 @@ def assert_nothing_left(kube: EmulatedCluster, timeout: float = 60.0) -> None:
             "daskclusters": [c["metadata"]["name"] for c in kube.dask("daskclusters")],
             "pods": [p["metadata"]["name"] for p in kube.pods()],
             "processes": kube.processes(),
+            # a cluster's TLS Secret and NetworkPolicy go with it (ownerReferences)
+            "secrets": [x["metadata"]["name"] for x in kube.objects("secrets", labels=MANAGED)],
+            "networkpolicies": [x["metadata"]["name"] for x in kube.objects(
+                "networkpolicies", labels=MANAGED, group="networking.k8s.io")],
         }
         if not any(left.values()):
             return

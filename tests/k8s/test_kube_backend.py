@@ -1,8 +1,11 @@
 """The kubernetes backend on the emulated cluster: start, scale, adapt, snapshot, close,
-in-cluster DNS, keep-on-shutdown, and the #968 'Pending' race."""
+in-cluster DNS, keep-on-shutdown, the #968 'Pending' race, and what a snapshot taken
+right after a start shows."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
 import threading
 import time
@@ -49,7 +52,7 @@ def test_start_scale_1_3_1_snapshot_and_close(notebook):
         assert isinstance(backend, KubernetesBackend) and backend.port_forward
         name = backend.cluster_name
         # the notebook is outside the cluster: it talks to the scheduler through a forward
-        assert s.scheduler_address.startswith("tcp://127.0.0.1:")
+        assert s.scheduler_address.startswith("tls://127.0.0.1:")
         assert forward_threads()
         assert s.dashboard_link and s.dashboard_link.startswith("http://127.0.0.1:")
         (dc,) = kube.dask("daskclusters")
@@ -92,6 +95,45 @@ def test_start_scale_1_3_1_snapshot_and_close(notebook):
     assert not forward_threads()
 
 
+def test_a_snapshot_right_after_start_shows_the_cluster_as_it_is_then(notebook, monkeypatch):
+    """Issue 13, item 20: the start's last look at the pods was often taken before the
+    scheduler's readiness probe passed (workers connect to it first), and the snapshot
+    served that list for up to DETAILS_TTL; a snapshot taken while the panel's sampler
+    was reading got the old list too. Here every look taken while the start waits says
+    "scheduler not ready", and later looks are slow, so that two of them overlap."""
+    from scalekit.backends import kube_api, kubernetes
+
+    monkeypatch.setattr(kubernetes, "DETAILS_TTL", 3600.0)  # a cached list never expires
+    real_read, real_wait = kube_api.read_cluster, KubernetesBackend._wait_for_workers
+    waiting, reading = threading.Event(), threading.Event()
+    waiting.set()
+
+    async def read_cluster(name, namespace):
+        found, phase, pods = await real_read(name, namespace)
+        if waiting.is_set():  # as if read just before the scheduler's probe passed
+            return found, phase, [dataclasses.replace(p, ready=p.component != "scheduler")
+                                  for p in pods]
+        reading.set()
+        await asyncio.sleep(1.0)  # a slow API server: a second caller comes meanwhile
+        return found, phase, pods
+
+    def wait_for_workers(self):
+        real_wait(self)
+        waiting.clear()  # the cluster is up: scheduler ready, workers connected
+
+    monkeypatch.setattr(kube_api, "read_cluster", read_cluster)
+    monkeypatch.setattr(KubernetesBackend, "_wait_for_workers", wait_for_workers)
+    with cluster(workers=1, backend="kubernetes") as s:
+        sampler = threading.Thread(target=s.backend.snapshot)  # as the panel's sampler
+        sampler.start()
+        reading.wait(10)
+        details = dict(s.snapshot(fresh=True).details)
+        sampler.join()
+        (scheduler,) = [v for k, v in details.items() if "-scheduler-" in k]
+        assert scheduler.startswith("Running, ready"), details
+        assert details["cluster"].endswith("(Running)")
+
+
 def test_adapt_uses_a_dask_autoscaler(notebook):
     kube = notebook
     with cluster(workers=1, backend="kubernetes") as s:
@@ -116,16 +158,24 @@ def test_adapt_uses_a_dask_autoscaler(notebook):
         s.wait_for_workers(1, timeout=120)
 
 
-def test_inside_the_cluster_the_scheduler_is_reached_by_dns(notebook, monkeypatch):
+def test_inside_the_cluster_the_scheduler_is_reached_by_dns(notebook, monkeypatch, caplog):
     kube = notebook
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")  # what every pod has
+    monkeypatch.setenv("HOSTNAME", "not-a-pod")  # this process's own pod cannot be read
     with kube.in_cluster_dns():
         with cluster(workers=1, backend="kubernetes") as s:
             assert not s.backend.port_forward
             name = s.backend.cluster_name
-            assert s.scheduler_address == f"tcp://{name}-scheduler.scalekit:8786"
+            assert s.scheduler_address == f"tls://{name}-scheduler.scalekit:8786"
             assert not forward_threads()
             assert s.client.submit(sum, [1, 2], pure=False).result(timeout=30) == 3
+            (policy,) = kube.objects("networkpolicies", group="networking.k8s.io")
+    # the notebook connects by address: its namespace is admitted to the scheduler (its
+    # own pod's labels would narrow that, but this process is no pod), with a warning
+    assert policy["spec"]["ingress"][1]["from"] == [{
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "scalekit"}},
+        "podSelector": {"matchLabels": {}}}]
+    assert "notebook-selector" in caplog.text
 
 
 def test_keep_on_shutdown_leaves_the_cluster_and_a_fixed_name_reconnects(notebook):

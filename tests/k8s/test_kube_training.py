@@ -1,4 +1,5 @@
-"""Distributed training on worker pods of the emulated cluster.
+"""Distributed training on worker pods of the emulated cluster, over TLS (the default:
+scheduler, workers and notebook speak only mutual TLS, issue 13 item 7).
 
 The ranks rendezvous through a TCPStore that rank 0 hosts at its worker address: the
 pod's own IP (127.B.x.y), which the other pods reach, as on a real cluster network.
@@ -68,6 +69,8 @@ def worker_pod_ips(kube) -> set[str]:
 
 
 def test_fit_on_two_worker_pods(session, kube, tmp_path):
+    assert session.scheduler_address.startswith("tls://")
+    assert session.client.security.require_encryption
     run = sk.fit(make_net(6), X_TRAIN, Y_TRAIN, cluster=session,
                  checkpoint=str(tmp_path / "ckpt"), show=False)
     assert run.status == "finished"
@@ -76,6 +79,7 @@ def test_fit_on_two_worker_pods(session, kube, tmp_path):
     assert [e.epoch for e in epochs] == list(range(1, 7)) and {e.world_size for e in epochs} == {2}
     # both ranks ran, each in its own pod (worker addresses are pod IPs)
     ranks = {e.worker for e in run.events if isinstance(e, RankStatus)}
+    assert all(w.startswith("tls://") for w in ranks)
     hosts = {w.split("://")[1].rsplit(":", 1)[0] for w in ranks}
     assert len(hosts) == 2 and hosts <= worker_pod_ips(kube)
     assert list((tmp_path / "ckpt").glob("ckpt-*.pt"))

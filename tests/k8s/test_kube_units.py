@@ -265,3 +265,36 @@ def test_objects_created_for_an_owner_already_gone_are_garbage_collected():
         assert store.list(cms, "n") == []
 
     asyncio.run(scenario())
+
+
+def test_a_pod_list_read_by_another_thread_is_awaited_not_served_stale(monkeypatch):
+    """Issue 13, item 20: the panel's sampler and a cell look at the pods at once (just
+    after a start or a scale); the second caller must get the list being read, not the
+    one it replaces."""
+    import threading
+
+    from scalekit.backends import kubernetes
+    from scalekit.backends.kube_cluster import IoLoop
+
+    backend = kubernetes.KubernetesBackend(ClusterConfig(backend="kubernetes"),
+                                           KubernetesConfig.from_config(image="x"))
+    old, new = PodState.from_pod(pod("s", "scheduler", ready=False)), PodState.from_pod(
+        pod("s", "scheduler"))
+    backend.cluster_name, backend._pods, backend._io = "c", [old], IoLoop()
+    reading = threading.Event()
+
+    async def observe(started: bool = False):
+        reading.set()
+        await asyncio.sleep(0.5)
+        backend._pods = [new]
+        return backend._pods
+
+    monkeypatch.setattr(backend, "_observe", observe)
+    try:
+        first = threading.Thread(target=backend.pods, kwargs={"fresh": True})
+        first.start()
+        assert reading.wait(5)
+        assert backend.pods(fresh=False) == [new]
+        first.join(5)
+    finally:
+        backend._io.stop()

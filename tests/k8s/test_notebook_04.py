@@ -85,7 +85,7 @@ def test_notebook_04_runs_against_the_emulated_cluster(notebook, tmp_path, monke
     assert "Traceback" not in stderr, stderr
     text = outputs_text(nb)
     assert f"image:       {IMAGE}" in text and f"namespace:   {kube.namespace}" in text
-    assert "scheduler:   tcp://127.0.0.1:" in text  # the port-forward
+    assert "scheduler:   tls://127.0.0.1:" in text  # the port-forward
     assert "3 workers" in text and "1 worker\n" in text
     assert "status: finished" in text
     assert "world size per epoch: [2, 2, 2, 2, 2, 2]" in text

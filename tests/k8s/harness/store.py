@@ -12,6 +12,7 @@ collection, and CRD structural-schema pruning and defaulting.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import copy
 import dataclasses
@@ -98,6 +99,9 @@ BUILTIN = [
     Kind("", "v1", "secrets", "Secret", True, frozenset()),
     Kind("apps", "v1", "deployments", "Deployment", True, frozenset({"status", "scale"}),
          ("deploy",)),
+    # stored and served (scalekit creates one per cluster); nothing enforces it here
+    Kind("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", True, frozenset(),
+         ("netpol",)),
     Kind("apiextensions.k8s.io", "v1", "customresourcedefinitions",
          "CustomResourceDefinition", False, frozenset({"status"}), ("crd", "crds")),
 ]
@@ -395,6 +399,14 @@ class Store:
             obj.setdefault("status", {})
         elif kind.kind == "Namespace":
             obj.setdefault("status", {"phase": "Active"})
+            # what NetworkPolicies select namespaces by (set by the API server since 1.21)
+            obj["metadata"].setdefault("labels", {})["kubernetes.io/metadata.name"] = (
+                obj["metadata"]["name"])
+        elif kind.kind == "Secret":  # stringData is write-only: merged into data, base64
+            obj.setdefault("type", "Opaque")
+            for key, value in (obj.pop("stringData", None) or {}).items():
+                obj.setdefault("data", {})[key] = base64.b64encode(
+                    str(value).encode()).decode()
 
     def replace(self, kind: Kind, namespace: str | None, name: str, body: dict,
                 subresource: str | None = None) -> dict:

@@ -221,7 +221,8 @@ def test_default_cpu_request_follows_the_threads_and_nothing_else_is_set():
     spec = build_cluster_spec(kube(), ClusterConfig(threads_per_worker=4), "c")
     worker_pod = spec["spec"]["worker"]["spec"]
     assert worker_pod["containers"][0]["resources"] == {"requests": {"cpu": "4"}}
-    assert set(worker_pod) == {"containers"}
+    assert set(worker_pod) == {"containers", "volumes"}  # volumes: the TLS Secret's files
+    assert [v["secret"]["secretName"] for v in worker_pod["volumes"]] == ["c-tls"]
     assert "resources" not in spec["spec"]["scheduler"]["spec"]["containers"][0]
 
 
