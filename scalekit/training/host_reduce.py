@@ -245,8 +245,8 @@ def open_host_reducer(tensor_bytes: int, *, timeout: float,
             finally:
                 if rank == 0:
                     shutil.rmtree(folder, ignore_errors=True)
-        if lock is not None:
-            os.close(lock)  # after the removal: the folder never exists unlocked
+                if lock is not None:
+                    os.close(lock)  # after the removal: the folder never exists unlocked
 
 
 def remove_stale(base: str, *, older_than: float = STALE_AFTER_S) -> list[str]:
