@@ -280,7 +280,7 @@ def test_every_field_of_every_section_is_read_from_its_environment_variable(tmp_
     env: dict[str, str] = {}
     expected: dict[str, dict[str, Any]] = {}
     for cls in _Section.__subclasses__():
-        defaults = _DEFAULTS["scalekit"][cls.section]
+        defaults = _DEFAULTS["scalekit"].get(cls.section) or {}
         for field in dataclasses.fields(cls):
             probe = f"probe-{cls.section}-{field.name}"
             if isinstance(defaults.get(field.name.replace("_", "-")), Mapping):
