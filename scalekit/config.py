@@ -31,6 +31,9 @@ dask.config.update_defaults(_DEFAULTS)
 C = TypeVar("C", bound="_Section")
 
 
+_UNSET = object()  # a key absent from dask.config (None is a value: "no limit")
+
+
 def _key(name: str) -> str:
     return name.replace("_", "-")
 
@@ -53,10 +56,27 @@ class _Section:
                 f"{cls.section}", unknown[0], f"one of {sorted(names)}",
                 "Check the spelling of the keyword argument.",
             )
-        stored = dask.config.get(f"scalekit.{cls.section}", default={}) or {}
-        values = {n: stored[_key(n)] for n in names if _key(n) in stored}
+        values = cls._stored()
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
+
+    @classmethod
+    def _stored(cls) -> dict[str, Any]:
+        """The fields ``dask.config`` holds a value for, unvalidated, by field name.
+
+        Read key by key through ``dask.config.get``, which finds ``max-workers`` and
+        ``max_workers`` alike: a ``DASK_SCALEKIT__CLUSTER__MAX_WORKERS`` variable read
+        when Dask is imported is stored as ``max_workers`` (our YAML's defaults, loaded
+        later, merge into that spelling), so looking up ``max-workers`` in the section's
+        dict would drop it.
+        """
+        values: dict[str, Any] = {}
+        for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+            value = dask.config.get(f"scalekit.{cls.section}.{_key(field.name)}",
+                                    default=_UNSET)
+            if value is not _UNSET:
+                values[field.name] = value
+        return values
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with ``changes`` applied and validated again."""

@@ -21,7 +21,8 @@ Jupyter server. scalekit's clusters live in the kernel, so the JupyterLab extens
   (``scale(n, source="sidebar")`` ...) exactly as the ipywidgets panel does: one
   source of truth, no second code path. Each intent is answered on that comm with
   ``{"type": "reply", "ok": ..., "message": ...}``; a rejected value also shows as the
-  session's error notice.
+  session's error notice. A message that is no intent at all (its data a string, a
+  list, ...) is answered too, with ``ok: false`` saying what shape was expected.
 
 Message shapes (``protocol`` is :data:`PROTOCOL` on every message)::
 
@@ -50,7 +51,7 @@ import math
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scalekit.events import (
@@ -411,9 +412,13 @@ class LabBridge:
             self._links.append(comm)
         comm.on_msg(lambda msg, c=comm: self.handle(c, msg))
         comm.on_close(lambda msg, c=comm: self.detach(c))
-        data = ((open_msg or {}).get("content") or {}).get("data") or {}
-        if data.get("action"):
-            self.handle(comm, {"content": {"data": data}})
+        content = open_msg.get("content") if isinstance(open_msg, Mapping) else None
+        data = content.get("data") if isinstance(content, Mapping) else None
+        shaped = open_msg is None or (isinstance(content, Mapping) and (
+            data is None or isinstance(data, Mapping)))
+        if not shaped or (data and data.get("action")):
+            # an intent rides on the open, or a malformed open: either way, answer it
+            self.handle(comm, open_msg)  # type: ignore[arg-type]
         else:
             self.poke()
 
@@ -428,18 +433,23 @@ class LabBridge:
             return list(self._links)
 
     def handle(self, comm: Any, msg: dict[str, Any]) -> dict[str, Any]:
-        """Carry out one intent from a frontend; reply on ``comm``; return the reply."""
-        data = (msg.get("content") or {}).get("data") or {}
-        reply: dict[str, Any] = {"protocol": PROTOCOL, "type": "reply",
-                                 "request_id": data.get("request_id"),
-                                 "action": data.get("action"), "ok": True, "message": ""}
+        """Carry out one intent from a frontend; reply on ``comm``; return the reply.
+
+        Whatever arrives is answered: a message that is not an intent (its content or
+        data not a JSON object) gets ``ok: false`` naming what was wrong, so the
+        frontend's request never waits in vain.
+        """
+        reply: dict[str, Any] = {"protocol": PROTOCOL, "type": "reply", "request_id": None,
+                                 "action": None, "ok": True, "message": ""}
         try:
+            data = intent_data(msg)
+            reply.update(request_id=data.get("request_id"), action=data.get("action"))
             reply["message"] = self._act(data)
         except Exception as exc:  # the session published the error notice already
             from scalekit.errors import ScalekitError
 
             if not isinstance(exc, (ScalekitError, ValueError, TypeError)):
-                logger.warning("sidebar intent %r failed", data, exc_info=True)
+                logger.warning("sidebar intent %r failed", msg, exc_info=True)
             reply.update(ok=False, message=str(exc) or type(exc).__name__)
         self._send(comm, reply)
         self.poke()
@@ -528,6 +538,40 @@ class LabBridge:
             wait = self.next_wait()
             if wait > 0:
                 self._stop.wait(wait)
+
+
+def _shape(value: Any) -> str:
+    """A short description of a malformed value for an error message."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def intent_data(msg: Any) -> dict[str, Any]:
+    """The intent a comm message carries (``msg["content"]["data"]``), shape checked.
+
+    A message without data is an empty intent (answered "unknown action None").
+
+    Raises
+    ------
+    UsageError
+        The message, its ``content`` or its ``data`` is not a JSON object; the error
+        names which and what arrived instead.
+    """
+    from scalekit.errors import UsageError
+
+    if not isinstance(msg, Mapping):
+        raise UsageError(f"malformed comm message: expected a message object, got {_shape(msg)}")
+    content = msg.get("content")
+    if not isinstance(content, Mapping):
+        raise UsageError("malformed comm message: its content must be an object with "
+                         f"'data', got {_shape(content)}")
+    data = content.get("data")
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping):
+        raise UsageError("malformed intent: the comm message's data must be an object such "
+                         f'as {{"action": "scale", "n": 3}}, got {_shape(data)}')
+    return dict(data)
 
 
 def _intent_int(data: dict[str, Any], key: str, *, optional: bool = False) -> int | None:

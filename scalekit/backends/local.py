@@ -12,7 +12,8 @@ from distributed import Nanny
 
 from scalekit.backends.base import DaskClusterBackend
 from scalekit.backends.gpus import RESOURCE, worker_env
-from scalekit.errors import ClusterError
+from scalekit.config import ClusterConfig
+from scalekit.errors import ClusterError, ConfigError
 
 if TYPE_CHECKING:
     from distributed import LocalCluster
@@ -76,9 +77,22 @@ class TrainingNanny(Nanny):
 
 
 class LocalBackend(DaskClusterBackend):
-    """Workers as local processes (or threads), everything on 127.0.0.1."""
+    """Workers as local processes (or threads), everything on 127.0.0.1.
+
+    With ``processes=False`` the workers are threads of this process, as for
+    ``memory://`` checkpoints; torch.distributed allows one process group per process,
+    so only one of them can train at a time (see docs/elastic.md).
+    """
 
     name = "local"
+
+    def __init__(self, config: ClusterConfig) -> None:
+        if config.gpus and not config.processes:
+            raise ConfigError(
+                "scalekit.cluster.processes", config.processes, "true with gpus",
+                "A GPU worker is a process pinned to its GPU with CUDA_VISIBLE_DEVICES; "
+                "threads of this process share its devices. Drop processes=False.")
+        super().__init__(config)
 
     def _make_cluster(self) -> LocalCluster:
         from distributed import LocalCluster
@@ -87,7 +101,11 @@ class LocalBackend(DaskClusterBackend):
         dashboard = cfg.dashboard and find_spec("bokeh") is not None
         if cfg.dashboard and not dashboard:
             logger.warning("bokeh is not installed: the Dask dashboard is off")
-        kwargs: dict[str, Any] = {}
+        # processes=False: worker threads in this process. Dask would connect them over
+        # inproc://, which takes no host (LocalCluster refuses one) and whose addresses
+        # name no host a rank could rendezvous on; over TCP on 127.0.0.1 they behave as
+        # worker processes do, every message serialised, and a one-worker fit works.
+        kwargs: dict[str, Any] = {"protocol": "tcp://", "host": "127.0.0.1"}
         if cfg.processes:
             kwargs["worker_class"] = TrainingNanny
             # Nanny merges `config` into the kernel's shallowly: give it the whole tree
@@ -99,7 +117,7 @@ class LocalBackend(DaskClusterBackend):
                 cluster = _gpu_cluster_class()(
                     gpus=cfg.gpus, n_workers=0, threads_per_worker=cfg.threads_per_worker,
                     memory_limit=cfg.memory_limit, processes=cfg.processes,
-                    host="127.0.0.1", dashboard_address="127.0.0.1:0" if dashboard else None,
+                    dashboard_address="127.0.0.1:0" if dashboard else None,
                     **kwargs)
                 cluster.scale(cfg.workers)
                 return cluster
@@ -108,7 +126,6 @@ class LocalBackend(DaskClusterBackend):
                 threads_per_worker=cfg.threads_per_worker,
                 memory_limit=cfg.memory_limit,
                 processes=cfg.processes,
-                host="127.0.0.1",
                 dashboard_address="127.0.0.1:0" if dashboard else None,
                 **kwargs,
             )

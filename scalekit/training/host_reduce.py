@@ -14,23 +14,39 @@ close and raises :class:`PeerLost` at once instead of waiting for a timeout.
 
 Every rank sums the slots in rank order with elementwise adds, so all ranks get the
 same bits and replicas stay identical, as with a real all-reduce.
+
+The slots are *reserved* (``posix_fallocate``), not just sized: a sparse file on a
+small tmpfs (Docker's default /dev/shm is 64 MiB) would kill a rank with SIGBUS at the
+first write that finds no free page. When the reservation fails, every rank falls back
+to gloo and logs why. The set-up folder exists only while the ranks connect; rank 0
+removes it whatever happens, and removes folders that dead runs left behind
+(:func:`remove_stale`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
+import logging
 import mmap
 import os
 import shutil
 import socket
+import stat
 import struct
 import tempfile
+import time
 import uuid
 from typing import Any
 
 from scalekit.errors import ScalekitError
 
+logger = logging.getLogger(__name__)
+
 SLOT_BYTES = 4 << 20  # per rank and buffer; larger tensors go through in chunks
+PREFIX = "scalekit-"  # set-up folders: <shared dir>/scalekit-<16 hex digits>
+STALE_AFTER_S = 60.0  # an unlocked folder unchanged this long belongs to a dead run
 _MSG = struct.Struct("qq")  # (round, elements): a peer's slot holds this round's chunk
 
 
@@ -151,7 +167,8 @@ def open_host_reducer(tensor_bytes: int, *, timeout: float,
 
     Collective: every rank of the default process group must call it. ``None`` unless
     there are several ranks, all on one host, and every rank could map the shared
-    memory and reach every other rank's socket.
+    memory and reach every other rank's socket; when the ranks share a host but cannot
+    use it (e.g. /dev/shm too small for the slots), every rank logs why.
 
     Parameters
     ----------
@@ -173,28 +190,40 @@ def open_host_reducer(tensor_bytes: int, *, timeout: float,
         return None
     slot = min(SLOT_BYTES, max(4096, -(-tensor_bytes // 4096) * 4096))
     size = 2 * world * slot
-    where: list[Any] = [None]
+    base = directory or shared_dir()
+    created: list[Any] = [None, None]  # (folder, why there is none), from rank 0
+    lock = None  # rank 0's lock on the folder (see remove_stale)
     if rank == 0:
-        with contextlib.suppress(OSError):
-            where[0] = _create(directory or shared_dir(), size)
-    dist.broadcast_object_list(where, src=0)
-    folder = where[0]
+        removed = remove_stale(base)
+        if removed:
+            logger.info("removed %d set-up folder(s) of dead runs from %s", len(removed), base)
+        try:
+            created[0], lock = _create(base, size)
+        except OSError as exc:
+            created[1] = _reserve_failed(base, size, exc)
+    dist.broadcast_object_list(created, src=0)
+    folder, why = created
     memory = listener = None
     peers: dict[int, socket.socket] = {}
     try:
         if folder is None:
+            _fall_back(rank, f"rank 0 {why}")
             return None
-        with contextlib.suppress(OSError, ValueError):
+        why = None
+        try:
             memory = _map(os.path.join(folder, "slots"), size)
             listener = _listen(os.path.join(folder, f"{rank}.sock"), world)
-        if not _all(memory is not None and listener is not None):
-            return None
-        ok = True
-        try:
-            _connect(rank, world, folder, listener, peers, timeout=min(timeout, 30.0))
-        except OSError:
-            ok = False
-        if not _all(ok):
+        except (OSError, ValueError) as exc:
+            why = f"cannot map the slots or listen in {folder} ({_describe(exc)})"
+        why = _agree(why)
+        if why is None:
+            try:
+                _connect(rank, world, folder, listener, peers, timeout=min(timeout, 30.0))
+            except OSError as exc:
+                why = f"cannot reach the other ranks' sockets ({_describe(exc)})"
+            why = _agree(why)
+        if why is not None:
+            _fall_back(rank, why)
             return None
         for sock in peers.values():
             sock.settimeout(timeout)
@@ -209,23 +238,118 @@ def open_host_reducer(tensor_bytes: int, *, timeout: float,
         if memory is not None:
             memory.close()
         if folder is not None:
-            # once everyone has mapped and connected (or given up) the names can go: the
-            # mappings and connections outlive them, and a dying rank leaves nothing
-            dist.barrier()
-            if rank == 0:
-                shutil.rmtree(folder, ignore_errors=True)
+            try:
+                # once everyone has mapped and connected (or given up) the names can go:
+                # the mappings and connections outlive them, and a dying rank leaves
+                # nothing. A failed barrier (a peer died during the set-up) must not
+                # keep rank 0 from removing the folder.
+                dist.barrier()
+            finally:
+                if rank == 0:
+                    shutil.rmtree(folder, ignore_errors=True)
+                if lock is not None:
+                    os.close(lock)  # after the removal: the folder never exists unlocked
 
 
-def _create(base: str, size: int) -> str:
-    # short: a Unix socket path must fit in ~104 bytes
-    folder = os.path.join(base, f"scalekit-{uuid.uuid4().hex[:16]}")
-    os.mkdir(folder, 0o700)
-    fd = os.open(os.path.join(folder, "slots"), os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+def remove_stale(base: str, *, older_than: float = STALE_AFTER_S) -> list[str]:
+    """Remove the set-up folders that dead runs left in ``base``; return their paths.
+
+    Rank 0 holds an exclusive ``flock`` on a folder's ``slots`` file from just after
+    creating the folder until it has removed it, and the kernel drops that lock when
+    the process dies, however it dies (SIGKILL, OOM kill). So one of this user's
+    ``scalekit-*`` folders whose lock nobody holds, unchanged for ``older_than``
+    seconds (which covers the instant between creating it and locking it), belongs to
+    no live set-up. Unlike a PID check this also holds when containers with separate
+    PID namespaces share /dev/shm. Best effort: nothing here raises.
+    """
+    removed: list[str] = []
     try:
-        os.ftruncate(fd, size)
+        entries = list(os.scandir(base))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        if not entry.name.startswith(PREFIX):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if (not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+                or now - info.st_mtime < older_than or _in_use(entry.path)):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        if not os.path.lexists(entry.path):
+            removed.append(entry.path)
+    return removed
+
+
+def _in_use(folder: str) -> bool:
+    """Whether a live set-up holds ``folder``'s lock (unsure counts as in use)."""
+    try:
+        fd = os.open(os.path.join(folder, "slots"), os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False  # never locked, or half removed: only its age protects it
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
     finally:
-        os.close(fd)
-    return folder
+        os.close(fd)  # also drops the lock just taken
+    return False
+
+
+def _create(base: str, size: int) -> tuple[str, int]:
+    """Create the set-up folder with ``size`` bytes of slots reserved; return the folder
+    and the descriptor holding its lock (the caller closes it after removing the folder)."""
+    # short: a Unix socket path must fit in ~104 bytes
+    folder = os.path.join(base, f"{PREFIX}{uuid.uuid4().hex[:16]}")
+    os.mkdir(folder, 0o700)
+    fd = -1
+    try:
+        fd = os.open(os.path.join(folder, "slots"), os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)  # "in use" for remove_stale until we close it
+        _reserve(fd, size)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        if fd >= 0:
+            os.close(fd)
+        raise
+    return folder, fd
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the file ``size`` bytes of real pages, or raise (ENOSPC on a full tmpfs).
+
+    ``ftruncate`` alone makes a sparse file: the pages are found at first write, and
+    when there are none the writer dies of SIGBUS.
+    """
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(fd, 0, size)
+        return
+    zeros = bytes(1 << 20)  # no posix_fallocate (macOS): writing zeros reserves too
+    done = 0
+    while done < size:
+        done += os.write(fd, zeros[:min(len(zeros), size - done)])
+
+
+def _reserve_failed(base: str, size: int, exc: OSError) -> str:
+    why = f"cannot reserve {size / 2**20:.1f} MiB for the slots in {base} ({_describe(exc)})"
+    if exc.errno in (errno.ENOSPC, errno.EFBIG):
+        why += ("; give the containers more shared memory (docker run --shm-size=1g; on "
+                "Kubernetes an emptyDir with medium: Memory mounted at /dev/shm)")
+    return why
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _fall_back(rank: int, why: str) -> None:
+    logger.warning("rank %d averages through gloo instead of shared memory: %s (set "
+                   "scalekit.training.host-reduce to false to skip trying)", rank, why)
 
 
 def _map(path: str, size: int) -> mmap.mmap:
@@ -282,11 +406,14 @@ def _read_exact(sock: socket.socket, buffer: bytearray) -> bool:
     return True
 
 
-def _all(ok: bool) -> bool:
-    """True on every rank if ``ok`` is true on every rank."""
-    import torch
+def _agree(why: str | None) -> str | None:
+    """``None`` on every rank if every rank's ``why`` is ``None``; else the first
+    failing rank's reason, prefixed with its rank, on every rank."""
     import torch.distributed as dist
 
-    flag = torch.tensor([1 if ok else 0], dtype=torch.int32)
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item())
+    reasons: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(reasons, why)
+    for rank, reason in enumerate(reasons):
+        if reason is not None:
+            return f"rank {rank} {reason}"
+    return None

@@ -224,3 +224,78 @@ def test_workers_run_dasks_profiler_only_when_asked(profile):
     # the kernel's own settings are untouched
     assert dask.config.get("distributed.worker.profile.enabled") is True
     assert dask.config.get("distributed.admin.tick.interval") == "20ms"
+
+
+# -- processes=False: worker threads in this process ----------------------------------------
+
+
+def test_in_process_cluster_starts_scales_and_closes():
+    # before: LocalCluster refused host="127.0.0.1" for its inproc:// default, and
+    # sk.cluster(processes=False) always failed to start
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    with cluster(processes=False, workers=1) as s:
+        assert s.scheduler_address.startswith(LOOPBACK)
+        assert all(addr.startswith(LOOPBACK) for addr in s.client.nthreads())
+        assert worker_pids(s) == {os.getpid()}  # threads of this process
+        assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+        s.scale(2)
+        s.wait_for_workers(2, timeout=60)
+        assert worker_pids(s) == {os.getpid()} and s.backend.requested == 2
+        s.scale(1)
+        s.wait_for_workers(1, timeout=60)
+        wait_until(lambda: s.snapshot(fresh=True).n_workers == 1, what="a 1-worker snapshot")
+        assert s.snapshot(fresh=True).status == "running"
+    assert s.closed and s not in active_sessions()
+
+
+def test_in_process_worker_fits_with_memory_checkpoints():
+    import fsspec
+    import torch
+    from skorch import NeuralNetClassifier
+    from training_models import DigitsMLP, digits
+
+    import scalekit as sk
+
+    X, _, y, _ = digits()
+
+    def make_net():
+        torch.manual_seed(0)
+        return NeuralNetClassifier(DigitsMLP, module__hidden=32, max_epochs=3, lr=0.1,
+                                   batch_size=64, train_split=None, verbose=0)
+
+    url = f"memory://scalekit-tests/in-process-{os.getpid()}-{time.monotonic_ns()}"
+    memory = fsspec.filesystem("memory")
+    threads = torch.get_num_threads()
+    try:
+        # two worker threads, one process group: the fit trains on one of them
+        with cluster(processes=False, workers=2) as s:
+            net = make_net()
+            run = sk.fit(net, X, y, cluster=s, checkpoint=url, max_workers=1, show=False)
+        assert run.report.world_size == 1
+        # rank 0 ran in this process: its checkpoints are in this process's memory
+        names = [p.rsplit("/", 1)[-1] for p in memory.ls(url, detail=False)]
+        assert "latest.json" in names and "ckpt-000003-00000000.pt" in names
+        # the same SGD steps as an ordinary skorch fit (one rank: the whole batch)
+        here = make_net()
+        torch.set_num_threads(1)  # as the rank did
+        here.fit(X, y)
+        torch.testing.assert_close(
+            torch.tensor(net.history[:, "train_loss"], dtype=torch.float64),
+            torch.tensor(here.history[:, "train_loss"], dtype=torch.float64),
+            rtol=1e-5, atol=1e-6)
+    finally:
+        torch.set_num_threads(threads)
+        if memory.exists(url):
+            memory.rm(url, recursive=True)
+
+
+def test_gpu_workers_need_processes():
+    # (sk.cluster first checks that the GPUs exist; the backend refuses the combination
+    # before it starts anything, also on a machine with GPUs)
+    from scalekit.backends.local import LocalBackend
+    from scalekit.config import ClusterConfig
+
+    with pytest.raises(ConfigError, match="scalekit.cluster.processes: got False") as info:
+        LocalBackend(ClusterConfig(processes=False, gpus=("0",), workers=1))
+    assert "CUDA_VISIBLE_DEVICES" in str(info.value)

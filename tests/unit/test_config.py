@@ -5,11 +5,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import dask.config
 import pytest
 
-from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, TrainConfig, as_dict
+from scalekit.config import (
+    _DEFAULTS,
+    AdaptConfig,
+    ClusterConfig,
+    KubernetesConfig,
+    PanelConfig,
+    TrainConfig,
+    _Section,
+    as_dict,
+)
 from scalekit.errors import ConfigError, ScalekitError
 
 pytestmark = pytest.mark.usefixtures("clean_dask_config")
@@ -202,6 +218,131 @@ def test_bad_dask_config_value_is_reported_with_its_key():
             ClusterConfig.from_config()
 
 
+# -- environment variables, as a fresh interpreter reads them ----------------------------------
+#
+# Dask reads DASK_* variables once, when ``dask.config`` is first imported: before
+# scalekit's YAML defaults exist. A multi-word variable is then stored with underscores
+# (``max_workers``) and the defaults merge into that spelling. ``dask.config.refresh()``
+# in this process would load the defaults first and hide exactly that, so every case
+# here runs in a new interpreter with the variables set before it imports scalekit.
+
+_FRESH = textwrap.dedent("""
+    import dataclasses, json, sys
+
+    import scalekit  # the package first, as a notebook does; dask.config comes with config
+    from scalekit import config
+    from scalekit.errors import ConfigError
+
+    request = json.loads(sys.argv[1])
+    sections = config._Section.__subclasses__()
+    if request["unvalidated"]:  # what from_config read, before any validation
+        for cls in sections:
+            cls.__post_init__ = lambda self: None
+    out = {}
+    for cls in sections:
+        try:
+            obj = cls.from_config(**request["overrides"].get(cls.section, {}))
+        except ConfigError as exc:
+            out[cls.section] = {"error": {"field": exc.field, "value": exc.value,
+                                          "message": str(exc)}}
+        else:
+            out[cls.section] = {"config": dataclasses.asdict(obj)}
+    print(json.dumps(out, default=repr))
+""")
+
+
+def fresh_configs(tmp_path: Path, env: dict[str, str], *, unvalidated: bool = False,
+                  overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Every section's ``from_config()`` in a new interpreter started with ``env``.
+
+    Returns ``{section: {"config": fields} | {"error": {"field", "value", "message"}}}``.
+    The user's Dask config files and ``DASK_SCALEKIT__*`` variables are hidden (``HOME``
+    and ``DASK_CONFIG`` point at an empty folder), as on a fresh machine.
+    """
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    base = {k: v for k, v in os.environ.items()
+            if not k.upper().startswith(("DASK_SCALEKIT__", "DASK_CONFIG"))}
+    request = json.dumps({"unvalidated": unvalidated, "overrides": overrides or {}})
+    done = subprocess.run(
+        [sys.executable, "-c", _FRESH, request], capture_output=True, text=True, timeout=120,
+        env={**base, "HOME": str(home), "DASK_CONFIG": str(home), **env})
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def _env_name(section: str, field: str) -> str:
+    return f"DASK_SCALEKIT__{section.upper()}__{field.upper()}"
+
+
+def test_every_field_of_every_section_is_read_from_its_environment_variable(tmp_path):
+    # one probe value per field, validation switched off: what from_config *reads*
+    env: dict[str, str] = {}
+    expected: dict[str, dict[str, Any]] = {}
+    for cls in _Section.__subclasses__():
+        defaults = _DEFAULTS["scalekit"].get(cls.section) or {}
+        for field in dataclasses.fields(cls):
+            probe = f"probe-{cls.section}-{field.name}"
+            if isinstance(defaults.get(field.name.replace("_", "-")), Mapping):
+                # a mapping in the YAML: Dask merges a nested variable into it
+                env[_env_name(cls.section, field.name) + "__PROBE"] = probe
+            else:
+                env[_env_name(cls.section, field.name)] = probe
+            expected.setdefault(cls.section, {})[field.name] = probe
+    assert {"cluster", "adapt", "panel", "training", "checkpoint", "kubernetes"} <= set(expected)
+    assert "DASK_SCALEKIT__TRAINING__COLLECTIVE_TIMEOUT" in env  # multi-word names too
+
+    found = fresh_configs(tmp_path, env, unvalidated=True)
+    dropped = []
+    for section, fields in expected.items():
+        got = found[section]["config"]
+        for name, probe in fields.items():
+            value = got[name]
+            if not (value == probe or (isinstance(value, dict) and value.get("probe") == probe)):
+                dropped.append(f"{_env_name(section, name)} -> {name}={value!r}")
+    assert not dropped, "environment variables ignored:\n" + "\n".join(dropped)
+
+
+def test_multi_word_settings_from_the_environment_are_validated_and_used(tmp_path):
+    env = {
+        "DASK_SCALEKIT__CLUSTER__MAX_WORKERS": "32",
+        "DASK_SCALEKIT__CLUSTER__THREADS_PER_WORKER": "2",
+        "DASK_SCALEKIT__CLUSTER__START_TIMEOUT": "90s",
+        "DASK_SCALEKIT__ADAPT__WAIT_COUNT": "5",
+        "DASK_SCALEKIT__PANEL__HISTORY": "300",
+        "DASK_SCALEKIT__TRAINING__HOST_REDUCE": "False",
+        "DASK_SCALEKIT__TRAINING__COLLECTIVE_TIMEOUT": "5s",
+        "DASK_SCALEKIT__TRAINING__DATA_ON_DEVICE": "False",
+        "DASK_SCALEKIT__TRAINING__MAX_FAILURES": "7",
+        "DASK_SCALEKIT__CHECKPOINT__EVERY_SECONDS": "30",
+        "DASK_SCALEKIT__CHECKPOINT__EVERY_EPOCHS": "2",
+        "DASK_SCALEKIT__KUBERNETES__KEEP_ON_SHUTDOWN": "True",
+        "DASK_SCALEKIT__KUBERNETES__IMAGE_PULL_POLICY": "Always",
+        "DASK_SCALEKIT__KUBERNETES__SCHEDULER_RESOURCES__LIMITS__CPU": "2",
+        "DASK_SCALEKIT__KUBERNETES__NODE_SELECTOR__POOL": "training",
+    }
+    found = fresh_configs(tmp_path, env)
+    got = {section: value["config"] for section, value in found.items()}
+    assert got["cluster"]["max_workers"] == 32
+    assert got["cluster"]["threads_per_worker"] == 2
+    assert got["cluster"]["start_timeout"] == 90.0
+    assert got["adapt"]["wait_count"] == 5
+    assert got["panel"]["history"] == 300
+    assert got["training"]["host_reduce"] is False
+    assert got["training"]["collective_timeout"] == 5.0
+    assert got["training"]["data_on_device"] is False
+    assert got["training"]["max_failures"] == 7
+    assert got["checkpoint"]["every_seconds"] == 30.0
+    assert got["checkpoint"]["every_epochs"] == 2
+    assert got["kubernetes"]["keep_on_shutdown"] is True
+    assert got["kubernetes"]["image_pull_policy"] == "Always"
+    assert got["kubernetes"]["scheduler_resources"] == {"limits": {"cpu": "2"}}
+    assert got["kubernetes"]["node_selector"] == {"pool": "training"}
+    # everything not set still comes from the YAML
+    assert got["cluster"]["workers"] == ClusterConfig().workers
+    assert got["training"]["hang_timeout"] == TrainConfig().hang_timeout
+
+
 ENV_VALID = [
     ("DASK_SCALEKIT__CLUSTER__WORKERS", "4", ClusterConfig, "workers", 4),
     ("DASK_SCALEKIT__CLUSTER__MAX_WORKERS", "32", ClusterConfig, "max_workers", 32),
@@ -212,16 +353,20 @@ ENV_VALID = [
     ("DASK_SCALEKIT__CLUSTER__START_TIMEOUT", "90s", ClusterConfig, "start_timeout", 90.0),
     ("DASK_SCALEKIT__ADAPT__MAXIMUM", "8", AdaptConfig, "maximum", 8),
     ("DASK_SCALEKIT__PANEL__REFRESH", "2s", PanelConfig, "refresh", 2.0),
+    ("DASK_SCALEKIT__TRAINING__HOST_REDUCE", "False", TrainConfig, "host_reduce", False),
+    ("DASK_SCALEKIT__KUBERNETES__KEEP_ON_SHUTDOWN", "true", KubernetesConfig,
+     "keep_on_shutdown", True),
 ]
 
 
 @pytest.mark.parametrize(("var", "raw", "cls", "attr", "expected"), ENV_VALID)
-def test_environment_variables(monkeypatch, var, raw, cls, attr, expected):
-    monkeypatch.setenv(var, raw)
-    dask.config.refresh()
-    assert getattr(cls.from_config(), attr) == expected
+def test_environment_variables(tmp_path, var, raw, cls, attr, expected):
+    found = fresh_configs(tmp_path, {var: raw})[cls.section]["config"]
+    assert found[attr] == expected
     # the other defaults from the YAML are still there
-    assert cls.from_config().replace(**{attr: getattr(cls(), attr)}) == cls()
+    default = as_dict(cls.from_config())
+    assert {k: v for k, v in found.items() if k != attr} == {
+        k: json.loads(json.dumps(v)) for k, v in default.items() if k != attr}
 
 
 ENV_INVALID = [
@@ -229,24 +374,28 @@ ENV_INVALID = [
     ("DASK_SCALEKIT__CLUSTER__WORKERS", "100", "scalekit.cluster.workers", "1..16"),
     ("DASK_SCALEKIT__CLUSTER__WORKERS", "many", "scalekit.cluster.workers", "1..16"),
     ("DASK_SCALEKIT__CLUSTER__BACKEND", "yarn", "scalekit.cluster.backend", "local, kubernetes"),
+    ("DASK_SCALEKIT__CLUSTER__MAX_WORKERS", "0", "scalekit.cluster.max-workers", "1..4096"),
     ("DASK_SCALEKIT__PANEL__REFRESH", "0.1", "scalekit.panel.refresh", ">= 0.5s"),
+    ("DASK_SCALEKIT__TRAINING__HOST_REDUCE", "often", "scalekit.training.host-reduce",
+     "true or false"),
+    ("DASK_SCALEKIT__TRAINING__COLLECTIVE_TIMEOUT", "0.5", "scalekit.training.collective-timeout",
+     ">= 1s"),
 ]
 
 
 @pytest.mark.parametrize(("var", "raw", "field", "accepted"), ENV_INVALID)
-def test_bad_environment_variables(monkeypatch, var, raw, field, accepted):
-    monkeypatch.setenv(var, raw)
-    dask.config.refresh()
-    cls = {"cluster": ClusterConfig, "panel": PanelConfig}[field.split(".")[1]]
-    with pytest.raises(ConfigError) as info:
-        cls.from_config()
-    message = str(info.value)
-    assert info.value.field == field
-    assert raw in message
-    assert accepted in message
+def test_bad_environment_variables(tmp_path, var, raw, field, accepted):
+    section = field.split(".")[1]
+    error = fresh_configs(tmp_path, {var: raw})[section]["error"]
+    assert error["field"] == field
+    assert raw in error["message"]
+    assert accepted in error["message"]
 
 
-def test_environment_variable_is_beaten_by_a_keyword(monkeypatch):
-    monkeypatch.setenv("DASK_SCALEKIT__CLUSTER__WORKERS", "4")
-    dask.config.refresh()
-    assert ClusterConfig.from_config(workers=2).workers == 2
+def test_environment_variable_is_beaten_by_a_keyword(tmp_path):
+    env = {"DASK_SCALEKIT__CLUSTER__WORKERS": "4", "DASK_SCALEKIT__CLUSTER__MAX_WORKERS": "32"}
+    found = fresh_configs(tmp_path, env, overrides={"cluster": {"workers": 2}})
+    assert found["cluster"]["config"]["workers"] == 2
+    assert found["cluster"]["config"]["max_workers"] == 32
+    found = fresh_configs(tmp_path, env, overrides={"cluster": {"max_workers": 8, "workers": 3}})
+    assert found["cluster"]["config"]["max_workers"] == 8

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 import pytest
+from comm.base_comm import BaseComm
 
 from scalekit import labext
 from scalekit.errors import ConfigError
@@ -454,6 +455,102 @@ def test_bad_intents_are_answered_not_raised(world, data, fragment) -> None:
     [reply] = link.replies
     assert reply["ok"] is False and fragment in reply["message"]
     assert session.calls == []
+
+
+MALFORMED = [
+    # (the message as the comm hands it to the bridge, words of the reply's message)
+    ({"content": {"comm_id": "x", "data": "scale"}}, "data must be an object"),
+    ({"content": {"comm_id": "x", "data": ["scale", 3]}}, "got list ['scale', 3]"),
+    ({"content": {"comm_id": "x", "data": 3}}, "got int 3"),
+    ({"content": {"comm_id": "x", "data": True}}, "got bool True"),
+    ({"content": "scale"}, "content must be an object"),
+    ({"content": ["x"]}, "content must be an object"),
+    ({}, "content must be an object"),
+    ("scale", "expected a message object, got str 'scale'"),
+    (None, "expected a message object"),
+]
+
+
+@pytest.mark.parametrize("msg, fragment", MALFORMED)
+def test_a_message_that_is_no_intent_is_answered_not_raised(world, msg, fragment) -> None:
+    bridge, (session,), broadcast, clock = world
+    link = FakeComm()
+    bridge.attach(link)
+    link.msg_callback(msg)  # what the comm calls with whatever arrived
+    [reply] = link.replies
+    assert reply["ok"] is False and fragment in reply["message"], reply
+    assert reply["request_id"] is None and reply["action"] is None
+    assert session.calls == []
+    link.receive({"action": "scale", "n": 3, "request_id": 9})  # the link still works
+    assert link.replies[-1]["ok"] is True and session.calls == [("scale", 3, "sidebar")]
+
+
+class KernelSideComm(BaseComm):
+    """The kernel's comm class as ipykernel's: ``publish_msg`` would go out on IOPub;
+    here it records ``(msg_type, data)``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.published: list[tuple[str, Any]] = []
+        super().__init__(**kwargs)
+
+    def publish_msg(self, msg_type: str, data: Any = None, metadata: Any = None,
+                    buffers: Any = None, **keys: Any) -> None:
+        json.dumps(data, allow_nan=False)  # what the kernel would put on the wire
+        self.published.append((msg_type, data))
+
+    @property
+    def replies(self) -> list[dict[str, Any]]:
+        return [d for t, d in self.published if t == "comm_msg" and d.get("type") == "reply"]
+
+
+def test_real_comm_messages_whose_data_is_no_object_are_answered(monkeypatch) -> None:
+    """Frontend messages as a kernel receives them: serialised on the wire by a
+    ``jupyter_client`` session, deserialised, routed by the comm manager to the target."""
+    from comm.base_comm import CommManager
+    from jupyter_client.session import Session
+
+    manager = CommManager()
+    made: list[KernelSideComm] = []
+
+    def create_comm(**kwargs: Any) -> KernelSideComm:
+        made.append(KernelSideComm(**kwargs))
+        return made[-1]
+
+    session = FakeSession()
+    # register() adopts a bridge made before it (here: one that sees the fake session)
+    monkeypatch.setattr(labext, "_BRIDGE", LabBridge(sessions=lambda: [session]))
+    monkeypatch.setattr("comm.create_comm", create_comm)
+    monkeypatch.setattr("comm.get_comm_manager", lambda: manager)
+    wire = Session(key=b"secret")
+
+    def deliver(handler: Any, msg_type: str, content: dict[str, Any]) -> None:
+        frames = wire.serialize(wire.msg(msg_type, content=content))
+        _, frames = wire.feed_identities(frames)
+        handler(None, [], wire.deserialize(frames))
+
+    bridge = labext.register(FakeShell(FakeKernel()), manager=manager,
+                             create_comm=create_comm)
+    assert bridge is not None
+    try:
+        # an open whose data is a string: answered on the new comm, which stays open
+        deliver(manager.comm_open, "comm_open",
+                {"comm_id": "c1", "target_name": "scalekit", "data": "sync"})
+        link = manager.comms["c1"]
+        assert link.replies[-1]["ok"] is False
+        assert "data must be an object" in link.replies[-1]["message"]
+        for data in ("scale", ["scale", 2], 2, None):
+            deliver(manager.comm_msg, "comm_msg", {"comm_id": "c1", "data": data})
+        oks = [(r["ok"], r["message"]) for r in link.replies[1:]]
+        assert [ok for ok, _ in oks] == [False] * 4
+        assert "got str 'scale'" in oks[0][1] and "got list" in oks[1][1]
+        assert "got int 2" in oks[2][1] and "unknown action None" in oks[3][1]
+        deliver(manager.comm_msg, "comm_msg",
+                {"comm_id": "c1", "data": {"action": "scale", "n": 2, "request_id": "r"}})
+        assert link.replies[-1] == {**link.replies[-1], "ok": True, "request_id": "r"}
+        assert session.calls == [("scale", 2, "sidebar")]
+        assert "c1" in manager.comms  # never closed for a bad message
+    finally:
+        bridge.stop()
 
 
 def test_a_value_the_session_rejects_comes_back_as_its_message(world) -> None:
