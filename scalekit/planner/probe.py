@@ -12,7 +12,8 @@ wall time of the call) it records:
 * the per-epoch overhead: the time between two epochs' ends that the epoch itself did
   not take (the checkpoint, the epoch-end callbacks and messages), median likewise,
   plus the part of an epoch's duration that does not grow with its samples (one
-  allocation, the reference, is probed again on half the sample to tell them apart);
+  allocation, the reference, is probed again on a few batches for twice the epochs to
+  tell them apart);
 * the per-fit overhead: what the wall time leaves after ``epochs`` steady epochs
   (start-up, rendezvous, the first epoch's warm-up, gathering the state at the end),
   less the time to send the sample to the workers (:mod:`.timing` does the arithmetic);
@@ -162,7 +163,8 @@ def probe(
     size = min(n, max(steps, 1) * batch)
     idx = np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
     Xs, ys = take(X, idx), (take(y, idx) if y is not None else None)
-    # the reference: one worker, the fewest threads; probed again on half the sample,
+    # the reference: one worker, the fewest threads; probed again on a few batches (its
+    # epochs are then mostly that part), for twice the epochs (cheap, and less noisy),
     # the two give the part of an epoch that does not grow with its samples
     cpu_one = [c for c in configs if c.workers == 1 and not c.gpus]
     reference = min(cpu_one, key=lambda c: c.threads) if cpu_one else None
@@ -176,8 +178,9 @@ def probe(
     # no part of a fit's overhead once it has planned: pay them before the first probe
     probe_net(net, epochs=epochs).initialize()
     with tempfile.TemporaryDirectory(prefix="scalekit-probe-") as folder:
-        def one(c: ProbeConfig, Xp: Any, yp: Any, session: Any, rate: float) -> Observed:
-            return _probe_one(session, net, Xp, yp, c, epochs=epochs, seed=seed,
+        def one(c: ProbeConfig, Xp: Any, yp: Any, session: Any, rate: float,
+                times: int = 1) -> Observed:
+            return _probe_one(session, net, Xp, yp, c, epochs=epochs * times, seed=seed,
                               timeout=timeout, folder=folder, send_rate=rate)
 
         for key in order:
@@ -190,11 +193,11 @@ def probe(
                 seen = [(c, one(c, Xs, ys, cluster, rate)) for c in
                         sorted(group, key=lambda c: (c.strategy not in SHARDED, c.workers))]
                 full = next((o for c, o in seen if c == reference), None)
-                if full is not None and reference is not None and size >= 4 * batch:
-                    half = np.arange(size // 2)
-                    per_epoch = epoch_constant(full, one(reference, take(Xs, half),
-                                                          take(ys, half) if ys is not None
-                                                          else None, cluster, rate))
+                small = np.arange(max(2, size // batch // 8) * batch)
+                if full is not None and reference is not None and 2 * len(small) <= size:
+                    per_epoch = epoch_constant(full, one(
+                        reference, take(Xs, small), take(ys, small) if ys is not None
+                        else None, cluster, rate, times=2))
             for c, observed in seen:
                 m = observed.measurement(per_epoch)
                 logger.info("probe %s: %s", c, m)

@@ -12,7 +12,7 @@ the :mod:`~scalekit.planner.overhead` model needs:
 callbacks and messages), ``F`` what is left (start-up, the first epoch's warm-up, the
 end) less the data transfer. ``c``, the part of an epoch's duration that does not grow
 with its samples (creating the batch order, the loss all-reduce, setting up
-validation), comes from one allocation probed on ``n`` and ``n / 2`` samples
+validation), comes from one allocation probed on ``n`` samples and on a few batches
 (:func:`epoch_constant`); it moves from the per-sample time to the per-epoch overhead,
 where a longer epoch does not multiply it.
 """
@@ -93,19 +93,20 @@ class Observed:
             fit_overhead_s=max(0.0, fixed), send_bytes_per_s=self.send_rate)
 
 
-def epoch_constant(full: Observed, half: Observed) -> float:
+def epoch_constant(full: Observed, small: Observed) -> float:
     """Seconds of an epoch's duration that do not grow with its samples (creating the
     batch order, the epoch's loss all-reduce, setting up validation), from one
-    allocation's steady epochs over ``n`` and ``n / 2`` samples: ``d = c + n t``."""
-    dn = full.n_samples - half.n_samples
+    allocation's steady epochs over ``n`` samples and over a few batches: with
+    ``d = c + n t``, ``c = d_small - n_small t``. (The small epochs are mostly ``c``,
+    so its estimate is about as noisy as they are; from two large samples it would be
+    the difference of two noisy numbers, amplified.)"""
+    dn = full.n_samples - small.n_samples
     if dn <= 0:
         return 0.0
-    per_sample = (full.steady - half.steady) / dn
+    per_sample = (full.steady - small.steady) / dn
     if per_sample <= 0:  # noise swamped the difference: no evidence of a constant
         return 0.0
-    # a few milliseconds in practice; a busy machine's noise must not turn most of an
-    # epoch into "constant", so at most a quarter of the shorter epoch
-    return min(max(0.0, full.steady - full.n_samples * per_sample), 0.25 * half.steady)
+    return min(max(0.0, small.steady - small.n_samples * per_sample), small.steady)
 
 
 __all__ = ["Observed", "data_bytes", "epoch_constant"]

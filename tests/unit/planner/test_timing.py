@@ -57,15 +57,22 @@ def test_a_model_of_one_probe_gives_back_its_wall_time():
 
 
 def test_the_part_of_an_epoch_that_does_not_grow_with_its_samples():
-    assert epoch_constant(observed(5000), observed(2500)) == pytest.approx(0.002)
-    assert epoch_constant(observed(5000, c=0.0), observed(2500, c=0.0)) == pytest.approx(
+    # the reference allocation on 5,000 samples and on two batches of 128
+    assert epoch_constant(observed(5000), observed(256, epochs=8)) == pytest.approx(0.002)
+    assert epoch_constant(observed(5000, c=0.0), observed(256, c=0.0)) == pytest.approx(
         0.0, abs=1e-12)
-    # noise: the half epoch measured slower than the whole one, no evidence of a constant
-    assert epoch_constant(observed(5000), observed(2500, t=3e-5)) == 0.0
-    # noise the other way (the half epoch disturbed) is capped at a quarter of it
-    slow_half = observed(2500, jitter=(0, 0.01, 0.01, 0.01))
-    assert epoch_constant(observed(5000), slow_half) == pytest.approx(0.25 * 0.037)
+    # noise: the small epochs measured slower per sample than the whole fit would allow,
+    # no evidence of a constant
+    assert epoch_constant(observed(5000), observed(256, t=5e-4)) == 0.0
+    # at most the small epoch itself
+    assert epoch_constant(observed(5000, t=1e-6), observed(256, t=1e-6, c=0.01)) <= \
+        observed(256, t=1e-6, c=0.01).steady
     assert epoch_constant(observed(100), observed(100)) == 0.0
+
+
+def test_the_constant_is_capped_at_a_quarter_of_the_probes_epoch():
+    m = observed(5000).measurement(per_epoch=0.5)
+    assert m.samples_per_s == pytest.approx(5000 / (0.75 * 0.052))
 
 
 def test_the_mean_of_the_epochs_after_the_first_counts_a_disturbance():
