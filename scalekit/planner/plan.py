@@ -104,8 +104,9 @@ class Plan:
               **fit_kwargs: Any) -> Any:
         """Scale ``session`` to the plan and start the fit with its strategy.
 
-        Workers the scaling added are warmed first (imports, the first optimizer step,
-        CUDA), as the probes' workers were, so the fit costs what the plan predicted.
+        Workers the scaling added (or a cluster it starts) are warmed first, as the
+        probes' workers were (imports, the first optimizer step, CUDA, and a throw-away
+        one-epoch fit on two batches), so the fit costs what the plan predicted.
         The net trains where the plan says: on GPU workers with ``device="cuda"``, else
         on the CPU (``net.device`` is set when it differs).
 
@@ -128,23 +129,28 @@ class Plan:
         -------
         TrainingRun
         """
-        from scalekit.planner.probe import warm
+        from scalekit.planner.probe import warm, warm_up_fit
         from scalekit.runs import fit
 
         for key in ("strategy", "max_workers", "cluster"):
             if key in fit_kwargs:
                 raise UsageError(f"plan.apply sets {key}= from the plan; leave it out (or "
                                  f"call sk.fit yourself with plan.workers and plan.strategy)")
-        if session is None:
-            session = self.cluster()
-        else:
-            self._check_session(session)
-            session.scale(self.workers)
-            session.wait_for_workers(self.workers, timeout=timeout)
-            warm(session, gpus=self.choice.gpus)
         device = "cuda" if self.gpus else "cpu"
         if str(getattr(net, "device", device)).split(":")[0] != device:
             net.set_params(device=device)
+        if session is None:
+            session, grew = self.cluster(), True
+        else:
+            self._check_session(session)
+            before = len(session.client.nthreads())
+            session.scale(self.workers)
+            session.wait_for_workers(self.workers, timeout=timeout)
+            warm(session, gpus=self.choice.gpus)
+            grew = len(session.client.nthreads()) > before
+        if grew:  # new workers: their first fit's one-off costs, before the timed one
+            warm_up_fit(session, net, X, y, strategy=self.strategy, workers=self.workers,
+                        gpus=self.choice.gpus, timeout=timeout)
         run = fit(net, X, y, cluster=session, strategy=self.strategy, max_workers=self.workers,
                   wait=not adaptive and wait, show=show, **fit_kwargs)
         if adaptive:

@@ -30,9 +30,9 @@ after its probes. GPU probes (a cuda net) run on GPU workers: workers that adver
 Dask resource ``GPU``, one GPU each, as ``sk.cluster(gpus=...)`` starts them; the session
 is used when all its workers are GPU workers, else a temporary ``sk.cluster(gpus=W)``.
 The session passed in is never resized. Every worker is warmed before its first probe
-(imports, the first optimizer step; CUDA on GPU workers), and so is the notebook (a copy
-of the net is initialized once), so the probes time what a fit pays once the cluster
-and the notebook have run one.
+(imports, the first optimizer step; CUDA on GPU workers; then a throw-away one-epoch fit
+on a few batches), and so is the notebook (a copy of the net is initialized once), so
+the probes time what a fit pays once the cluster and the notebook have run one.
 
 Peak RSS is sampled once a second by each rank and once at the end of its training, so
 a short probe may miss a brief spike; the planner adds nothing for that.
@@ -183,21 +183,23 @@ def probe(
             return _probe_one(session, net, Xp, yp, c, epochs=epochs * times, seed=seed,
                               timeout=timeout, folder=folder, send_rate=rate)
 
+        small = np.arange(min(size, max(2, size // batch // 8) * batch))
+        Xsmall, ysmall = take(Xs, small), (take(ys, small) if ys is not None else None)
         for key in order:
-            group = groups[key]
-            with _cluster_for(session, max(c.workers for c in group), *key) as cluster:
+            # sharded probes first: a process keeps some memory it freed, and ddp's
+            # larger peak then hides the sharded probe's smaller one less
+            group = sorted(groups[key], key=lambda c: (c.strategy not in SHARDED, c.workers))
+            need = max(c.workers for c in group)
+            with _cluster_for(session, need, *key) as cluster:
                 warm(cluster, gpus=key[1])
                 rate = send_rate(cluster.client, X, y)
-                # sharded probes first: a process keeps some memory it freed, and ddp's
-                # larger peak then hides the sharded probe's smaller one less
-                seen = [(c, one(c, Xs, ys, cluster, rate)) for c in
-                        sorted(group, key=lambda c: (c.strategy not in SHARDED, c.workers))]
+                warm_up_fit(cluster, net, Xs, ys, strategy=_strategy_of(group[0]),
+                            workers=need, gpus=key[1], timeout=timeout)
+                seen = [(c, one(c, Xs, ys, cluster, rate)) for c in group]
                 full = next((o for c, o in seen if c == reference), None)
-                small = np.arange(max(2, size // batch // 8) * batch)
                 if full is not None and reference is not None and 2 * len(small) <= size:
-                    per_epoch = epoch_constant(full, one(
-                        reference, take(Xs, small), take(ys, small) if ys is not None
-                        else None, cluster, rate, times=2))
+                    per_epoch = epoch_constant(full, one(reference, Xsmall, ysmall, cluster,
+                                                         rate, times=2))
             for c, observed in seen:
                 m = observed.measurement(per_epoch)
                 logger.info("probe %s: %s", c, m)
@@ -258,6 +260,23 @@ def _import_runtime() -> None:
     import scalekit.training.rank  # noqa: F401
 
 
+def warm_up_fit(session: Any, net: Any, X: Any, y: Any = None, *, strategy: Any = "ddp",
+                workers: int = 1, gpus: int = 0, timeout: float = 600.0) -> None:
+    """A throw-away one-epoch fit of a copy of ``net`` on two batches of ``X`` over
+    ``workers`` workers: a cluster's first fit pays for its first rendezvous, process
+    group, strategy set-up and checkpoint write, which the fits after it do not."""
+    from scalekit.runs import fit
+    from scalekit.training.preflight import batch_size
+
+    rows = np.arange(min(_len(X), 2 * batch_size(net)))
+    copy = probe_net(net, epochs=1, gpus=gpus)
+    with tempfile.TemporaryDirectory(prefix="scalekit-warm-") as folder:
+        run = fit(copy, take(X, rows), take(y, rows) if y is not None else None,
+                  cluster=session, show=False, wait=False, max_workers=workers,
+                  strategy=strategy, checkpoint=os.path.join(folder, "run"))
+        run.wait(timeout)
+
+
 def _warm_cuda() -> None:
     import torch
 
@@ -291,7 +310,7 @@ def _probe_one(session: Any, net: Any, X: Any, y: Any, c: ProbeConfig, *, epochs
     from scalekit.runs import fit
 
     copy = probe_net(net, epochs=epochs, gpus=c.gpus)
-    strategy = c.strategy if c.shard_size is None else _hybrid(c.shard_size)
+    strategy = _strategy_of(c)
     started = time.time()  # EpochEnded events carry time.time()
     run = fit(copy, X, y, cluster=session, show=False, wait=False, seed=seed,
               max_workers=c.workers, strategy=strategy,
@@ -320,10 +339,12 @@ def _probe_one(session: Any, net: Any, X: Any, y: Any, c: ProbeConfig, *, epochs
                     transfer=sent / send_rate if send_rate else 0.0, send_rate=send_rate)
 
 
-def _hybrid(shard_size: int) -> Any:
+def _strategy_of(c: ProbeConfig) -> Any:
+    if c.shard_size is None:
+        return c.strategy
     from scalekit.training.strategies import Hybrid
 
-    return Hybrid(shard_size=shard_size)
+    return Hybrid(shard_size=c.shard_size)
 
 
 def probe_net(net: Any, *, epochs: int, gpus: int = 0) -> Any:

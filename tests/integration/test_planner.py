@@ -200,7 +200,7 @@ def measure_round(session, X, y) -> Round:
     budget = Budget(cores=os.cpu_count(), threads=(1,))
     with OtherLoad() as probing:
         plan = sk.plan(accuracy_net(), X, y, session=session, budget=budget,
-                       strategies=("ddp",), steps=40)
+                       strategies=("ddp",), steps=60, probe_epochs=6)
     walls = []
     with OtherLoad() as fitting:
         for _ in range(FITS):

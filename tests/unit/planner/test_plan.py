@@ -179,10 +179,13 @@ def test_apply_scales_and_fits_with_the_plan(fake_fit):
     net = make_net()
     run = p.apply(session, net, X, Y, checkpoint="memory://x", show=False)
     assert session.calls == [("scale", 2), ("wait", 2)]
-    # the workers scaling added were warmed (at the new size) before the fit
+    # the workers scaling added were warmed (at the new size) before the fit, and ran a
+    # throw-away one-epoch fit of a copy of the net on two batches on both workers
     assert [(name, n) for name, _, n in session.client.ran] == [
         ("warm_worker", 2), ("_import_runtime", 2)]
-    (got_net, cluster, kwargs), = fake_fit
+    (warm_net, warm_cluster, warm_kwargs), (got_net, cluster, kwargs) = fake_fit
+    assert warm_net is not net and warm_net.max_epochs == 1 and warm_cluster is session
+    assert (warm_kwargs["max_workers"], warm_kwargs["strategy"]) == (2, DDP())
     assert got_net is net and cluster is session
     assert kwargs["strategy"] == DDP() and kwargs["max_workers"] == 2
     assert kwargs["checkpoint"] == "memory://x" and kwargs["wait"] is True
@@ -194,7 +197,7 @@ def test_apply_adaptive_targets_the_plan_once_the_fit_is_attached(fake_fit):
     session = FakeSession(n=1, threads=1)
     run = p.apply(session, make_net(), X, Y, adaptive=True, show=False)
     assert session.calls == [("scale", 2), ("wait", 2), ("adapt", 1, 2)]
-    assert fake_fit[0][2]["wait"] is False  # started in the background, then joined
+    assert fake_fit[-1][2]["wait"] is False  # started in the background, then joined
     assert run.waited
 
 
@@ -364,7 +367,8 @@ def test_apply_scales_a_gpu_session_and_trains_on_cuda(fake_fit):
     ran = session.client.ran
     assert ("_warm_cuda", ("tcp://w0", "tcp://w1"), 2) in ran
     assert net.device == "cuda"
-    (_, cluster, kwargs), = fake_fit
+    (warm_net, _, _), (_, cluster, kwargs) = fake_fit
+    assert warm_net.device == "cuda"  # warm-ups train where the fit will
     assert cluster is session and kwargs["max_workers"] == 2
 
 
@@ -383,6 +387,7 @@ def test_a_cpu_plan_moves_a_cuda_net_to_the_cpu(fake_fit):
     net = make_net(device="cuda")
     p.apply(FakeSession(n=2, threads=1), net, X, Y, show=False)
     assert net.device == "cpu"
+    assert len(fake_fit) == 1  # the cluster did not grow: no warm-up fit
 
 
 def test_a_gpu_plan_starts_gpu_workers(fake_fit, monkeypatch):
