@@ -8,9 +8,9 @@ configured schedule, in a temporary folder) for ``epochs`` short epochs over a s
 wall time of the call) it records:
 
 * the steady samples/s inside an epoch: samples of the sample per second, from the
-  median duration of the epochs after the first (which pays one-off costs);
+  mean duration of the epochs after the first (which pays one-off costs);
 * the per-epoch overhead: the time between two epochs' ends that the epoch itself did
-  not take (the checkpoint, the epoch-end callbacks and messages), median likewise,
+  not take (the checkpoint, the epoch-end callbacks and messages), the mean likewise,
   plus the part of an epoch's duration that does not grow with its samples (one
   allocation, the reference, is probed again on a few batches for twice the epochs to
   tell them apart);
@@ -139,7 +139,7 @@ def probe(
         ``gpu_threads``.
     steps, epochs :
         Global batches per probe epoch, and epochs per probe (at least 2). The first
-        epoch pays one-off costs (counted in the per-fit overhead); the median of the
+        epoch pays one-off costs (counted in the per-fit overhead); the mean of the
         others is the steady rate.
     timeout : float
         Seconds one probe fit may take.
@@ -198,8 +198,13 @@ def probe(
                 seen = [(c, one(c, Xs, ys, cluster, rate)) for c in group]
                 full = next((o for c, o in seen if c == reference), None)
                 if full is not None and reference is not None and 2 * len(small) <= size:
-                    per_epoch = epoch_constant(full, one(reference, Xsmall, ysmall, cluster,
-                                                         rate, times=2))
+                    try:
+                        per_epoch = epoch_constant(full, one(reference, Xsmall, ysmall,
+                                                             cluster, rate, times=2))
+                    except Exception:  # e.g. a stratified split of too few samples
+                        logger.info("probe on %d samples failed; an epoch's constant part "
+                                    "stays in the per-sample time", len(small),
+                                    exc_info=True)
             for c, observed in seen:
                 m = observed.measurement(per_epoch)
                 logger.info("probe %s: %s", c, m)
@@ -271,10 +276,14 @@ def warm_up_fit(session: Any, net: Any, X: Any, y: Any = None, *, strategy: Any 
     rows = np.arange(min(_len(X), 2 * batch_size(net)))
     copy = probe_net(net, epochs=1, gpus=gpus)
     with tempfile.TemporaryDirectory(prefix="scalekit-warm-") as folder:
-        run = fit(copy, take(X, rows), take(y, rows) if y is not None else None,
-                  cluster=session, show=False, wait=False, max_workers=workers,
-                  strategy=strategy, checkpoint=os.path.join(folder, "run"))
-        run.wait(timeout)
+        try:
+            run = fit(copy, take(X, rows), take(y, rows) if y is not None else None,
+                      cluster=session, show=False, wait=False, max_workers=workers,
+                      strategy=strategy, checkpoint=os.path.join(folder, "run"))
+            run.wait(timeout)
+        except Exception:  # best effort (e.g. a stratified split of two batches): the
+            # timed fit then pays these costs itself, and reports its own errors
+            logger.info("warm-up fit failed", exc_info=True)
 
 
 def _warm_cuda() -> None:

@@ -309,6 +309,8 @@ def _duration(s: float) -> str:
         return f"{s / 3600:.1f} h"
     if s >= 60:
         return f"{s / 60:.1f} min"
+    if s < 10:  # short fits: their overhead is a tenth of a second or so
+        return f"{s:.2g} s"
     return f"{s:.1f} s"
 
 

@@ -224,7 +224,22 @@ def test_apply_without_a_session_starts_one_of_the_plans_shape(fake_fit, monkeyp
     p = sk.plan(make_net(), X, Y, budget=Budget(cores=2), measurements=one_machine())
     p.apply(None, make_net(), X, Y, show=False)
     assert started == [(1, 2)]
-    assert isinstance(fake_fit[0][1], FakeSession)
+    # a new cluster: warmed, then a throw-away one-epoch fit, then the fit
+    session = fake_fit[0][1]
+    assert isinstance(session, FakeSession) and fake_fit[1][1] is session
+    assert [name for name, _, _ in session.client.ran] == ["warm_worker", "_import_runtime"]
+    assert fake_fit[0][0].max_epochs == 1 and fake_fit[1][0].max_epochs == 10
+
+
+def test_a_failing_warm_up_fit_does_not_stop_the_fit(monkeypatch):
+    import scalekit.runs
+    from scalekit.planner.probe import warm_up_fit
+
+    def fit(*args, **kwargs):
+        raise ValueError("n_splits=5 cannot be greater than the number of members")
+
+    monkeypatch.setattr(scalekit.runs, "fit", fit)
+    warm_up_fit(FakeSession(), make_net(), X, Y)  # logged, not raised
 
 
 # -- the probe's pure parts -------------------------------------------------------------
@@ -313,7 +328,7 @@ def test_the_plan_predicts_the_fits_end_to_end_rate_and_explains_it():
     assert row["overhead_seconds"] == c.overhead_seconds
     text = repr(p)
     assert f"-> {c.samples_per_s:,.0f} samples/s end to end" in text
-    assert "10 epochs of 1,000 samples in about 0.4 s (0.3 s of it overhead)" in text
+    assert "10 epochs of 1,000 samples in about 0.41 s (0.25 s of it overhead)" in text
     header = text.splitlines()[1].split()
     assert header[header.index("samples/s") + 1] == "steady"
     assert "fit time" in text and "overhead" in header
