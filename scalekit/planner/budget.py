@@ -42,7 +42,9 @@ class Budget:
     max_workers : int
         Largest number of workers.
     gpus : int
-        GPUs for all workers together (each GPU worker uses one).
+        GPUs for all workers together. A GPU worker holds one GPU (scalekit starts one
+        worker per GPU, each pinned to its own), so this is also the most GPU workers a
+        plan may use; with ``gpus`` the planner considers GPU workers beside CPU ones.
     memory_per_worker : int or str
         Memory one worker (one rank) may use, e.g. ``"4GiB"``.
     total_memory : int or str
@@ -114,13 +116,17 @@ class Budget:
         raise PlanError(f"budget must be a Budget, a dict or None, got {type(budget).__name__}")
 
     @classmethod
-    def this_machine(cls) -> Budget:
-        """This machine's cores and memory (for a local cluster)."""
+    def this_machine(cls, *, gpus: int | None = None) -> Budget:
+        """This machine's cores, memory and GPUs (for a local cluster); ``gpus``
+        overrides the count (e.g. the GPU workers of a running cluster)."""
         import os
 
         import psutil
 
-        return cls(cores=os.cpu_count() or 1, total_memory=psutil.virtual_memory().total)
+        if gpus is None:
+            gpus = visible_gpus()
+        return cls(cores=os.cpu_count() or 1, total_memory=psutil.virtual_memory().total,
+                   gpus=gpus)
 
     @property
     def priced(self) -> bool:
@@ -142,3 +148,14 @@ class Budget:
         if not limits and self.max_cost_per_hour and self.cost_per_worker_hour:
             limits.append(int(self.max_cost_per_hour // self.cost_per_worker_hour))
         return max(1, min(limits) if limits else 64)
+
+
+def visible_gpus() -> int:
+    """GPUs this process may use (``CUDA_VISIBLE_DEVICES`` respected; no CUDA context
+    is created: torch counts through NVML)."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count())
+    except Exception:  # a torch without CUDA, or a broken driver: no GPU to plan for
+        return 0

@@ -3,6 +3,10 @@
     plan = sk.plan(net, X, y, budget=sk.planner.Budget(cores=8, memory_per_worker="4GiB"))
     plan                                  # the table of every candidate considered
     run = plan.apply(session, net, X, y)  # scale the cluster and start the fit
+
+The predicted samples/s of a candidate is what the user will see: the fit's
+``epochs x samples`` over the predicted wall time of ``sk.fit``, its per-fit and
+per-epoch overhead and the data transfer included.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 from scalekit.errors import UsageError
 from scalekit.planner.budget import Budget, PlanError
 from scalekit.planner.model import EXACT, Measurement, ScalingModel, fit_scaling_model
+from scalekit.planner.overhead import describe
 from scalekit.planner.solve import Candidate, Solution, _duration, _size, solve
 
 
@@ -36,6 +41,9 @@ class Plan:
         The fitted throughput and memory model.
     measurements : tuple of Measurement
         What the probes measured.
+    epochs, n_samples, data_bytes :
+        The fit planned for: its epochs, its samples and the bytes of data every worker
+        receives.
     """
 
     choice: Candidate
@@ -47,6 +55,7 @@ class Plan:
     epochs: int | None = None
     n_samples: int | None = None
     deadline: float | None = None
+    data_bytes: int = 0
 
     # -- the allocation ------------------------------------------------------------------
     @property
@@ -57,6 +66,11 @@ class Plan:
     @property
     def threads_per_worker(self) -> int:
         return self.choice.threads
+
+    @property
+    def gpus(self) -> int:
+        """GPU workers to run (0: CPU workers); each holds one GPU."""
+        return self.workers if self.choice.gpus else 0
 
     @property
     def strategy(self) -> Any:
@@ -71,12 +85,18 @@ class Plan:
 
     # -- acting on it --------------------------------------------------------------------
     def cluster(self, **options: Any) -> Any:
-        """Start a cluster of this plan's shape (``sk.cluster(workers, threads_per_worker)``)."""
+        """Start a cluster of this plan's shape, warmed for its first fit
+        (``sk.cluster(workers, threads_per_worker)``; for GPU workers
+        ``sk.cluster(gpus=workers, threads_per_worker=...)``)."""
+        from scalekit.planner.probe import warm
         from scalekit.session import cluster
 
+        if self.gpus:
+            options.setdefault("gpus", self.gpus)
         session = cluster(workers=self.workers, threads_per_worker=self.threads_per_worker,
                           **options)
         session.wait_for_workers(self.workers, timeout=300)
+        warm(session, gpus=self.choice.gpus)
         return session
 
     def apply(self, session: Any, net: Any, X: Any, y: Any = None, *, adaptive: bool = False,
@@ -84,12 +104,20 @@ class Plan:
               **fit_kwargs: Any) -> Any:
         """Scale ``session`` to the plan and start the fit with its strategy.
 
+        Workers the scaling added (or a cluster it starts) are warmed first, as the
+        probes' workers were (imports, the first optimizer step, CUDA, and a throw-away
+        one-epoch fit on two batches), so the fit costs what the plan predicted.
+        The net trains where the plan says: on GPU workers with ``device="cuda"``, else
+        on the CPU (``net.device`` is set when it differs).
+
         Parameters
         ----------
         session : ClusterSession or None
             The cluster to use; its workers must have the plan's threads per worker
-            (a worker's thread count is fixed when it starts). ``None`` starts a new
-            cluster of the plan's shape (``run.session`` holds it; close it when done).
+            (a worker's thread count is fixed when it starts), and for a GPU plan be GPU
+            workers (``sk.cluster(gpus=...)``), which it scales to ``plan.workers``.
+            ``None`` starts a new cluster of the plan's shape (``run.session`` holds it;
+            close it when done).
         adaptive : bool
             Instead of a fixed size, switch adaptive scaling on with the plan as its
             target (:attr:`adaptive_bounds`): the cluster holds ``plan.workers`` while
@@ -101,24 +129,28 @@ class Plan:
         -------
         TrainingRun
         """
+        from scalekit.planner.probe import warm, warm_up_fit
         from scalekit.runs import fit
 
         for key in ("strategy", "max_workers", "cluster"):
             if key in fit_kwargs:
                 raise UsageError(f"plan.apply sets {key}= from the plan; leave it out (or "
                                  f"call sk.fit yourself with plan.workers and plan.strategy)")
+        device = "cuda" if self.gpus else "cpu"
+        if str(getattr(net, "device", device)).split(":")[0] != device:
+            net.set_params(device=device)
         if session is None:
-            session = self.cluster()
+            session, grew = self.cluster(), True
         else:
-            have = _threads_of(session)
-            if have is not None and have != self.threads_per_worker:
-                raise UsageError(
-                    f"this plan wants {self.threads_per_worker} thread(s) per worker but the "
-                    f"cluster's workers have {have}; pass None to start a cluster of the "
-                    f"plan's shape, or start one with sk.cluster(workers={self.workers}, "
-                    f"threads_per_worker={self.threads_per_worker})")
+            self._check_session(session)
+            before = len(session.client.nthreads())
             session.scale(self.workers)
             session.wait_for_workers(self.workers, timeout=timeout)
+            warm(session, gpus=self.choice.gpus)
+            grew = len(session.client.nthreads()) > before
+        if grew:  # new workers: their first fit's one-off costs, before the timed one
+            warm_up_fit(session, net, X, y, strategy=self.strategy, workers=self.workers,
+                        gpus=self.choice.gpus, timeout=timeout)
         run = fit(net, X, y, cluster=session, strategy=self.strategy, max_workers=self.workers,
                   wait=not adaptive and wait, show=show, **fit_kwargs)
         if adaptive:
@@ -128,6 +160,29 @@ class Plan:
             if wait:
                 run.wait()
         return run
+
+    def _check_session(self, session: Any) -> None:
+        from scalekit.planner.probe import gpu_workers
+
+        shape = (f"sk.cluster(gpus={self.workers}, threads_per_worker="
+                 f"{self.threads_per_worker})" if self.gpus else
+                 f"sk.cluster(workers={self.workers}, threads_per_worker="
+                 f"{self.threads_per_worker})")
+        if self.gpus:
+            workers = session.client.nthreads()
+            with_gpu = gpu_workers(session.client)
+            if not workers or len(with_gpu) != len(workers):
+                raise UsageError(
+                    f"this plan wants {self.workers} GPU worker(s) but "
+                    f"{len(workers) - len(with_gpu)} of the cluster's {len(workers)} "
+                    f"workers have no GPU; pass None to start a cluster of the plan's "
+                    f"shape, or start one with {shape}")
+        have = _threads_of(session)
+        if have is not None and have != self.threads_per_worker:
+            raise UsageError(
+                f"this plan wants {self.threads_per_worker} thread(s) per worker but the "
+                f"cluster's workers have {have}; pass None to start a cluster of the "
+                f"plan's shape, or start one with {shape}")
 
     # -- explaining it -------------------------------------------------------------------
     def table(self) -> list[dict[str, Any]]:
@@ -142,8 +197,10 @@ class Plan:
             rows.append({
                 "chosen": c == self.choice, "workers": c.workers, "threads": c.threads,
                 "gpus": c.gpus, "strategy": c.label.split(", ", 1)[1],
-                "samples_per_s": c.samples_per_s, "memory_per_rank": c.memory_per_rank,
-                "cost_per_hour": c.cost_per_hour, "fit_seconds": c.fit_seconds,
+                "samples_per_s": c.samples_per_s,
+                "steady_samples_per_s": c.steady_samples_per_s,
+                "memory_per_rank": c.memory_per_rank, "cost_per_hour": c.cost_per_hour,
+                "fit_seconds": c.fit_seconds, "overhead_seconds": c.overhead_seconds,
                 "fit_cost": c.fit_cost, "feasible": c.feasible,
                 "why_not": "; ".join(c.why_not), "note": c.note,
             })
@@ -152,10 +209,13 @@ class Plan:
     def summary(self) -> str:
         c = self.choice
         goal = "highest throughput" if self.objective == "throughput" else "lowest cost"
-        parts = [f"plan ({goal}): {c.label} -> {c.samples_per_s:,.0f} samples/s, "
-                 f"{_size(c.memory_per_rank)}/rank"]
-        if c.fit_seconds is not None:
-            parts.append(f"{self.epochs} epochs in about {_duration(c.fit_seconds)}")
+        timed = c.fit_seconds is not None
+        parts = [f"plan ({goal}): {c.label} -> {c.samples_per_s:,.0f} samples/s"
+                 f"{' end to end' if timed else ''}, {_size(c.memory_per_rank)}/rank"]
+        if timed:
+            parts.append(f"{self.epochs} epochs of {self.n_samples:,} samples in about "
+                         f"{_duration(c.fit_seconds)} ({_duration(c.overhead_seconds or 0.0)} "
+                         "of it overhead)")
         if self.budget.priced:
             parts.append(f"{c.cost_per_hour:.2f}/h")
         return ", ".join(parts)
@@ -164,12 +224,15 @@ class Plan:
         cols = [("", "chosen"), ("workers", "workers"), ("threads", "threads")]
         if any(c.gpus for c in self.candidates):
             cols.append(("GPUs", "gpus"))
-        cols += [("strategy", "strategy"), ("samples/s", "samples_per_s"),
-                 ("memory/rank", "memory_per_rank")]
+        timed = bool(self.epochs and self.n_samples)
+        cols += [("strategy", "strategy"), ("samples/s", "samples_per_s")]
+        if timed:
+            cols.append(("steady", "steady_samples_per_s"))
+        cols.append(("memory/rank", "memory_per_rank"))
         if self.budget.priced:
             cols.append(("cost/h", "cost_per_hour"))
-        if self.epochs and self.n_samples:
-            cols.append(("fit time", "fit_seconds"))
+        if timed:
+            cols += [("fit time", "fit_seconds"), ("overhead", "overhead_seconds")]
             if self.budget.priced:
                 cols.append(("fit cost", "fit_cost"))
         cols += [("feasible", "feasible"), ("why not / note", "why_not")]
@@ -181,13 +244,13 @@ class Plan:
             v = row[key]
             if key == "chosen":
                 out.append("\u2192" if v else "")
-            elif key == "samples_per_s":
+            elif key in ("samples_per_s", "steady_samples_per_s"):
                 out.append(f"{v:,.0f}")
             elif key == "memory_per_rank":
                 out.append(_size(v))
             elif key in ("cost_per_hour", "fit_cost"):
                 out.append("" if v is None else f"{v:.2f}")
-            elif key == "fit_seconds":
+            elif key in ("fit_seconds", "overhead_seconds"):
                 out.append("" if v is None else _duration(v))
             elif key == "feasible":
                 out.append("yes" if v else "no")
@@ -204,8 +267,10 @@ class Plan:
         lines += ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip()
                   for r in rows]
         t = self.model.throughput
-        lines.append(f"model: p = {t.p:.2f} (threads' parallel fraction), rms error "
-                     f"{t.rms_error:.0%} over {len(self.model.measured)} measurements")
+        lines.append(f"model: per sample a/(W s(T)) + b + c_s log2 W, p = {t.p:.2f} (threads' "
+                     f"parallel fraction), rms error {t.rms_error:.0%} over "
+                     f"{len(self.model.measured)} measurements")
+        lines.append(describe(self.model.overhead))
         lines += [f"note: {n}" for n in self.model.notes]
         return "\n".join(lines)
 
@@ -222,7 +287,7 @@ class Plan:
         fit = (f"model: t = a/(W&middot;s(T)) + b + c<sub>s</sub>&middot;log<sub>2</sub>W with "
                f"p = {t.p:.2f} (thread parallel fraction), fitted to "
                f"{len(self.measurements) or len(self.model.measured)} measurements, "
-               f"rms error {t.rms_error:.0%}")
+               f"rms error {t.rms_error:.0%}; {html.escape(describe(self.model.overhead))}")
         return (f"<div class='scalekit-plan'><p><b>{html.escape(self.summary())}</b></p>"
                 f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
                 f"<p style='font-size:smaller'>{fit}</p>"
@@ -260,7 +325,8 @@ def plan(
     X, y :
         The training data (probes use a small sample of it).
     budget : Budget or dict, optional
-        Limits and prices (default: this machine's cores and memory).
+        Limits and prices (default: this machine's cores and memory, and its GPUs, or
+        the session's GPU workers when it has some).
     objective : {"throughput", "cost"}
         Maximise samples/s within the budget, or minimise the fit's cost (within the
         ``deadline``, if given).
@@ -270,7 +336,9 @@ def plan(
     deadline : float or str, optional
         Seconds (or ``"20 minutes"``) the fit may take.
     session : ClusterSession, optional
-        A running cluster to probe on; other thread counts get temporary clusters.
+        A running cluster to probe on; other thread counts get temporary clusters. When
+        its workers are GPU workers (``sk.cluster(gpus=...)``), the GPU probes run on
+        them.
     strategies : sequence of str
         Strategies to consider (default: the exact ones, ``ddp``, ``fsdp``, ``hybrid``;
         add ``"local_sgd"`` to consider the approximation).
@@ -286,6 +354,11 @@ def plan(
     """
     from skorch.dataset import get_len
 
+    from scalekit.planner.probe import data_bytes, gpu_workers
+
+    gpu_here = gpu_workers(session.client) if session is not None else []
+    if budget is None:
+        budget = Budget.this_machine(gpus=len(gpu_here) if gpu_here else None)
     budget = Budget.of(budget)
     if deadline is not None and not isinstance(deadline, (int, float)):
         from dask.utils import parse_timedelta
@@ -299,6 +372,10 @@ def plan(
             options["epochs"] = options.pop("probe_epochs")
         options.setdefault("cores", budget.cores)
         options.setdefault("gpus", budget.gpus)
+        if budget.threads:  # no probe at thread counts the budget rules out
+            options.setdefault("threads", budget.threads)
+        if gpu_here:  # probe GPU workers with the threads the session gave them
+            options.setdefault("gpu_threads", session.client.nthreads()[gpu_here[0]])
         options.setdefault("strategies", tuple(strategies))
         measurements = probe(net, X, y, session=session, **options)
     elif probe_options:
@@ -307,11 +384,13 @@ def plan(
     model = fit_scaling_model(measurements)
     epochs = epochs or getattr(net, "max_epochs", None)
     n_samples = int(get_len(X))
+    nbytes = data_bytes(X) + data_bytes(y)
     solution: Solution = solve(model, budget, objective=objective, strategies=strategies,
-                               epochs=epochs, n_samples=n_samples, deadline=deadline)
+                               epochs=epochs, n_samples=n_samples, deadline=deadline,
+                               data_bytes=nbytes)
     return Plan(choice=solution.choice, candidates=solution.candidates, budget=budget,
                 objective=objective, model=model, measurements=tuple(measurements),
-                epochs=epochs, n_samples=n_samples, deadline=deadline)
+                epochs=epochs, n_samples=n_samples, deadline=deadline, data_bytes=nbytes)
 
 
 __all__ = ["Plan", "PlanError", "plan"]

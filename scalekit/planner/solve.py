@@ -4,7 +4,11 @@ A *candidate* is ``workers x threads per worker (x GPUs per worker) x strategy``
 for ``hybrid``, a shard-group size). Each is predicted by a fitted
 :class:`~scalekit.planner.model.ScalingModel` (samples/s, peak memory per rank) and
 priced (cost per hour; with ``epochs`` and ``n_samples`` also the fit's duration and
-cost). The choice is a binary one-hot vector ``x`` solved with
+cost). With ``epochs`` and ``n_samples`` its samples/s is the fit's end-to-end rate
+(``epochs x n_samples`` over the predicted wall time, overhead included), so a short fit
+is not sent to more workers than its start-up costs repay. A GPU worker holds one GPU
+(scalekit pins one worker to each) and is predicted at the thread count the GPU workers
+were measured with. The choice is a binary one-hot vector ``x`` solved with
 :func:`scipy.optimize.milp`:
 
     maximise  sum_i x_i * samples_per_s_i         (objective="throughput")
@@ -49,11 +53,13 @@ class Candidate:
     threads: int
     gpus: int = 0  # per worker
     shard_size: int | None = None  # hybrid only
-    samples_per_s: float = 0.0
+    samples_per_s: float = 0.0  # end-to-end for the fit when timed, else steady
     memory_per_rank: float = 0.0  # bytes
     cost_per_hour: float = 0.0
     fit_seconds: float | None = None  # with epochs and n_samples
     fit_cost: float | None = None
+    steady_samples_per_s: float = 0.0  # inside an epoch, without the fit's overhead
+    overhead_seconds: float | None = None  # of fit_seconds: outside the per-sample work
     feasible: bool = True
     why_not: tuple[str, ...] = ()
     note: str = ""
@@ -100,6 +106,7 @@ class Solution:
 def enumerate_candidates(
     model: ScalingModel, budget: Budget, *, strategies: Sequence[str] = EXACT,
     epochs: int | None = None, n_samples: int | None = None, deadline: float | None = None,
+    data_bytes: int = 0,
 ) -> list[Candidate]:
     """Every allocation within the budget's worker and thread ranges, predicted and
     checked against each limit."""
@@ -107,17 +114,17 @@ def enumerate_candidates(
     if unknown or not strategies:
         raise PlanError(f"unknown strategies {unknown or list(strategies)}; choose from "
                         f"{', '.join(STRATEGIES)}")
-    gpu_options = [0]
-    if budget.gpus:
-        gpu_options.append(1)
+    shapes = [(t, 0) for t in budget.thread_options()]
+    if budget.gpus:  # GPU workers at the threads they were measured with
+        shapes += [(t, 1) for t in model.gpu_threads or (1,)]
+    fit = (epochs, n_samples, data_bytes)
     out = []
     for workers in range(1, budget.worker_limit() + 1):
-        for threads in budget.thread_options():
-            for gpus in gpu_options:
-                for strategy in strategies:
-                    for shard in _shard_sizes(strategy, workers):
-                        out.append(_candidate(model, budget, strategy, workers, threads, gpus,
-                                              shard, epochs, n_samples, deadline))
+        for threads, gpus in shapes:
+            for strategy in strategies:
+                for shard in _shard_sizes(strategy, workers):
+                    out.append(_candidate(model, budget, strategy, workers, threads, gpus,
+                                          shard, fit, deadline))
     return out
 
 
@@ -131,18 +138,23 @@ def _shard_sizes(strategy: str, workers: int) -> list[int | None]:
 
 
 def _candidate(model: ScalingModel, budget: Budget, strategy: str, workers: int, threads: int,
-               gpus: int, shard: int | None, epochs: int | None, n_samples: int | None,
+               gpus: int, shard: int | None, fit: tuple[int | None, int | None, int],
                deadline: float | None) -> Candidate:
     why: list[str] = []
     note = model.extrapolation(workers, threads, gpus)
     if gpus and model.throughput.a_gpu is None:
         return Candidate(strategy, workers, threads, gpus, shard, feasible=False,
                          why_not=("GPU throughput not measured",), note="not measured")
-    sps, memory = model.predict(strategy, workers, threads, gpus, shard)
+    epochs, n_samples, data_bytes = fit
+    steady, memory = model.predict(strategy, workers, threads, gpus, shard)
+    sps = steady
     cost_h = budget.cost_per_hour(workers, threads, gpus)
-    fit_s = fit_cost = None
+    fit_s = fit_cost = overhead = None
     if epochs and n_samples:
-        fit_s = epochs * n_samples / sps
+        fit_s = model.fit_seconds(strategy, workers, threads, gpus, epochs=epochs,
+                                  n_samples=n_samples, data_bytes=data_bytes)
+        sps = epochs * n_samples / fit_s
+        overhead = fit_s - epochs * n_samples / steady
         fit_cost = cost_h * fit_s / 3600.0
     if budget.cores is not None and workers * threads > budget.cores:
         why.append(f"{workers * threads} cores > {budget.cores}")
@@ -162,16 +174,21 @@ def _candidate(model: ScalingModel, budget: Budget, strategy: str, workers: int,
         why.append(f"takes {_duration(fit_s)} > deadline {_duration(deadline)}")
     return Candidate(strategy, workers, threads, gpus, shard, samples_per_s=sps,
                      memory_per_rank=memory, cost_per_hour=cost_h, fit_seconds=fit_s,
-                     fit_cost=fit_cost, feasible=not why, why_not=tuple(why), note=note)
+                     fit_cost=fit_cost, steady_samples_per_s=steady,
+                     overhead_seconds=overhead, feasible=not why, why_not=tuple(why),
+                     note=note)
 
 
 def solve(
     model: ScalingModel, budget: Budget, *, objective: str = "throughput",
     strategies: Sequence[str] = EXACT, epochs: int | None = None,
-    n_samples: int | None = None, deadline: float | None = None,
+    n_samples: int | None = None, deadline: float | None = None, data_bytes: int = 0,
 ) -> Solution:
     """Pick the allocation that maximises throughput (or minimises the fit's cost)
-    within ``budget`` (and ``deadline`` seconds for ``epochs`` over ``n_samples``)."""
+    within ``budget`` (and ``deadline`` seconds for ``epochs`` over ``n_samples``).
+
+    With ``epochs`` and ``n_samples`` (and ``data_bytes``, the size of the data every
+    worker receives) throughput is the fit's end-to-end samples/s."""
     from scipy.optimize import Bounds, LinearConstraint, milp
 
     if objective not in OBJECTIVES:
@@ -185,7 +202,8 @@ def solve(
         raise PlanError("objective='cost' needs prices: set cost_per_worker_hour, "
                         "cost_per_core_hour or cost_per_gpu_hour in the Budget")
     cands = enumerate_candidates(model, budget, strategies=strategies, epochs=epochs,
-                                 n_samples=n_samples, deadline=deadline)
+                                 n_samples=n_samples, deadline=deadline,
+                                 data_bytes=data_bytes)
     n = len(cands)
     col = {k: np.array([v(c) for c in cands], dtype=float) for k, v in {
         "sps": lambda c: c.samples_per_s,
@@ -291,6 +309,8 @@ def _duration(s: float) -> str:
         return f"{s / 3600:.1f} h"
     if s >= 60:
         return f"{s / 60:.1f} min"
+    if s < 10:  # short fits: their overhead is a tenth of a second or so
+        return f"{s:.2g} s"
     return f"{s:.1f} s"
 
 

@@ -173,3 +173,40 @@ def test_scaling_model_notes_extrapolation():
     sps, memory = model.predict("fsdp", 2, 1)
     assert sps == pytest.approx(21_000, rel=0.01)
     assert memory == pytest.approx(440 * MiB, rel=0.01)
+
+
+def test_gpu_communication_is_fitted_apart_from_the_cpu_workers():
+    # NCCL between GPU workers costs far less than the CPU workers' all-reduce
+    configs = [("ddp", 1, 1, 0), ("ddp", 2, 1, 0), ("ddp", 1, 2, 0), ("ddp", 1, 1, 1),
+               ("ddp", 2, 1, 1), ("ddp", 4, 1, 1)]
+    cpu = synthetic(1e-3, 1e-5, 0.8, {"ddp": 1e-4}, configs=configs[:3])
+    gpu = synthetic(1e-3, 1e-5, 0.8, {"ddp": 1e-6}, configs=configs[3:], a_gpu=2e-5)
+    model = fit_throughput(cpu + gpu)
+    assert model.comm["ddp"] == pytest.approx(1e-4, rel=1e-3)
+    assert model.comm_gpu["ddp"] == pytest.approx(1e-6, rel=1e-3)
+    assert model.comm_of("ddp", gpus=1) == pytest.approx(1e-6, rel=1e-3)
+    assert model.samples_per_s("ddp", 4, 1, gpus=1) == pytest.approx(
+        1 / (2e-5 / 4 + 1e-5 + 2 * 1e-6), rel=1e-3)
+    # one GPU worker measured: the CPU workers' cost stands in, and the plan says so
+    one_gpu = fit_throughput(cpu + gpu[:1])
+    assert one_gpu.comm_gpu == {} and one_gpu.comm_of("ddp", gpus=1) == one_gpu.comm["ddp"]
+    assert any("one GPU worker measured" in n for n in one_gpu.notes)
+
+
+def test_measurement_from_a_report_with_timings():
+    report = SimpleNamespace(strategy="ddp", world_size=2, samples_per_s=1.0,
+                             state_bytes=(1,), peak_rss=(2,))
+    m = Measurement.from_report(report, threads=1, samples_per_s=5.0, fit_overhead_s=0.2,
+                                epoch_overhead_s=0.01, send_bytes_per_s=1e9)
+    assert (m.fit_overhead_s, m.epoch_overhead_s, m.send_bytes_per_s) == (0.2, 0.01, 1e9)
+    assert m.timed and not Measurement("ddp", 1, 1, 5.0).timed
+
+
+def test_the_scaling_model_predicts_a_whole_fit():
+    measured = [Measurement("ddp", 1, 1, 1000.0, fit_overhead_s=1.0, epoch_overhead_s=0.1)]
+    model = fit_scaling_model(measured)
+    # 3 epochs of 2000 samples: 6 s of work, 1 s per fit, 0.3 s of epochs' ends
+    assert model.fit_seconds("ddp", 1, epochs=3, n_samples=2000) == pytest.approx(7.3)
+    assert model.predict("ddp", 1, epochs=3, n_samples=2000)[0] == pytest.approx(6000 / 7.3)
+    assert model.predict("ddp", 1)[0] == pytest.approx(1000.0)
+    assert model.gpu_threads == ()
