@@ -36,12 +36,23 @@ from scalekit.events import (
 from scalekit.training import devices
 from scalekit.training import state as training_state
 from scalekit.training.checkpoint import CheckpointStore
-from scalekit.training.policy import decide_after_failure, useful_world_size
+from scalekit.training.policy import (
+    decide_after_failure,
+    failures_in_a_row,
+    useful_world_size,
+)
 from scalekit.training.preflight import batch_size as _batch_size
 from scalekit.training.preflight import check_net, preflight
 from scalekit.training.preflight import n_samples as _n_samples
 from scalekit.training.rank import RankResult, RankSpec
-from scalekit.training.rounds import Beacons, Round, RoundOutcome, kill_local_or_restart
+from scalekit.training.rounds import (
+    SILENT_FACTOR,
+    Beacons,
+    Round,
+    RoundOutcome,
+    kill_local_or_restart,
+    unresponsive,
+)
 from scalekit.training.rounds import is_peer_failure as _is_peer_failure  # noqa: F401
 
 if TYPE_CHECKING:
@@ -104,7 +115,8 @@ class TrainingController:
         self.max_world = max_world or 10_000
         self.scale_to = scale_to
         self.generation = 0
-        self.failures = 0
+        self.failures = 0  # failures in a row, without progress in between
+        self._restored_from: tuple[int, int] | None = None  # where the last one restored to
         self.results: list[RankResult] = []
         self.store: CheckpointStore | None = None
         self._beacons = Beacons()
@@ -130,6 +142,13 @@ class TrainingController:
         self.backend = devices.process_group_backend(self.config.backend, self.device_type)
         if self.device_type == "cuda":  # before anything is made or sent
             self._check_placement(self._wait_for_workers(placeable=False)[: self.max_world])
+        if self.max_world > 1 and self._workers_in_process():
+            # torch.distributed has one process group per process: threads of one
+            # process cannot form a world of several ranks
+            self.max_world = 1
+            self.bus.publish(Notice(level="info", message=(
+                "the workers are threads of this process (processes=False): the fit "
+                "trains on one of them")))
         self.store = self._open_store()
         if self.resume:
             self._state = self._load_checkpoint(required=True)
@@ -158,6 +177,7 @@ class TrainingController:
             raise
         finally:
             self.client.unsubscribe_topic(self.topic)
+            self._release_data()
         training_state.restore(net, self._state)
         _to_user_device(net)
         self._drop_default_checkpoints()
@@ -261,13 +281,9 @@ class TrainingController:
             self.bus.publish(RankStatus(run_id=self.run_id, rank=failure.rank,
                                         worker=failure.worker or "", state="failed",
                                         generation=self.generation - 1))
-        alive = len(self.client.nthreads())
-        decision = decide_after_failure(failure, failures_so_far=self.failures,
-                                        max_failures=self.config.max_failures,
-                                        workers_alive=alive)
-        if decision.action == "give_up":
-            self._raise(failure, outcome, decision.reason)
-        self.failures += 1
+        if failure.kind == "user":  # a bug a retry would repeat: nothing to restore
+            self._raise(failure, outcome, decide_after_failure(
+                failure, failures_so_far=0, max_failures=1, workers_alive=0).reason)
         if self.store is not None:
             # the failed round's writers have ended: a temporary file is now an orphan
             # (during a round, pruning spares fresh ones: they may be a live writer's)
@@ -280,6 +296,17 @@ class TrainingController:
         newest = self._load_checkpoint(required=False)
         if newest is not None and self._newer(newest, self._state):
             self._state = newest
+        # the budget counts failures in a row: saved progress since the last one resets it
+        position = _position_of(self._state)
+        progressed = self._restored_from is None or position > self._restored_from
+        self.failures = failures_in_a_row(self.failures, progressed)
+        alive = len(self.client.nthreads())
+        decision = decide_after_failure(failure, failures_so_far=self.failures - 1,
+                                        max_failures=self.config.max_failures,
+                                        workers_alive=alive)
+        if decision.action == "give_up":
+            self._raise(failure, outcome, decision.reason)
+        self._restored_from = position
         self.bus.publish(Notice(level="warning", message=f"recovering: {decision.reason}"))
         self._recovery = (outcome.failed_at, self._progress, decision.reason)
 
@@ -319,6 +346,16 @@ class TrainingController:
             self._data = self.client.scatter([self.X, self.y], broadcast=True, hash=False)
         return self._data
 
+    def _release_data(self) -> None:
+        """Let the workers drop this fit's data (the futures would otherwise keep it
+        there as long as the controller lives)."""
+        for future in self._data:
+            try:
+                future.release()
+            except Exception:
+                logger.debug("could not release %s", future, exc_info=True)
+        self._data = []
+
     def _open_store(self) -> CheckpointStore | None:
         if self.checkpoint is False:
             if self.resume:
@@ -343,9 +380,13 @@ class TrainingController:
         return store
 
     def _workers_in_process(self) -> bool:
+        """Whether the workers are threads of this process (``processes=False``)."""
         import os
 
         try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers") or {}
+            if any(w.get("nanny") for w in workers.values()):
+                return False  # worker processes (asking them could wait on a stopped one)
             pids = self.client.run(os.getpid)
         except Exception:
             return False
@@ -405,7 +446,7 @@ class TrainingController:
         while True:
             workers = sorted(self.client.nthreads())
             if placeable:
-                workers = self._placeable(workers)
+                workers = self._placeable(self._responsive(workers))
             if workers:
                 return workers
             if not announced:
@@ -424,6 +465,21 @@ class TrainingController:
         deadline = time.monotonic() + timeout
         while len(self.client.nthreads()) > n and time.monotonic() < deadline:
             time.sleep(0.1)
+
+    def _responsive(self, workers: list[str]) -> list[str]:
+        """``workers`` without those that stopped answering (their heartbeats stopped
+        before the others'): those are ended (their nanny starts fresh ones) instead of
+        being made ranks of a round that would wait for them."""
+        try:
+            silent = unresponsive(self.client, workers,
+                                  SILENT_FACTOR * self.config.hang_timeout)
+        except Exception:  # a scheduler hiccup: judge them at the round's set-up
+            return workers
+        for address in silent:
+            logger.warning("ending worker %s: no heartbeat for over %gs", address,
+                           SILENT_FACTOR * self.config.hang_timeout)
+            kill_local_or_restart(self.client, address, None)
+        return [w for w in workers if w not in silent]
 
     # -- devices -------------------------------------------------------------------------
     def _placeable(self, workers: list[str]) -> list[str]:
@@ -600,6 +656,10 @@ def _to_user_device(net: Any) -> None:
         optimizer = getattr(net, name + "_", None)
         if optimizer is not None:  # loading casts its state to the parameters' device
             optimizer.load_state_dict(optimizer.state_dict())
+
+
+def _position_of(state: dict[str, Any] | None) -> tuple[int, int]:
+    return (int(state["epoch"]), int(state["step"])) if state else (0, 0)
 
 
 def _position(msg: dict[str, Any]) -> tuple[int, int, int]:

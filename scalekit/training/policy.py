@@ -41,9 +41,11 @@ def decide_after_failure(
     failure : Failure
         The round's failure.
     failures_so_far : int
-        Failures in this fit before this one.
+        Failures before this one *in a row*: since the fit last made progress (see
+        :func:`failures_in_a_row`), so a days-long fit on preemptible nodes survives
+        any number of failures spread over its life.
     max_failures : int
-        Recoverable failures allowed per fit.
+        Recoverable failures allowed in a row.
     workers_alive : int
         Workers connected now (the controller waits for at least one before a restore).
     """
@@ -53,7 +55,8 @@ def decide_after_failure(
     if failures_so_far + 1 > max_failures:
         return FailureDecision(
             "give_up",
-            f"{failures_so_far + 1} failures exceed max_failures={max_failures}; raise "
+            f"{failures_so_far + 1} failures in a row without progress (no newer "
+            f"checkpoint between them) exceed max_failures={max_failures}; raise "
             "scalekit.training.max-failures to tolerate more",
         )
     where = f" on {failure.worker}" if failure.worker else ""
@@ -62,6 +65,17 @@ def decide_after_failure(
                                "waiting for a worker, then restoring")
     return FailureDecision("restore", f"rank {failure.rank} {failure.kind}{where}; "
                            f"restoring on {workers_alive} worker(s)")
+
+
+def failures_in_a_row(before: int, progressed: bool) -> int:
+    """The count of failures without progress, this one included.
+
+    ``progressed``: the fit got further since the previous failure (the state it
+    restores from now is newer than the one it restored from then). Progress resets
+    the count: the budget is spent by failures that follow each other without any
+    work saved in between, not by failures spread over a long fit.
+    """
+    return 1 if progressed else before + 1
 
 
 def stalled_ranks(progress: Mapping[int, tuple[int, float]], waiting: Mapping[int, bool],

@@ -37,6 +37,9 @@ MEMBERSHIP_S = 0.2
 START_ALLOWANCE_S = 120.0  # importing torch on a fresh, busy worker can take a while
 SETTLE_S = 1.0  # after a failure, how long the surviving ranks get to fail on their own
 GONE_S = 15.0  # how long to wait for ended workers to leave before the next round
+# a worker whose heartbeats (every 0.5 s on a small cluster) stopped this many hang
+# timeouts before the others' answers nothing; a busy one still beats
+SILENT_FACTOR = 2.0
 
 
 @dataclasses.dataclass
@@ -100,6 +103,9 @@ def kill_local_or_restart(client: Client, address: str, where: tuple[str, int] |
     container with the same hostname must never get a local PID killed.
     """
     if where is not None and where[0] == host_identity():
+        if where[1] == os.getpid():  # an in-process worker: this is the notebook itself
+            client.restart_workers([address], raise_for_error=False)
+            return
         try:
             os.kill(where[1], signal.SIGKILL)
             return
@@ -184,8 +190,11 @@ class Round:
         stop = Event(self.spec.stop_event, client=self.client)
         try:
             data = self.data() if callable(self.data) else self.data
+            # bounded: a worker that stopped (SIGSTOP, a frozen VM) answers nothing, and
+            # the scatter would wait for it for good
             spec_future = self.client.scatter(self.spec, hash=False, broadcast=True,
-                                              workers=self.workers)
+                                              workers=self.workers,
+                                              timeout=self.spec.rendezvous_timeout)
             futures = [
                 self.client.submit(
                     run_rank, spec_future, rank, *data,
@@ -196,8 +205,9 @@ class Round:
             ]
         except Exception as exc:
             # a worker that leaves while the round is set up makes the scheduler fail
-            # a scatter or submit naming it (KeyError, CommClosedError, ...): that is a
-            # change of membership, and the round starts again on the workers there are
+            # a scatter or submit naming it (KeyError, CommClosedError, ...), one that
+            # stopped makes it time out: that is a change of membership (the stopped one
+            # is ended), and the round starts again on the workers there are
             self._forget(stop)
             if self._members_changed():
                 logger.info("round %d: workers changed while it started (%s: %s); again",
@@ -339,15 +349,39 @@ class Round:
             time.sleep(POLL_S)
 
     def _members_changed(self) -> bool:
-        """Whether a worker of this round has left (waiting a little for the news)."""
+        """Whether a worker of this round has left or stopped answering (an
+        unresponsive one is ended; its nanny starts a fresh worker), waiting a little
+        for the news."""
         deadline = time.monotonic() + GONE_S
         while True:
             try:
                 alive = set(self.client.nthreads())
+                silent = self._unresponsive()
             except Exception:  # the client itself is gone: not a membership change
                 return False
             if set(self.workers) - alive:
                 return True
+            if silent:
+                for address in silent:
+                    logger.warning("ending worker %s: no heartbeat for over %gs",
+                                   address, SILENT_FACTOR * self.hang_timeout)
+                    self.kill(address, None)
+                return True
             if time.monotonic() > deadline:
                 return False
             time.sleep(POLL_S)
+
+    def _unresponsive(self) -> list[str]:
+        return unresponsive(self.client, self.workers, SILENT_FACTOR * self.hang_timeout)
+
+
+def unresponsive(client: Client, workers: list[str], timeout: float) -> list[str]:
+    """``workers`` whose heartbeats stopped ``timeout`` seconds before the freshest
+    worker's (a stopped process, a frozen machine). Heartbeats are compared with each
+    other, so the notebook's and the scheduler's clocks never meet."""
+    info = client.scheduler_info(n_workers=-1).get("workers") or {}
+    seen = {a: float(w.get("last_seen") or 0.0) for a, w in info.items()}
+    if not seen:
+        return []
+    newest = max(seen.values())
+    return [a for a in workers if a in seen and newest - seen[a] > timeout]

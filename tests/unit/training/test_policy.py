@@ -35,9 +35,10 @@ USER = Failure("user", rank=0, message="ValueError: bad shape")
         # nobody left: still a restore, once a worker arrives (the nanny restarts them)
         (LOST, 0, 3, 0, "restore", "waiting for a worker"),
         # the budget is spent
-        (LOST, 3, 3, 2, "give_up", "4 failures exceed max_failures=3"),
-        (HUNG, 5, 3, 2, "give_up", "6 failures exceed max_failures=3"),
-        (LOST, 0, 0, 2, "give_up", "1 failures exceed max_failures=0"),
+        (LOST, 3, 3, 2, "give_up", "4 failures in a row without progress"),
+        (HUNG, 5, 3, 2, "give_up", "exceed max_failures=3"),
+        (LOST, 0, 0, 2, "give_up", "1 failures in a row without progress (no newer "
+                                   "checkpoint between them) exceed max_failures=0"),
         (LOST, 3, 3, 0, "give_up", "raise scalekit.training.max-failures"),
         # a bug in user code is never retried, whatever the budget
         (USER, 0, 3, 2, "give_up", "retrying would repeat it"),
@@ -247,3 +248,27 @@ def test_a_stalled_rank_is_a_hang_that_names_it():
     # a silent beacon or a user error still comes first
     assert _classify([], [], [0], stalled=[2]).rank == 0
     assert _classify([(2, "ValueError: x", False)], [], [], stalled=[1]).kind == "user"
+
+
+@pytest.mark.parametrize(("before", "progressed", "expected"), [
+    (0, True, 1), (0, False, 1), (2, False, 3), (7, True, 1),
+])
+def test_failures_in_a_row_reset_with_progress(before, progressed, expected):
+    from scalekit.training.policy import failures_in_a_row
+
+    assert failures_in_a_row(before, progressed) == expected
+
+
+def test_a_long_fit_survives_many_failures_spread_over_its_life():
+    """Ten preemptions, each after some saved progress: never more than one in a row."""
+    from scalekit.training.policy import failures_in_a_row
+
+    count = 0
+    for _ in range(10):
+        count = failures_in_a_row(count, progressed=True)
+        assert decide_after_failure(LOST, failures_so_far=count - 1, max_failures=3,
+                                    workers_alive=2).action == "restore"
+    for _ in range(3):  # then failures with nothing saved in between
+        count = failures_in_a_row(count, progressed=False)
+    assert decide_after_failure(LOST, failures_so_far=count - 1, max_failures=3,
+                                workers_alive=2).action == "give_up"

@@ -73,19 +73,26 @@ def test_beacons_track_steps_and_waiting_per_generation():
 
 
 class SetUpClient:
-    """What a round sees of a scheduler whose worker left during the scatter."""
+    """What a round sees of a scheduler whose worker left (or stopped) during the
+    scatter."""
 
-    def __init__(self, alive, error):
+    def __init__(self, alive, error, last_seen=None):
         self.alive, self.error = alive, error
+        self.last_seen = last_seen or {w: 100.0 for w in alive}
+        self.timeouts = []
 
-    def scatter(self, *args, **kwargs):
+    def scatter(self, *args, timeout=None, **kwargs):
+        self.timeouts.append(timeout)
         raise self.error
 
     def nthreads(self):
         return {w: 1 for w in self.alive}
 
+    def scheduler_info(self, n_workers=5):
+        return {"workers": {w: {"last_seen": t} for w, t in self.last_seen.items()}}
 
-def a_round(client):
+
+def a_round(client, killed=None):
     from scalekit.training.rank import RankSpec
     from scalekit.training.rounds import Round
 
@@ -93,7 +100,8 @@ def a_round(client):
                     stop_event="scalekit-stop-r-g0")
     return Round(client, spec, ["tcp://a:1", "tcp://b:1"], lambda: [None, None],
                  beacons=Beacons(), hang_timeout=5.0, max_world=8, shrink_to=lambda: None,
-                 kill=lambda *a: None)
+                 kill=lambda address, where: (killed if killed is not None else []).append(
+                     address))
 
 
 def test_a_worker_gone_during_set_up_means_start_again_not_fail():
@@ -115,3 +123,24 @@ def test_a_set_up_error_with_every_worker_still_there_is_raised(monkeypatch):
     round_ = a_round(client)
     with pytest.raises(TypeError, match="cannot pickle"):
         round_.run()
+
+
+def test_a_worker_stopped_before_the_round_is_ended_and_the_round_starts_again():
+    """SIGSTOP of a worker between rounds: the scatter to it would wait for good (the
+    soak found the fit stuck there). It is bounded, the silent worker (no heartbeat for
+    longer than two hang timeouts) is ended, and the round starts again."""
+    killed = []
+    client = SetUpClient(alive=["tcp://a:1", "tcp://b:1"], error=TimeoutError("scatter"),
+                         last_seen={"tcp://a:1": 100.0, "tcp://b:1": 85.0})
+    outcome = a_round(client, killed).run()
+    assert outcome.kind == "retry"
+    assert killed == ["tcp://b:1"]
+    assert client.timeouts == [30.0]  # the spec's rendezvous timeout
+
+
+def test_the_notebook_never_kills_itself_for_an_in_process_worker():
+    import os
+
+    client = Client()
+    kill_local_or_restart(client, "tcp://w:1", (host_identity(), os.getpid()))
+    assert client.restarted == ["tcp://w:1"]  # (and this test is still running)
