@@ -50,6 +50,7 @@ from scalekit.training.rounds import (
     Beacons,
     Round,
     RoundOutcome,
+    bounded,
     kill_local_or_restart,
     unresponsive,
 )
@@ -343,7 +344,10 @@ class TrainingController:
             self._data = [d if hasattr(d, "key") else next(scattered) for d in parts]
             self.client.replicate(self._data)
         else:
-            self._data = self.client.scatter([self.X, self.y], broadcast=True, hash=False)
+            # bounded, like the round's own scatter: a stopped worker answers nothing
+            self._data = bounded(
+                lambda: self.client.scatter([self.X, self.y], broadcast=True, hash=False),
+                self.config.rendezvous_timeout, "sending the data")
         return self._data
 
     def _release_data(self) -> None:

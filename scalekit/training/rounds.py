@@ -133,6 +133,32 @@ async def _exit_process() -> None:  # runs on a worker's event loop, not its blo
     os._exit(1)
 
 
+def bounded(call: Callable[[], Any], timeout: float, what: str) -> Any:
+    """``call()``, or ``TimeoutError`` after ``timeout`` seconds.
+
+    A worker that stopped (SIGSTOP, a frozen VM) answers nothing, and the scheduler's
+    broadcast to it waits for good (``scatter``'s own ``timeout`` only bounds the wait
+    for workers to exist). The call goes on in a daemon thread until the stopped worker
+    is ended and its connection closes.
+    """
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = call()
+        except BaseException as exc:  # handed to the caller
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name=f"scalekit-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"{what} did not finish within {timeout:g}s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
 def is_peer_failure(exc: BaseException | None) -> bool:
     """True when a rank failed only because another rank went away."""
     if exc is None:
@@ -190,11 +216,10 @@ class Round:
         stop = Event(self.spec.stop_event, client=self.client)
         try:
             data = self.data() if callable(self.data) else self.data
-            # bounded: a worker that stopped (SIGSTOP, a frozen VM) answers nothing, and
-            # the scatter would wait for it for good
-            spec_future = self.client.scatter(self.spec, hash=False, broadcast=True,
-                                              workers=self.workers,
-                                              timeout=self.spec.rendezvous_timeout)
+            spec_future = bounded(
+                lambda: self.client.scatter(self.spec, hash=False, broadcast=True,
+                                            workers=self.workers),
+                self.spec.rendezvous_timeout, "sending the round's spec")
             futures = [
                 self.client.submit(
                     run_rank, spec_future, rank, *data,

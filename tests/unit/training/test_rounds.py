@@ -81,8 +81,7 @@ class SetUpClient:
         self.last_seen = last_seen or {w: 100.0 for w in alive}
         self.timeouts = []
 
-    def scatter(self, *args, timeout=None, **kwargs):
-        self.timeouts.append(timeout)
+    def scatter(self, *args, **kwargs):
         raise self.error
 
     def nthreads(self):
@@ -135,7 +134,24 @@ def test_a_worker_stopped_before_the_round_is_ended_and_the_round_starts_again()
     outcome = a_round(client, killed).run()
     assert outcome.kind == "retry"
     assert killed == ["tcp://b:1"]
-    assert client.timeouts == [30.0]  # the spec's rendezvous timeout
+
+
+def test_bounded_calls_end_in_time():
+    import threading
+
+    import pytest
+
+    from scalekit.training.rounds import bounded
+
+    assert bounded(lambda: 7, 1.0, "quick") == 7
+    with pytest.raises(KeyError):
+        bounded(lambda: {}["x"], 1.0, "failing")
+    release = threading.Event()
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="stuck did not finish within 0.2s"):
+        bounded(release.wait, 0.2, "stuck")  # like a scatter to a stopped worker
+    assert time.monotonic() - started < 5
+    release.set()
 
 
 def test_the_notebook_never_kills_itself_for_an_in_process_worker():
