@@ -123,9 +123,15 @@ constraints: | $(BIN)/python
 # The install builds it (pyproject's jupyter-builder hook: npm install + a production
 # build, skipped while extensions/labextension is newer than extensions/src). Editing
 # its sources, styles or dependencies drops the old build, so the next install rebuilds.
-EXT_SOURCES := $(wildcard extensions/src/*.ts extensions/style/*) \
-	extensions/package.json extensions/package-lock.json extensions/tsconfig.json
-$(VENV)/.installed-lab $(VENV)/.installed-test: extensions/.sources-stamp
-extensions/.sources-stamp: $(EXT_SOURCES)
-	rm -rf extensions/labextension
+# The stamp is keyed on the *content* of those files: `npm install` rewrites
+# package-lock.json on every install (same content, new mtime), which must not make the
+# next `make lab` reinstall. The lock follows package.json, which is in the key.
+EXT_SOURCES := $(sort $(wildcard extensions/src/*.ts extensions/style/*)) \
+	extensions/package.json extensions/tsconfig.json
+EXT_KEY := $(shell cat $(EXT_SOURCES) 2>/dev/null | $(PYTHON) -c \
+	"import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest()[:16])")
+EXT_STAMP := extensions/.sources-$(EXT_KEY)
+$(VENV)/.installed-lab $(VENV)/.installed-test: $(EXT_STAMP)
+$(EXT_STAMP):
+	rm -rf extensions/labextension extensions/.sources-*
 	@touch $@

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from scalekit.backends import ClusterBackend, make_backend
 from scalekit.backends.metrics import MetricsSampler
 from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig
-from scalekit.errors import ClusterError, ScalekitError
+from scalekit.errors import ClusterError, ScalekitError, UsageError
 from scalekit.events import AdaptChanged, ClusterSnapshot, EventBus, Notice, ScaleRequested
 
 if TYPE_CHECKING:
@@ -269,6 +269,7 @@ def cluster(
     >>> session.scale(3)                        # doctest: +SKIP
     >>> session                                 # the live panel in a notebook
     """
+    _refuse_unguarded_script_start()
     config = ClusterConfig.from_config(
         workers=workers,
         backend=backend,
@@ -288,7 +289,51 @@ def cluster(
     if notice:
         session._notify("info", notice)
         logger.info(notice)
-    return session.start()
+    try:
+        return session.start()
+    except ClusterError as exc:
+        hint = _unguarded_script_hint()
+        if hint and config.backend == "local" and config.processes:
+            raise ClusterError(f"{str(exc).rstrip('.')}. {hint}") from exc
+        raise
+
+
+_GUARD = 'if __name__ == "__main__":'
+
+
+def _refuse_unguarded_script_start() -> None:
+    """A worker process starting imports the main script again (multiprocessing's
+    "spawn"); a script that calls ``sk.cluster()`` at its top level would then start a
+    cluster from inside every worker. Say so, with the fix, instead of multiprocessing's
+    bootstrapping error."""
+    import multiprocessing
+
+    # set while a spawned process re-imports the main script (what multiprocessing's own
+    # check, spawn._check_not_importing_main, reads)
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise UsageError(
+            "sk.cluster() ran while a worker process was starting: this script calls it "
+            f"at its top level, and every worker process imports the script again. Put "
+            f"the code that starts the cluster under `{_GUARD}` (see the README's "
+            "'In a script').")
+
+
+def _unguarded_script_hint() -> str:
+    """The fix, when the failed start came from a script without the main guard."""
+    import sys
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not path:
+        return ""  # a notebook or the REPL: not this problem
+    try:
+        with open(path, encoding="utf-8") as f:
+            source = f.read()
+    except OSError:
+        return ""
+    if "__main__" in source:
+        return ""
+    return (f"{path} starts the cluster at its top level, and each worker process imports "
+            f"it again; put that code under `{_GUARD}`")
 
 
 def active_sessions() -> list[ClusterSession]:

@@ -189,11 +189,14 @@ def test_two_recoveries_in_one_fit_with_checkpoints_on_s3(s3, own_cluster, tmp_p
                  show=False)
 
     def kill_rank_1(n, after_epochs):
-        wait_until(lambda: saved_epochs(run) >= after_epochs, f"{after_epochs} epochs", run)
         held = Path(f"{mid}.held")
-        held.unlink(missing_ok=True)
-        mid.touch()
-        wait_until(lambda: held.exists() and len(ranks(run)) == 2, "a hold on 2 ranks", run)
+        if not mid.exists():
+            wait_until(lambda: saved_epochs(run) >= after_epochs, f"{after_epochs} epochs",
+                       run)
+            held.unlink(missing_ok=True)
+            mid.touch()
+        wait_until(lambda: held.exists() and len(ranks(run)) == 2 and saved_epochs(run)
+                   >= after_epochs, "a hold on 2 ranks", run)
         address = ranks(run)[1]
         os.kill(session.client.run(os.getpid, workers=[address])[address], signal.SIGKILL)
         mid.unlink()
@@ -210,8 +213,14 @@ def test_two_recoveries_in_one_fit_with_checkpoints_on_s3(s3, own_cluster, tmp_p
                                   pure=False).result(timeout=180)
         end.unlink()
         wait_until(lambda: of(run, Resized), "the replacement to join", run)
-        # two more saves: what the first recovery listed is pruned by now
-        kill_rank_1(2, after_epochs=of(run, Resized)[-1].epoch + 2)
+        # arm the next mid-epoch hold two epochs ahead as soon as the world grew: two
+        # more saves, so what the first recovery listed is pruned by then (waiting for
+        # those saves before arming, a short epoch on a busy machine ran past the hold
+        # and the fit ended first)
+        second = of(run, Resized)[-1].epoch + 2
+        Path(f"{mid}.held").unlink(missing_ok=True)
+        mid.write_text(str(second))
+        kill_rank_1(2, after_epochs=second)
         net = run.wait(timeout=FIT_TIMEOUT)
     finally:
         mid.unlink(missing_ok=True)

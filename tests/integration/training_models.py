@@ -182,7 +182,10 @@ class HoldWhileFileExists(Callback):
     a fit (e.g. while new workers start, or to kill a rank mid-epoch whatever the speed of
     the machine). It holds at the end of each epoch, or with ``at_batch`` after that
     training step of each epoch (counted from the epoch's start, across resumes). It
-    changes no number of the training. While holding it creates ``path + ".held"``."""
+    changes no number of the training. While holding it creates ``path + ".held"``.
+
+    A file that holds a number ``k`` holds only in epochs after the k-th: a test can arm
+    a hold ahead of time, while the fit waits elsewhere, without racing it."""
 
     def __init__(self, path, at_batch=None):
         self.path = str(path)
@@ -190,18 +193,26 @@ class HoldWhileFileExists(Callback):
 
     def on_epoch_end(self, net, **kwargs):
         if self.at_batch is None:
-            self._hold()
+            self._hold(len(net.history))
 
     def on_batch_end(self, net, training=False, **kwargs):
         if training and self.at_batch is not None:
             if len(net.history[-1]["batches"]) == self.at_batch:
-                self._hold()
+                self._hold(len(net.history))
 
-    def _hold(self):
+    def _hold(self, epoch):
         import time
 
-        if os.path.exists(self.path):
-            open(self.path + ".held", "w").close()
+        if not os.path.exists(self.path):
+            return
+        try:
+            with open(self.path) as f:
+                after = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            after = 0
+        if epoch <= after:
+            return
+        open(self.path + ".held", "w").close()
         while os.path.exists(self.path):
             time.sleep(0.05)
 

@@ -15,13 +15,9 @@ COMPARE = find_cell(TRAINING, "results.items()", "code")  # the table of accurac
 
 
 def last_fit_cell() -> int:
-    """The last code cell that calls ``sk.fit``: its panel shows the final run."""
-    import nbformat
-    from ui_harness import NOTEBOOKS
-
-    nb = nbformat.read(NOTEBOOKS / TRAINING, as_version=4)
-    return max(i for i, c in enumerate(nb.cells)
-               if c.cell_type == "code" and "sk.fit(" in c.source)
+    """The two-worker fit's cell: its panel shows the tutorial's final run (the GPU cell
+    after it trains only where there is a GPU)."""
+    return find_cell(TRAINING, "sk.fit(net2", "code")
 
 
 @pytest.mark.timeout(600)
