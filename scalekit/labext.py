@@ -7,7 +7,7 @@ Jupyter server. scalekit's clusters live in the kernel, so the JupyterLab extens
 - **Snapshots out.** A :class:`LabBridge` subscribes to the event bus of every scalekit
   session of this process (the same bus and the same JSON-safe events the ipywidgets
   panels draw), folds the training events with the panels'
-  :class:`~scalekit.widgets.training_state.TrainingState`, and sends a compact JSON
+  :class:`~scalekit.views.training_state.TrainingState`, and sends a compact JSON
   snapshot of the cluster and of this kernel's training runs at most twice a second
   (:data:`MIN_INTERVAL`), and only when something changed (plus a slow heartbeat).
   Snapshots go on a kernel-side *broadcast* comm that is never opened: its ``comm_msg``
@@ -64,7 +64,7 @@ from scalekit.events import (
 )
 
 if TYPE_CHECKING:
-    from scalekit.widgets.training_state import TrainingState
+    from scalekit.views.training_state import TrainingState
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class LabBridge:
         self._wake.set()
 
     def _fold_run(self, event: Event) -> None:
-        from scalekit.widgets.training_state import TrainingState
+        from scalekit.views.training_state import TrainingState
 
         run_id = str(event.run_id)  # type: ignore[attr-defined]
         state = self._runs.get(run_id)

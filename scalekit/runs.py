@@ -139,7 +139,7 @@ class TrainingRun:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
 
     def __repr__(self) -> str:
-        from scalekit.widgets.render import training_text
+        from scalekit.views.training_render import training_text
 
         return training_text(self.events)
 

@@ -213,7 +213,7 @@ class ClusterSession:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
 
     def __repr__(self) -> str:
-        from scalekit.widgets.render import cluster_text
+        from scalekit.views.cluster_render import cluster_text
 
         return cluster_text(self.snapshot(fresh=not self.closed))
 

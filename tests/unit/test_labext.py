@@ -35,7 +35,7 @@ from scalekit.events import (
     WorkerStats,
 )
 from scalekit.labext import LabBridge, cluster_dict, run_dict
-from scalekit.widgets.training_state import TrainingState
+from scalekit.views.training_state import TrainingState
 
 GIB = 2**30
 
