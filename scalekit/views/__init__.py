@@ -16,7 +16,7 @@ Formatting
 Renderers
     :mod:`~scalekit.views.cluster_render`, :mod:`~scalekit.views.gpu_render`,
     :mod:`~scalekit.views.training_render`, :mod:`~scalekit.views.timeline_render`
-    (text and HTML).
+    (text and HTML), :mod:`~scalekit.views.snapshot` (the sidebar's JSON).
 """
 
 from __future__ import annotations
