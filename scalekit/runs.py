@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from scalekit.config import TrainConfig
 from scalekit.errors import TrainingError, UsageError
 from scalekit.events import Event, EventBus, Notice, RunFinished
-from scalekit.session import ClusterSession, active_sessions
+from scalekit.session import ClusterSession, current_session
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -139,7 +139,7 @@ class TrainingRun:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
 
     def __repr__(self) -> str:
-        from scalekit.widgets.render import training_text
+        from scalekit.views.training_render import training_text
 
         return training_text(self.events)
 
@@ -177,7 +177,9 @@ def fit(
     X, y :
         Training data as skorch accepts it. It is sent to every worker once.
     cluster : ClusterSession or distributed.Client, optional
-        Where to train; by default the most recently started scalekit cluster.
+        Where to train; by default the current scalekit cluster
+        (:func:`scalekit.session.current_session`: the newest one started, which
+        ``%scalekit`` and the JupyterLab sidebar act on too).
     checkpoint : str or False, optional
         Folder URL (local path, ``s3://...``, any fsspec URL) for checkpoints. By default
         each run gets a fresh folder under ``scalekit.checkpoint.root``, removed once the
@@ -289,13 +291,13 @@ def train(
 
 def _session_for(cluster: ClusterSession | Client | None) -> ClusterSession | None:
     if cluster is None:
-        sessions = active_sessions()
-        if not sessions:
+        session = current_session()  # the one %scalekit and the sidebar act on too
+        if session is None:
             raise UsageError(
                 "no cluster to train on: start one first with `sk.cluster(workers=2)` or "
                 "`%scalekit up`, or pass cluster=<session or distributed.Client>"
             )
-        return sessions[-1]
+        return session
     if isinstance(cluster, ClusterSession):
         if cluster.closed:
             raise UsageError("that cluster is closed; start a new one with sk.cluster()")

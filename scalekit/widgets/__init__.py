@@ -1,7 +1,9 @@
-"""Notebook views: thin ipywidgets panels fed by events, with HTML/text fallbacks.
+"""Notebook views: thin ipywidgets panels over the view-models of :mod:`scalekit.views`.
 
-``scalekit.widgets.render`` holds pure renderers (no ipywidgets); the panels load
-ipywidgets only when first used, so ``repr(session)`` stays cheap.
+Like tqdm's notebook bar over the plain tqdm, a panel folds events with the pure
+view-models and draws them with the pure renderers; it adds only widgets, throttled
+redraws and user intents through injected callables. The panels load ipywidgets only
+when first used, so ``repr(session)`` stays cheap.
 """
 
 from __future__ import annotations
@@ -12,15 +14,13 @@ from typing import TYPE_CHECKING, Any
 _LAZY = {
     "ClusterPanel": "scalekit.widgets.cluster_panel",
     "TrainingPanel": "scalekit.widgets.training_panel",
-    "TrainingState": "scalekit.widgets.training_state",
 }
 
-__all__ = ["ClusterPanel", "TrainingPanel", "TrainingState"]
+__all__ = ["ClusterPanel", "TrainingPanel"]
 
 if TYPE_CHECKING:
     from scalekit.widgets.cluster_panel import ClusterPanel  # noqa: F401
     from scalekit.widgets.training_panel import TrainingPanel  # noqa: F401
-    from scalekit.widgets.training_state import TrainingState  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

@@ -1,10 +1,12 @@
 """The live cluster panel: a thin ipywidgets view over the event bus.
 
 Like tqdm's notebook bar over the plain tqdm, the panel owns no state of its own that
-matters: it draws the events it receives (:class:`~scalekit.events.ClusterSnapshot`,
+matters: it folds the events it receives (:class:`~scalekit.events.ClusterSnapshot`,
 :class:`~scalekit.events.ScaleRequested`, :class:`~scalekit.events.AdaptChanged`,
-:class:`~scalekit.events.Notice`) and turns what the user does into calls of injected
-callables (``on_scale``, ``on_adapt``, ``on_stop_adapt``). It never imports a backend.
+:class:`~scalekit.events.Notice`) into a :class:`~scalekit.views.cluster_state.
+ClusterState`, draws it with :mod:`scalekit.views.cluster_render`, and turns what the
+user does into calls of injected callables (``on_scale``, ``on_adapt``,
+``on_stop_adapt``). It never imports a backend.
 
 Threading: bus events arrive on the metrics thread (≤ 2 Hz) or on whichever thread
 published them; user changes arrive on the kernel thread. Values the panel sets itself
@@ -19,18 +21,18 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import ipywidgets as widgets
 
 from scalekit.events import AdaptChanged, ClusterSnapshot, Event, EventBus, Notice, ScaleRequested
-from scalekit.widgets import render
+from scalekit.views import cluster_render
+from scalekit.views.cluster_state import ClusterState
+from scalekit.views.html import escape, notice_html
 from scalekit.widgets.view import WIDGET_VIEW, EventView  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
-
 
 
 def _default_bounds(max_workers: int) -> tuple[int, int]:
@@ -96,10 +98,8 @@ class ClusterPanel(EventView):
         self._on_adapt = on_adapt
         self._on_stop_adapt = on_stop_adapt
         self._local = threading.local()  # .quiet > 0 while this thread sets values itself
-        self._cpu: deque[float] = deque(maxlen=max(int(history), 2))
-        self._mem: deque[float] = deque(maxlen=max(int(history), 2))
+        self.state = ClusterState(history=history)  # the view-model: latest events, history
         self._intent_time = 0.0  # snapshots older than the last intent don't move controls
-        self._snapshot: ClusterSnapshot | None = None
         self.adaptive = False
         self._controls_on = True  # False while the cluster is starting or closed
         self.cluster_closed = False
@@ -148,9 +148,9 @@ class ClusterPanel(EventView):
     def _fallbacks(self) -> dict[str, str]:
         snapshot = self.snapshot
         return {
-            "text/plain": render.cluster_text(snapshot) if snapshot else repr(self),
+            "text/plain": cluster_render.cluster_text(snapshot) if snapshot else repr(self),
             "text/html": (
-                render.cluster_html(snapshot) if snapshot
+                cluster_render.cluster_html(snapshot) if snapshot
                 else "<div><b>scalekit cluster</b> · waiting for the first snapshot</div>"
             ),
         }
@@ -162,7 +162,7 @@ class ClusterPanel(EventView):
     @property
     def snapshot(self) -> ClusterSnapshot | None:
         """The last snapshot drawn."""
-        return self._snapshot
+        return self.state.snapshot
 
     @property
     def status(self) -> str:
@@ -173,6 +173,7 @@ class ClusterPanel(EventView):
     def _on_event(self, event: Event) -> None:
         if self.cluster_closed or self.disposed:
             return
+        self.state.apply(event)
         if isinstance(event, ClusterSnapshot):
             self._show_snapshot(event)
         elif isinstance(event, ScaleRequested):
@@ -182,13 +183,12 @@ class ClusterPanel(EventView):
             self._intent_time = max(self._intent_time, event.time)
             self._show_adaptive(event.enabled, event.minimum, event.maximum)
         elif isinstance(event, Notice):
-            self._push(self.status_html, "value", render.notice_html(event.level, event.message))
+            self._push(self.status_html, "value", notice_html(event.level, event.message))
 
     def _show_snapshot(self, s: ClusterSnapshot) -> None:
-        self._snapshot = s
         self._push(
             self.header_html, "value",
-            f"<b>scalekit cluster</b> · {render.escape(s.backend)} · {render.escape(s.status)}",
+            f"<b>scalekit cluster</b> · {escape(s.backend)} · {escape(s.status)}",
         )
         if s.status == "closed":
             self._shut()
@@ -198,13 +198,11 @@ class ClusterPanel(EventView):
             self._follow(s.n_workers)  # adaptive decides: show what is there
         elif s.requested is not None and s.time >= self._intent_time:
             self._follow(s.requested)
-        if s.status == "running":
-            self._cpu.append(render.cpu_percent(s))
-            self._mem.append(render.memory_percent(s))
-        self._push(self.totals_html, "value", render.totals_html(s))
-        self._push(self.workers_html, "value", render.workers_html(s))
-        self._push(self.history_html, "value", render.history_html(self._cpu, self._mem))
-        self._push(self.dashboard_html, "value", render.dashboard_html(s.dashboard_link))
+        history = (self.state.cpu_history, self.state.memory_history)
+        self._push(self.totals_html, "value", cluster_render.totals_html(s))
+        self._push(self.workers_html, "value", cluster_render.workers_html(s))
+        self._push(self.history_html, "value", cluster_render.history_html(*history))
+        self._push(self.dashboard_html, "value", cluster_render.dashboard_html(s.dashboard_link))
 
     def _show_adaptive(self, enabled: bool, lo: int | None, hi: int | None) -> None:
         self.adaptive = enabled
@@ -213,8 +211,9 @@ class ClusterPanel(EventView):
             hi = min(hi, self.max_workers)
             self._push(self.adaptive_range, "value", (min(lo, hi), hi))
         self._push(self.workers_slider, "disabled", enabled or not self._controls_on)
-        if enabled and self._snapshot is not None and self._snapshot.status == "running":
-            self._follow(self._snapshot.n_workers)
+        snapshot = self.state.snapshot
+        if enabled and snapshot is not None and snapshot.status == "running":
+            self._follow(snapshot.n_workers)
 
     def _follow(self, n: int) -> None:
         """Move the worker slider to ``n`` without calling ``on_scale``."""
@@ -235,7 +234,7 @@ class ClusterPanel(EventView):
         self._push(self.totals_html, "value", "")
         self._push(self.workers_html, "value", "")
         self._push(self.dashboard_html, "value", "")
-        self._push(self.status_html, "value", render.notice_html("info", "cluster closed"))
+        self._push(self.status_html, "value", notice_html("info", "cluster closed"))
         self._stop_listening()
 
     # -- user changes (kernel thread) -------------------------------------------------
@@ -279,7 +278,7 @@ class ClusterPanel(EventView):
         except Exception as exc:  # the running cluster stays as it was
             logger.warning("panel action failed: %s", exc, exc_info=True)
             message = str(exc) or type(exc).__name__
-            self._push(self.status_html, "value", render.notice_html("error", message))
+            self._push(self.status_html, "value", notice_html("error", message))
             return False
         return True
 

@@ -1,14 +1,15 @@
 """The live training panel: a thin ipywidgets view over one run's events.
 
 The panel folds the events of its run (and every :class:`~scalekit.events.Notice`)
-into a :class:`~scalekit.widgets.training_state.TrainingState` and draws it with the
-pure renderers of :mod:`scalekit.widgets.training_render`. It first replays the events
+into a :class:`~scalekit.views.training_state.TrainingState` and draws it with the
+pure renderers of :mod:`scalekit.views.training_render`. It first replays the events
 it is given (so a panel made after the run still shows everything), then follows the
 bus.
 
 Threading and throttling: events arrive on whichever thread published them (the
 client's thread for training messages). Folding an event is cheap and happens at once;
-drawing is coalesced: at most one redraw per ``min_interval`` seconds, with a trailing
+drawing is coalesced: at most one redraw per ``min_interval`` seconds (by default the
+one refresh cap, :data:`~scalekit.config.MIN_REFRESH_S`), with a trailing
 redraw on a timer thread so the last event is always shown. The start and end of the
 run, the end of an epoch, a resize, a recovery and a failed rank redraw at once (a
 saved checkpoint waits like batch progress); the table and charts are rebuilt only when
@@ -26,6 +27,7 @@ from typing import Any
 
 import ipywidgets as widgets
 
+from scalekit.config import MIN_REFRESH_S
 from scalekit.events import (
     EpochEnded,
     Event,
@@ -37,8 +39,9 @@ from scalekit.events import (
     RunFinished,
     RunStarted,
 )
-from scalekit.widgets import render, timeline_render, training_render
-from scalekit.widgets.training_state import TrainingState
+from scalekit.views import timeline_render, training_render
+from scalekit.views.html import escape
+from scalekit.views.training_state import TrainingState
 from scalekit.widgets.view import EventView
 
 logger = logging.getLogger(__name__)
@@ -60,7 +63,8 @@ class TrainingPanel(EventView):
     events : iterable of Event
         The run's past events, replayed first.
     min_interval : float
-        Least time between two redraws, in seconds (default 0.3, about 3 per second).
+        Least time between two redraws, in seconds (default
+        :data:`~scalekit.config.MIN_REFRESH_S`: at most twice a second).
 
     Attributes
     ----------
@@ -80,7 +84,7 @@ class TrainingPanel(EventView):
 
     def __init__(
         self, bus: EventBus, *, run_id: str, events: Iterable[Event] = (),
-        min_interval: float = 0.3,
+        min_interval: float = MIN_REFRESH_S,
     ) -> None:
         self.bus = bus
         self.run_id = run_id
@@ -148,8 +152,8 @@ class TrainingPanel(EventView):
     def _fallbacks(self) -> dict[str, str]:
         with self._lock:
             return {
-                "text/plain": render.training_text(self.state),
-                "text/html": render.training_html(self.state),
+                "text/plain": training_render.training_text(self.state),
+                "text/html": training_render.training_html(self.state),
             }
 
     def __repr__(self) -> str:
@@ -216,8 +220,8 @@ class TrainingPanel(EventView):
 
     # -- drawing ---------------------------------------------------------------------
     def _header(self) -> str:
-        return (f"<b>scalekit training</b> · run <code>{render.escape(self.run_id)}</code> · "
-                f"{render.escape(self.state.status)}")
+        return (f"<b>scalekit training</b> · run <code>{escape(self.run_id)}</code> · "
+                f"{escape(self.state.status)}")
 
     def _render(self) -> None:
         """Push the state into the widgets (only values that changed are sent)."""
@@ -243,12 +247,12 @@ class TrainingPanel(EventView):
             (self.epoch_bar, "max", total),
             (self.epoch_bar, "value", min(s.epochs_done, total)),
             (self.epoch_bar, "bar_style", BAR_STYLES.get(s.status, "")),
-            (self.epoch_label, "value", render.escape(training_render.epoch_text(s))),
+            (self.epoch_label, "value", escape(training_render.epoch_text(s))),
             (self.batch_bar, "max", max(batch[2], 1) if batch else 1),
             (self.batch_bar, "value", min(batch[1], batch[2]) if batch else 0),
-            (self.batch_label, "value", render.escape(training_render.batch_text(s))),
+            (self.batch_label, "value", escape(training_render.batch_text(s))),
             (self.batch_box.layout, "display", "flex" if batch else "none"),
-            (self.stats_html, "value", render.escape(training_render.stats_text(s))),
+            (self.stats_html, "value", escape(training_render.stats_text(s))),
             (self.ranks_html, "value", training_render.rank_chips_html(s)),
             (self.status_html, "value", training_render.status_html(s)),
         ]

@@ -103,6 +103,32 @@ def test_unload_ext_closes_clusters(shell) -> None:
     wait_until(lambda: all_gone(processes), 30, "worker processes to exit")
 
 
+@pytest.mark.timeout(180)
+def test_the_magic_steers_a_cluster_started_with_sk_cluster(shell, capsys) -> None:
+    """One registry (issue 14): `%scalekit scale` used to say "no cluster is running"."""
+    import scalekit as sk
+
+    session = sk.cluster(workers=1)
+    try:
+        assert current(shell) is session
+        shell.run_line_magic("scalekit", "scale 2")
+        wait_until(lambda: n_workers(session) == 2, 30, "2 workers")
+        capsys.readouterr()
+        shell.run_line_magic("scalekit", "status")
+        assert capsys.readouterr().out.strip() == repr(session).strip()
+        with pytest.raises(UsageError, match="already running"):
+            shell.run_line_magic("scalekit", "up --workers 1 --no-panel")
+        shell.run_line_magic("unload_ext", "scalekit")
+        assert not session.closed  # the magic did not start it: unloading leaves it
+        shell.run_line_magic("load_ext", "scalekit")
+        processes = worker_processes(session)
+        shell.run_line_magic("scalekit", "down")
+        assert session.closed and current(shell) is None
+        wait_until(lambda: all_gone(processes), 30, "worker processes to exit")
+    finally:
+        session.close()
+
+
 KERNEL_CODE = textwrap.dedent(
     """
     import json, os

@@ -14,7 +14,7 @@ from scalekit.errors import ScalekitError
 # imported too: the test environment has them
 SKIP = {"scalekit.__main__"}
 # control flow, never raised to a user: argparse's help text, skorch's clean stop
-CONTROL_FLOW = {"scalekit.magics._Help", "scalekit.training.callbacks.RoundStopped"}
+CONTROL_FLOW = {"scalekit.magics.parsing._Help", "scalekit.training.callbacks.RoundStopped"}
 
 
 def scalekit_exceptions() -> dict[str, type]:

@@ -16,7 +16,7 @@ from scalekit.events import (
     ScaleRequested,
     WorkerStats,
 )
-from scalekit.widgets import render
+from scalekit.views.html import DANGER_COLOR
 from scalekit.widgets.cluster_panel import WIDGET_VIEW, ClusterPanel
 
 GIB = 2**30
@@ -161,7 +161,7 @@ def test_raising_scale_callback_shows_error_and_reverts(
     assert calls.log == [("scale", 6)]
     assert panel.workers_slider.value == 2
     assert "scheduler unreachable" in panel.status_html.value
-    assert render.DANGER_COLOR in panel.status_html.value
+    assert DANGER_COLOR in panel.status_html.value
     assert len(calls.log) == 1  # the revert did not call on_scale again
 
 
@@ -187,7 +187,7 @@ def test_notices_in_status_line(bus: EventBus, panel: ClusterPanel) -> None:
     assert "scaling to 3 workers" in panel.status_html.value
     bus.publish(Notice(level="error", message="worker <w1> died"))
     assert "worker &lt;w1&gt; died" in panel.status_html.value
-    assert render.DANGER_COLOR in panel.status_html.value
+    assert DANGER_COLOR in panel.status_html.value
 
 
 def test_closed_snapshot_disables_controls_and_unsubscribes(
@@ -235,7 +235,7 @@ def test_worker_bars_totals_dashboard_and_history(bus: EventBus, panel: ClusterP
     assert "<svg" in panel.history_html.value
     for _ in range(10):
         bus.publish(_snap(2))
-    assert len(panel._cpu) == 5  # history keeps the last `history` snapshots
+    assert len(panel.state.cpu_history) == 5  # history keeps the last `history` snapshots
     bus.publish(_snap(3))
     assert panel.workers_html.value.count('class="scalekit-worker"') == 3
 

@@ -8,7 +8,9 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
+from views.training_events import elastic_events, run_events
 
+from scalekit.config import MIN_REFRESH_S
 from scalekit.events import (
     BatchProgress,
     CheckpointSaved,
@@ -21,11 +23,10 @@ from scalekit.events import (
     RunFinished,
     TrainingReport,
 )
-from scalekit.widgets import render, timeline_render
+from scalekit.views import timeline_render
+from scalekit.views.html import DANGER_COLOR
 from scalekit.widgets.cluster_panel import WIDGET_VIEW
 from scalekit.widgets.training_panel import TrainingPanel
-
-from .training_events import elastic_events, run_events
 
 
 @pytest.fixture
@@ -136,7 +137,7 @@ def test_rank_chips_show_failed(bus: EventBus, panels: list[TrainingPanel]) -> N
     bus.publish(RankStatus(run_id="run-1", rank=1, worker="tcp://10.0.0.1:4000",
                            state="failed"))
     assert "scalekit-rank-failed" in p.ranks_html.value
-    assert render.DANGER_COLOR in p.ranks_html.value
+    assert DANGER_COLOR in p.ranks_html.value
     assert "rank 1 on tcp://10.0.0.1:4000 failed" in p.status_html.value
 
 
@@ -336,3 +337,8 @@ def test_peak_gpu_memory_shows_when_the_report_arrives(bus: EventBus,
                                samples_per_s=900.0, peak_gpu_memory=(2**31, 3 * 2**30)))
     bus.publish(finished)  # urgent: draws at once, then the panel stops listening
     assert "peak GPU memory per rank 2.00, 3.00 GiB" in p.stats_html.get_state()["value"]
+
+
+def test_redraws_are_capped_by_the_one_refresh_constant(bus: EventBus,
+                                                         panels: list[TrainingPanel]) -> None:
+    assert _panel(bus, panels).min_interval == MIN_REFRESH_S == 0.5

@@ -1,29 +1,31 @@
 """Pure renderers for a training run: text, HTML pieces and the whole HTML block.
 
-Everything here draws a :class:`~scalekit.widgets.training_state.TrainingState` (the
+Everything here draws a :class:`~scalekit.views.training_state.TrainingState` (the
 timeline's pieces, world-size chart, checkpoint and recovery lines, come from
-:mod:`scalekit.widgets.timeline_render`); the live
+:mod:`scalekit.views.timeline_render`); the live
 :class:`~scalekit.widgets.training_panel.TrainingPanel` puts the pieces into its
-widgets, ``render.training_html`` / ``render.training_text`` put them together for the
+widgets, :func:`training_html` / :func:`training_text` put them together for the
 fallbacks and ``repr(run)``. No ipywidgets here; every value reaching HTML is escaped.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
 
-from scalekit.widgets.render import (
+from scalekit.events import Event
+from scalekit.views.charts import line_chart_svg
+from scalekit.views.fmt import fmt_duration, fmt_rate, fmt_value
+from scalekit.views.html import (
     CPU_COLOR,
     DANGER_COLOR,
     MEMORY_COLOR,
     WARN_COLOR,
     escape,
-    line_chart_svg,
     notice_html,
     percent_bar,
 )
-from scalekit.widgets.timeline_render import events_html, events_lines
-from scalekit.widgets.training_state import TrainingState, is_number
+from scalekit.views.timeline_render import events_html, events_lines
+from scalekit.views.training_state import TrainingState
 
 __all__ = [
     "batch_text",
@@ -31,14 +33,14 @@ __all__ = [
     "epoch_table_html",
     "epoch_text",
     "events_html",
-    "fmt_duration",
-    "fmt_value",
     "gpu_memory_text",
     "rank_chips_html",
     "state_html",
     "state_text",
     "stats_text",
     "status_html",
+    "training_html",
+    "training_text",
 ]
 
 RANK_COLORS = {
@@ -50,34 +52,6 @@ LOSS_COLORS = {"train_loss": "#1f77b4", "valid_loss": "#ff7f0e"}
 MAX_TABLE_ROWS = 100
 BEST_STYLE = "font-weight:bold;color:#2ca02c"
 CELL_STYLE = "text-align:right;padding:0 0.6em"
-
-
-# --- numbers ---------------------------------------------------------------------------
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """``"45s"``, ``"3m 05s"``, ``"1h 02m"``; ``"–"`` when unknown."""
-    if seconds is None:
-        return "–"
-    s = int(round(max(seconds, 0.0)))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m {s % 60:02d}s"
-    return f"{s // 3600}h {s % 3600 // 60:02d}m"
-
-
-def fmt_value(value: Any, key: str = "") -> str:
-    """A table cell as skorch's ``PrintLog`` writes it: ``.4f``, counts and epochs bare."""
-    if not is_number(value):
-        return ""
-    if isinstance(value, int) or key == "epoch" or key.endswith("_count"):
-        return str(int(value))
-    return f"{float(value):.4f}"
-
-
-def _rate(samples_per_s: float | None) -> str:
-    return "–" if samples_per_s is None else f"{samples_per_s:,.0f} samples/s"
 
 
 # --- text pieces -----------------------------------------------------------------------
@@ -123,7 +97,7 @@ def gpu_memory_text(state: TrainingState) -> str:
 
 def stats_text(state: TrainingState) -> str:
     """Throughput and world size on one line (and peak GPU memory after a CUDA run)."""
-    text = f"{_rate(state.samples_per_s)} · {world_text(state)}"
+    text = f"{fmt_rate(state.samples_per_s)} · {world_text(state)}"
     gpu = gpu_memory_text(state)
     return f"{text} · {gpu}" if gpu else text
 
@@ -292,3 +266,42 @@ def state_html(state: TrainingState) -> str:
     parts.append(f'<div class="scalekit-training-status">{status_html(state)}</div>')
     return f'<div class="scalekit-training">{"".join(parts)}</div>'
 
+
+# --- whole run from events or a state ---------------------------------------------------
+
+
+def _as_state(events: Iterable[Event] | TrainingState) -> TrainingState:
+    if isinstance(events, TrainingState):
+        return events
+    return TrainingState.from_events(events)
+
+
+def training_text(events: Iterable[Event] | TrainingState) -> str:
+    """A training run as plain text: a summary and a skorch-like epoch table.
+
+    Parameters
+    ----------
+    events : iterable of Event or TrainingState
+        The run's events in order (other runs' events are skipped), or a folded state.
+
+    Returns
+    -------
+    str
+    """
+    return state_text(_as_state(events))
+
+
+def training_html(events: Iterable[Event] | TrainingState) -> str:
+    """A training run as self-contained HTML (progress, ranks, charts, epoch table).
+
+    Parameters
+    ----------
+    events : iterable of Event or TrainingState
+        As for :func:`training_text`.
+
+    Returns
+    -------
+    str
+        A ``<div class="scalekit-training">``; every value is escaped.
+    """
+    return state_html(_as_state(events))

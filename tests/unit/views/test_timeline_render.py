@@ -5,9 +5,11 @@ from __future__ import annotations
 import re
 
 from scalekit.events import BatchProgress, Recovered, Resized
-from scalekit.widgets import render, timeline_render
-from scalekit.widgets.charts import Marker, step_chart_svg
-from scalekit.widgets.training_state import TrainingState
+from scalekit.views import timeline_render
+from scalekit.views.charts import Marker, step_chart_svg
+from scalekit.views.html import CPU_COLOR, DANGER_COLOR
+from scalekit.views.training_render import training_html, training_text
+from scalekit.views.training_state import TrainingState
 
 from .training_events import elastic_events, run_events
 
@@ -55,7 +57,7 @@ def test_world_chart_steps_markers_and_ticks() -> None:
     assert "world size over epochs" in svg
     (resize,) = _markers(svg, "resize")
     (recovery,) = _markers(svg, "recovery")
-    assert resize[2] == render.CPU_COLOR and recovery[2] == render.DANGER_COLOR
+    assert resize[2] == CPU_COLOR and recovery[2] == DANGER_COLOR
     assert resize[0] < recovery[0]  # epoch 2 before epoch 3 (step 5)
     assert resize[1] < recovery[1]  # 3 ranks drawn higher than 2
     ticks = _ticks(svg)
@@ -135,15 +137,15 @@ def test_timeline_has_at_most_eight_entries_by_default() -> None:
 
 
 def test_text_and_html_fallbacks_include_the_timeline() -> None:
-    text = render.training_text(elastic_events())
+    text = training_text(elastic_events())
     assert "  last checkpoint: epoch 3 (step 5) · 12 ms · file:///ck/3-5" in text
     assert "  recoveries: 1 · downtime 4.5 s · lost 10 steps" in text
     assert "  timeline (newest first):" in text
     assert "world size 2 (2 → 3 at epoch 3, 3 → 2 at epoch 4)" in text
     assert text.index("timeline (newest first)") < text.index("train_loss")
-    html = render.training_html(elastic_events())
+    html = training_html(elastic_events())
     for css in ("scalekit-world-chart", "scalekit-timeline", "scalekit-checkpoint-line",
                 "scalekit-loss-chart", "scalekit-epoch-table"):
         assert css in html
     assert html.index("scalekit-loss-chart") < html.index("scalekit-world-chart")
-    assert "timeline" not in render.training_text(run_events(epochs=2))
+    assert "timeline" not in training_text(run_events(epochs=2))

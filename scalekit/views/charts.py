@@ -8,19 +8,12 @@ epochs) with markers at events and ticks on the x axis. Every name and title is 
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 from collections.abc import Mapping, Sequence
 
+from scalekit.views.html import PALETTE, escape
+
 __all__ = ["PALETTE", "Marker", "line_chart_svg", "step_chart_svg"]
-
-
-def escape(value: object) -> str:
-    """HTML-escape ``str(value)``, quotes included."""
-    return html.escape(str(value), quote=True)
-
-
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
 def _tick(value: float) -> str:

@@ -2,7 +2,7 @@
 
 A worker has a GPU when it advertises the Dask resource ``GPU`` or when Dask's NVML
 monitoring reports a device (:attr:`~scalekit.events.WorkerStats.has_gpu`). Only then
-does anything here draw; :mod:`scalekit.widgets.render` calls in only for clusters
+does anything here draw; :mod:`scalekit.views.cluster_render` calls in only for clusters
 with GPU workers, so a CPU-only cluster looks exactly as it did before GPUs were shown.
 Without nvidia-ml-py the workers cannot measure their GPU: they are shown as GPU
 workers with :data:`NVML_HINT`. No ipywidgets here; every value reaching HTML is escaped.
@@ -11,7 +11,8 @@ workers with :data:`NVML_HINT`. No ipywidgets here; every value reaching HTML is
 from __future__ import annotations
 
 from scalekit.events import ClusterSnapshot, WorkerStats
-from scalekit.widgets.render import WARN_COLOR, escape, gib, percent_bar
+from scalekit.views.fmt import gib
+from scalekit.views.html import WARN_COLOR, escape, percent_bar
 
 __all__ = [
     "GPU_COLOR",

@@ -1,8 +1,8 @@
 """Pure renderers for a run's timeline: world-size chart, checkpoint and recovery lines.
 
 They draw the timeline part of a
-:class:`~scalekit.widgets.training_state.TrainingState` (resizes, failures, recoveries,
-checkpoints); :mod:`scalekit.widgets.training_render` puts them into the whole run's
+:class:`~scalekit.views.training_state.TrainingState` (resizes, failures, recoveries,
+checkpoints); :mod:`scalekit.views.training_render` puts them into the whole run's
 text and HTML, the live panel into its ``events_html`` widget. No ipywidgets here;
 every value reaching HTML is escaped.
 
@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import time
 
-from scalekit.widgets.charts import Marker, step_chart_svg
-from scalekit.widgets.render import CPU_COLOR, DANGER_COLOR, MEMORY_COLOR, escape
-from scalekit.widgets.training_state import TimelineEntry, TrainingState
-from scalekit.widgets.training_timeline import fmt_seconds, plural, where
+from scalekit.views.charts import Marker, step_chart_svg
+from scalekit.views.fmt import fmt_seconds, plural, where
+from scalekit.views.html import CPU_COLOR, DANGER_COLOR, MEMORY_COLOR, escape
+from scalekit.views.timeline import TimelineEntry
+from scalekit.views.training_state import TrainingState
 
 __all__ = [
     "MAX_TIMELINE",

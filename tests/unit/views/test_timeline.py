@@ -13,8 +13,7 @@ from scalekit.events import (
     Resized,
     RunFinished,
 )
-from scalekit.widgets.training_state import CheckpointInfo, TrainingState
-from scalekit.widgets.training_timeline import fmt_bytes, fmt_seconds, plural, where
+from scalekit.views.training_state import TrainingState
 
 from .training_events import elastic_events, run_events
 
@@ -40,8 +39,9 @@ def test_elastic_run_folds_into_a_timeline() -> None:
 
 def test_last_checkpoint_and_recovery_totals() -> None:
     s = TrainingState.from_events(elastic_events())
-    assert s.last_checkpoint == CheckpointInfo(
-        epoch=3, step=5, url="file:///ck/3-5", seconds=0.012, nbytes=3 * 2**20, time=1036.0)
+    assert s.last_checkpoint == CheckpointSaved(  # the event itself: one record, no copy
+        run_id="run-1", epoch=3, step=5, url="file:///ck/3-5", seconds=0.012,
+        nbytes=3 * 2**20, time=1036.0)
     assert (s.recoveries, s.lost_steps, s.downtime_s) == (1, 10, 4.5)
     s.apply(_recovered(4, lost_steps=3, downtime_s=0.5))
     assert (s.recoveries, s.lost_steps, s.downtime_s) == (2, 13, 5.0)
@@ -171,19 +171,3 @@ def test_checkpoint_alone_starts_the_run_and_counts_batches() -> None:
     assert s.running and s.n_batches == 25
     assert s.last_checkpoint is not None and s.last_checkpoint.url == "s3://b/k"
     assert s.timeline[-1].text == "checkpoint saved in 2.0 s"  # no size when unknown
-
-
-@pytest.mark.parametrize(("seconds", "text"), [
-    (None, "–"), (0.0123, "12 ms"), (-1.0, "0 ms"), (1.0, "1.0 s"), (59.94, "59.9 s"),
-    (125.0, "2m 05s"), (3720.0, "1h 02m"),
-])
-def test_fmt_seconds(seconds: float | None, text: str) -> None:
-    assert fmt_seconds(seconds) == text
-
-
-def test_small_formatters() -> None:
-    assert [fmt_bytes(n) for n in (0, 512, 3 * 1024, 3 * 2**20 // 2, 5 * 2**40)] == [
-        "0 B", "512 B", "3.0 KiB", "1.5 MiB", "5120.0 GiB"]
-    assert (plural(1, "step"), plural(0, "step"), plural(40, "step")) == (
-        "1 step", "0 steps", "40 steps")
-    assert (where(3, 0), where(3, 12)) == ("epoch 3", "epoch 3 (step 12)")

@@ -2,72 +2,37 @@
 
 Nothing here imports ipywidgets, so the same pictures serve the live panel, the
 ``text/html`` / ``text/plain`` fallbacks of a notebook without the widget manager,
-``repr(session)``, the magics and the CLI. Every value that reaches HTML is escaped.
+``repr(session)``, the magics and the CLI. GPU cells come from
+:mod:`scalekit.views.gpu_render`, drawn only for clusters with GPU workers. Every value
+that reaches HTML is escaped.
 """
 
 from __future__ import annotations
 
-import html
-from collections.abc import Iterable, Sequence
-from types import ModuleType
+from collections.abc import Sequence
 
-from scalekit.events import ClusterSnapshot, Event, WorkerStats
-from scalekit.widgets.charts import PALETTE, line_chart_svg
-from scalekit.widgets.training_state import TrainingState
-
-GIB = float(2**30)
-CPU_COLOR = "#1f77b4"
-MEMORY_COLOR = "#2ca02c"
-WARN_COLOR = "#ff7f0e"
-DANGER_COLOR = "#d62728"
-LEVEL_COLORS = {"info": "inherit", "warning": WARN_COLOR, "error": DANGER_COLOR}
+from scalekit.events import ClusterSnapshot, WorkerStats
+from scalekit.views import gpu_render
+from scalekit.views.cluster_state import used_fraction
+from scalekit.views.fmt import gib
+from scalekit.views.html import (
+    CPU_COLOR,
+    MEMORY_COLOR,
+    WARN_COLOR,
+    escape,
+    percent_bar,
+    safe_url,
+)
 
 __all__ = [
     "cluster_html",
     "cluster_text",
     "dashboard_html",
-    "cpu_percent",
-    "escape",
-    "gib",
     "history_html",
-    "line_chart_svg",
-    "memory_percent",
-    "notice_html",
-    "PALETTE",
-    "percent_bar",
     "sparkline_svg",
     "totals_html",
-    "training_html",
-    "training_text",
     "workers_html",
 ]
-
-
-def escape(value: object) -> str:
-    """HTML-escape ``str(value)``, quotes included (safe inside attributes)."""
-    return html.escape(str(value), quote=True)
-
-
-def gib(n_bytes: int | float) -> str:
-    """Bytes as GiB with two decimals, e.g. ``"1.50"``."""
-    return f"{n_bytes / GIB:.2f}"
-
-
-def _fraction(used: float, limit: float) -> float:
-    return used / limit if limit > 0 else 0.0
-
-
-def _safe_url(url: str | None) -> str | None:
-    """The URL if it is plain http(s) or a same-origin path (JupyterHub/Binder proxy
-    links such as ``/user/x/proxy/8787/status``), else ``None`` (never ``javascript:``)."""
-    if not url:
-        return None
-    url = url.strip()
-    if url.lower().startswith(("http://", "https://")):
-        return url
-    if url.startswith("/") and not url.startswith("//"):
-        return url
-    return None
 
 
 def _workers_summary(snapshot: ClusterSnapshot) -> str:
@@ -83,17 +48,6 @@ def _workers_summary(snapshot: ClusterSnapshot) -> str:
 
 def _memory_summary(used: int, limit: int) -> str:
     return f"{gib(used)} / {gib(limit)} GiB" if limit else f"{gib(used)} GiB (no limit)"
-
-
-def cpu_percent(snapshot: ClusterSnapshot) -> float:
-    """Cluster CPU use in percent of its capacity (100 % = every thread busy)."""
-    capacity = 100.0 * snapshot.total_threads
-    return 100.0 * _fraction(sum(w.cpu for w in snapshot.workers), capacity)
-
-
-def memory_percent(snapshot: ClusterSnapshot) -> float:
-    """Cluster memory use in percent of the summed worker limits (0 without limits)."""
-    return 100.0 * _fraction(snapshot.total_memory, snapshot.total_memory_limit)
 
 
 # --- text ----------------------------------------------------------------------------
@@ -121,13 +75,13 @@ def cluster_text(snapshot: ClusterSnapshot) -> str:
         f"  threads {snapshot.total_threads}, CPU {snapshot.mean_cpu:.1f} % (mean), "
         f"memory {_memory_summary(snapshot.total_memory, snapshot.total_memory_limit)}"
     )
-    gpu = _gpu_render() if snapshot.gpu_workers else None  # CPU-only: lines as before
-    if gpu is not None:
-        lines.append(f"  {gpu.gpu_totals_text(snapshot)}")
+    gpus = bool(snapshot.gpu_workers)  # CPU-only clusters: lines as before GPUs were shown
+    if gpus:
+        lines.append(f"  {gpu_render.gpu_totals_text(snapshot)}")
     width = max((len(w.name) for w in snapshot.workers), default=0)
     for w in snapshot.workers:
         status = "" if w.status == "running" else f"  [{w.status}]"
-        gpu_part = f"{gpu.gpu_text(w)}  " if gpu is not None and w.has_gpu else ""
+        gpu_part = f"{gpu_render.gpu_text(w)}  " if gpus and w.has_gpu else ""
         lines.append(
             f"    {w.name:<{width}}  CPU {w.cpu:5.1f} %  "
             f"memory {_memory_summary(w.memory, w.memory_limit)}  {gpu_part}{w.address}{status}"
@@ -142,35 +96,6 @@ def cluster_text(snapshot: ClusterSnapshot) -> str:
 # --- HTML pieces -----------------------------------------------------------------------
 
 
-def percent_bar(
-    fraction: float, label: str = "", *, color: str = CPU_COLOR, width: str = "10em"
-) -> str:
-    """A horizontal bar filled to ``fraction`` (clamped to 0..1) with a text label.
-
-    Parameters
-    ----------
-    fraction : float
-        How full the bar is; values above 1 draw a full bar in the danger colour.
-    label : str
-        Text drawn on the bar (escaped).
-    color : str
-        CSS colour of the filled part.
-    width : str
-        CSS width of the whole bar.
-    """
-    fill = min(max(float(fraction), 0.0), 1.0)
-    if fraction > 1.0:
-        color = DANGER_COLOR
-    return (
-        f'<div class="scalekit-bar" style="position:relative;width:{escape(width)};'
-        'height:1.1em;background:#e6e6e6;border-radius:2px;overflow:hidden;'
-        'display:inline-block;vertical-align:middle">'
-        f'<div style="width:{fill * 100:.1f}%;height:100%;background:{escape(color)}"></div>'
-        '<span style="position:absolute;left:0.3em;top:0;font-size:0.8em;'
-        f'line-height:1.4em;color:#000">{escape(label)}</span></div>'
-    )
-
-
 def _cpu_bar(cpu: float, nthreads: int) -> str:
     # psutil reports a process's CPU as percent of one core: a full worker is 100 * threads
     capacity = 100.0 * max(nthreads, 1)
@@ -178,21 +103,14 @@ def _cpu_bar(cpu: float, nthreads: int) -> str:
 
 
 def _memory_bar(memory: int, limit: int) -> str:
-    fraction = _fraction(memory, limit)
+    fraction = used_fraction(memory, limit)
     color = MEMORY_COLOR if fraction < 0.8 else WARN_COLOR
     return percent_bar(fraction, _memory_summary(memory, limit), color=color, width="14em")
 
 
-def _gpu_render() -> ModuleType:
-    # imported when a cluster has GPUs (gpu_render draws with this module's bars)
-    from scalekit.widgets import gpu_render
-
-    return gpu_render
-
-
 def _worker_row(w: WorkerStats, gpu_column: bool = False) -> str:
     status = "" if w.status == "running" else f" <em>({escape(w.status)})</em>"
-    gpu = f"<td>{_gpu_render().gpu_cell_html(w)}</td>" if gpu_column else ""
+    gpu = f"<td>{gpu_render.gpu_cell_html(w)}</td>" if gpu_column else ""
     return (
         f'<tr class="scalekit-worker"><td title="{escape(w.address)}">{escape(w.name)}{status}'
         f"</td><td>{w.nthreads}</td><td>{_cpu_bar(w.cpu, w.nthreads)}</td>"
@@ -217,7 +135,7 @@ def workers_html(snapshot: ClusterSnapshot) -> str:
 
 def totals_html(snapshot: ClusterSnapshot) -> str:
     """One line of cluster totals: workers, threads, mean CPU, memory (and GPUs)."""
-    gpus = _gpu_render().gpu_totals_text(snapshot) if snapshot.gpu_workers else ""
+    gpus = gpu_render.gpu_totals_text(snapshot) if snapshot.gpu_workers else ""
     return (
         f'<div class="scalekit-totals"><b>{escape(_workers_summary(snapshot))}</b> · '
         f"{snapshot.total_threads} threads · CPU {snapshot.mean_cpu:.1f} % (mean) · "
@@ -228,22 +146,12 @@ def totals_html(snapshot: ClusterSnapshot) -> str:
 
 def dashboard_html(url: str | None) -> str:
     """A link to the Dask dashboard, or an empty string when there is none."""
-    safe = _safe_url(url)
+    safe = safe_url(url)
     if safe is None:
         return ""
     return (
         f'<a class="scalekit-dashboard" href="{escape(safe)}" target="_blank" '
         f'rel="noopener noreferrer">Dask dashboard ↗</a>'
-    )
-
-
-def notice_html(level: str, message: str) -> str:
-    """A status line; errors in red, warnings in orange."""
-    color = LEVEL_COLORS.get(level, "inherit")
-    weight = "bold" if level == "error" else "normal"
-    return (
-        f'<div class="scalekit-status scalekit-{escape(level)}" '
-        f'style="color:{color};font-weight:{weight}">{escape(message)}</div>'
     )
 
 
@@ -346,50 +254,3 @@ def cluster_html(snapshot: ClusterSnapshot) -> str:
             )
             parts.append(f'<ul class="scalekit-details">{items}</ul>')
     return f'<div class="scalekit-cluster">{"".join(parts)}</div>'
-
-
-# --- training --------------------------------------------------------------------------
-# The training pictures live in scalekit.widgets.training_render; the entry points below
-# keep one import path for every renderer (``render.training_text`` in ``repr(run)``);
-# the SVG charts live in scalekit.widgets.charts (``line_chart_svg`` is re-exported).
-
-
-def training_text(events: Iterable[Event] | TrainingState) -> str:
-    """A training run as plain text: a summary and a skorch-like epoch table.
-
-    Parameters
-    ----------
-    events : iterable of Event or TrainingState
-        The run's events in order (other runs' events are skipped), or a folded state.
-
-    Returns
-    -------
-    str
-    """
-    from scalekit.widgets.training_render import state_text
-
-    return state_text(_as_state(events))
-
-
-def training_html(events: Iterable[Event] | TrainingState) -> str:
-    """A training run as self-contained HTML (progress, ranks, charts, epoch table).
-
-    Parameters
-    ----------
-    events : iterable of Event or TrainingState
-        As for :func:`training_text`.
-
-    Returns
-    -------
-    str
-        A ``<div class="scalekit-training">``; every value is escaped.
-    """
-    from scalekit.widgets.training_render import state_html
-
-    return state_html(_as_state(events))
-
-
-def _as_state(events: Iterable[Event] | TrainingState) -> TrainingState:
-    if isinstance(events, TrainingState):
-        return events
-    return TrainingState.from_events(events)

@@ -1,10 +1,11 @@
-"""The pieces of a run's timeline: entries, the last checkpoint and their texts.
+"""The pieces of a run's timeline: entries and their texts.
 
-:class:`~scalekit.widgets.training_state.TrainingState` folds
+:class:`~scalekit.views.training_state.TrainingState` folds
 :class:`~scalekit.events.Resized`, :class:`~scalekit.events.Recovered`,
 :class:`~scalekit.events.CheckpointSaved` and failures into :class:`TimelineEntry`
-values built here; the renderers of :mod:`scalekit.widgets.timeline_render` draw them.
-Pure data and text: no ipywidgets, no HTML.
+values built here; the renderers of :mod:`scalekit.views.timeline_render` draw them.
+Pure data and text: no ipywidgets, no HTML. The last checkpoint is the
+:class:`~scalekit.events.CheckpointSaved` event itself: one record of it, not a copy.
 
 Epochs and steps follow the checkpoint convention: ``epoch`` counts the epochs
 *completed*, ``step`` the batches completed in the next one (0 at an epoch boundary).
@@ -15,19 +16,15 @@ from __future__ import annotations
 import dataclasses
 
 from scalekit.events import CheckpointSaved, Recovered, Resized
+from scalekit.views.fmt import fmt_bytes, fmt_seconds, plural
 
 __all__ = [
     "KINDS",
-    "CheckpointInfo",
     "TimelineEntry",
     "checkpoint_entry",
     "failure_entry",
-    "fmt_bytes",
-    "fmt_seconds",
-    "plural",
     "recovery_entry",
     "resize_entry",
-    "where",
 ]
 
 KINDS = ("resize", "recovery", "checkpoint", "failure")
@@ -57,53 +54,6 @@ class TimelineEntry:
     text: str
     time: float
     world_size: int | None = None
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointInfo:
-    """The newest :class:`~scalekit.events.CheckpointSaved` of a run."""
-
-    epoch: int
-    step: int
-    url: str
-    seconds: float
-    nbytes: int = 0
-    time: float = 0.0
-
-
-def fmt_seconds(seconds: float | None) -> str:
-    """``"12 ms"``, ``"3.4 s"``, ``"2m 05s"``, ``"1h 02m"``; ``"–"`` when unknown."""
-    if seconds is None:
-        return "–"
-    s = max(float(seconds), 0.0)
-    if s < 1.0:
-        return f"{s * 1000:.0f} ms"
-    if s < 60.0:
-        return f"{s:.1f} s"
-    whole = int(round(s))
-    if whole < 3600:
-        return f"{whole // 60}m {whole % 60:02d}s"
-    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
-
-
-def fmt_bytes(nbytes: int) -> str:
-    """``"512 B"``, ``"3.2 KiB"``, ``"1.5 MiB"``, ``"2.0 GiB"``."""
-    size = float(max(nbytes, 0))
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024.0 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024.0
-    raise AssertionError("unreachable")
-
-
-def plural(n: int, word: str) -> str:
-    """``"1 step"``, ``"40 steps"``."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def where(epoch: int, step: int) -> str:
-    """``"epoch 3"`` at a boundary, ``"epoch 3 (step 12)"`` inside the next epoch."""
-    return f"epoch {epoch}" + (f" (step {step})" if step else "")
 
 
 def resize_entry(e: Resized) -> TimelineEntry:

@@ -1,4 +1,4 @@
-"""The pure renderers: text, HTML (escaped), bars and the sparkline."""
+"""The cluster renderers: text, HTML (escaped), the dashboard link and the sparkline."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import re
 import pytest
 
 from scalekit.events import ClusterSnapshot, WorkerStats
-from scalekit.widgets import render
+from scalekit.views import cluster_render
+from scalekit.views.cluster_state import cpu_percent, memory_percent
+from scalekit.views.html import notice_html
 
 GIB = 2**30
 
@@ -28,7 +30,7 @@ def _snapshot(**kw: object) -> ClusterSnapshot:
 
 
 def test_cluster_text_lists_totals_workers_and_dashboard() -> None:
-    text = render.cluster_text(_snapshot())
+    text = cluster_render.cluster_text(_snapshot())
     lines = text.splitlines()
     assert "local" in lines[0] and "running" in lines[0]
     assert "2 workers (requested 2)" in text
@@ -41,19 +43,20 @@ def test_cluster_text_lists_totals_workers_and_dashboard() -> None:
 
 
 def test_cluster_text_adaptive_and_closed() -> None:
-    assert "adaptive 1..4" in render.cluster_text(_snapshot(adaptive=(1, 4), requested=None))
-    closed = render.cluster_text(ClusterSnapshot(backend="local", status="closed"))
+    adaptive = _snapshot(adaptive=(1, 4), requested=None)
+    assert "adaptive 1..4" in cluster_render.cluster_text(adaptive)
+    closed = cluster_render.cluster_text(ClusterSnapshot(backend="local", status="closed"))
     assert closed.count("\n") == 0 and "closed" in closed
 
 
 def test_cluster_text_without_memory_limit() -> None:
     s = _snapshot(workers=(WorkerStats(name="a", address="x", nthreads=1, memory=GIB),))
-    assert "1.00 GiB (no limit)" in render.cluster_text(s)
-    assert "1 worker " in render.cluster_text(s)
+    assert "1.00 GiB (no limit)" in cluster_render.cluster_text(s)
+    assert "1 worker " in cluster_render.cluster_text(s)
 
 
 def test_cluster_html_has_a_row_per_worker_with_bars() -> None:
-    out = render.cluster_html(_snapshot())
+    out = cluster_render.cluster_html(_snapshot())
     assert out.count('class="scalekit-worker"') == 2
     assert out.count('class="scalekit-bar"') == 4  # CPU and memory per worker
     assert "25 %" in out and "150 %" in out
@@ -70,47 +73,30 @@ def test_html_is_escaped() -> None:
         workers=(WorkerStats(name=evil, address='"><img src=x>', nthreads=1, status=evil),),
         details=((evil, evil),),
     )
-    out = render.cluster_html(s)
+    out = cluster_render.cluster_html(s)
     assert "<script>" not in out and "<img" not in out
     assert "&lt;script&gt;" in out
-    assert "<script>" not in render.notice_html("error", evil)
+    assert "<script>" not in notice_html("error", evil)
 
 
 def test_dashboard_link_keeps_a_jupyterhub_proxy_path():
-    html = render.dashboard_html("/user/binder-abc/proxy/8787/status")
+    html = cluster_render.dashboard_html("/user/binder-abc/proxy/8787/status")
     assert 'href="/user/binder-abc/proxy/8787/status"' in html
 
 
 @pytest.mark.parametrize("url", ["javascript:alert(1)", "", None, "data:text/html,x",
                                  "//evil.example/x"])
 def test_dashboard_link_only_for_http(url: str | None) -> None:
-    assert render.dashboard_html(url) == ""
+    assert cluster_render.dashboard_html(url) == ""
 
 
 def test_dashboard_link_escapes_quotes() -> None:
-    out = render.dashboard_html('http://h/"onmouseover="x')
+    out = cluster_render.dashboard_html('http://h/"onmouseover="x')
     assert 'href="http://h/&quot;onmouseover=&quot;x"' in out
 
 
-@pytest.mark.parametrize(
-    ("fraction", "width"), [(0.0, "0.0%"), (0.5, "50.0%"), (1.0, "100.0%"), (-1, "0.0%")]
-)
-def test_percent_bar_fill(fraction: float, width: str) -> None:
-    assert f"width:{width}" in render.percent_bar(fraction, "x")
-
-
-def test_percent_bar_overfull_is_red_and_clamped() -> None:
-    out = render.percent_bar(1.5, "150 %")
-    assert "width:100.0%" in out and render.DANGER_COLOR in out
-
-
-def test_notice_error_is_red() -> None:
-    assert render.DANGER_COLOR in render.notice_html("error", "boom")
-    assert render.DANGER_COLOR not in render.notice_html("info", "fine")
-
-
 def test_sparkline_svg_draws_both_series_in_the_box() -> None:
-    svg = render.sparkline_svg([0, 50, 100], [10, 20, 30], width=100, height=20)
+    svg = cluster_render.sparkline_svg([0, 50, 100], [10, 20, 30], width=100, height=20)
     assert svg.startswith("<svg") and svg.endswith("</svg>")
     assert 'width="100"' in svg and 'height="20"' in svg
     cpu = re.search(r'scalekit-spark-cpu".*?points="([^"]+)"', svg)
@@ -121,32 +107,17 @@ def test_sparkline_svg_draws_both_series_in_the_box() -> None:
 
 
 def test_sparkline_handles_empty_single_and_peaks() -> None:
-    assert "polyline" not in render.sparkline_svg([], [], 10, 10)
-    one = render.sparkline_svg([50], [], 10, 10)
+    assert "polyline" not in cluster_render.sparkline_svg([], [], 10, 10)
+    one = cluster_render.sparkline_svg([50], [], 10, 10)
     assert 'points="0.0,5.0 10.0,5.0"' in one
-    high = render.sparkline_svg([200, 100], [], 10, 10)  # scale follows the peak
+    high = cluster_render.sparkline_svg([200, 100], [], 10, 10)  # scale follows the peak
     assert 'points="0.0,0.0 10.0,5.0"' in high
 
 
 def test_percentages_of_capacity() -> None:
     s = _snapshot()
-    assert render.cpu_percent(s) == pytest.approx(175 / 3)
-    assert render.memory_percent(s) == pytest.approx(37.5)
+    assert cpu_percent(s) == pytest.approx(175 / 3)
+    assert memory_percent(s) == pytest.approx(37.5)
     empty = ClusterSnapshot(backend="local", status="running")
-    assert render.cpu_percent(empty) == 0 and render.memory_percent(empty) == 0
-    assert "no workers" in render.workers_html(empty)
-
-
-def test_render_does_not_import_ipywidgets() -> None:
-    import ast
-    import inspect
-
-    tree = ast.parse(inspect.getsource(render))
-    names = {
-        alias.name for node in ast.walk(tree) if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in node.names
-    } | {
-        node.module for node in ast.walk(tree)
-        if isinstance(node, ast.ImportFrom) and node.module
-    }
-    assert not any(n.startswith("ipywidgets") for n in names)
+    assert cpu_percent(empty) == 0 and memory_percent(empty) == 0
+    assert "no workers" in cluster_render.workers_html(empty)

@@ -5,14 +5,13 @@ fallbacks draw. It is pure data: no ipywidgets, no clocks except the events' own
 timestamps (and ``time.time()`` for the elapsed time of a run still going).
 
 Besides the epoch log it keeps the run's timeline: resizes, failures, recoveries and
-checkpoints (:mod:`scalekit.widgets.training_timeline`), the world size per epoch and
-the totals of the recoveries.
+checkpoints (:mod:`scalekit.views.timeline`), the world size per epoch and the totals
+of the recoveries.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -30,8 +29,8 @@ from scalekit.events import (
     RunStarted,
     TrainingReport,
 )
-from scalekit.widgets.training_timeline import (
-    CheckpointInfo,
+from scalekit.views.fmt import is_number
+from scalekit.views.timeline import (
     TimelineEntry,
     checkpoint_entry,
     failure_entry,
@@ -39,19 +38,10 @@ from scalekit.widgets.training_timeline import (
     resize_entry,
 )
 
-__all__ = ["CheckpointInfo", "RankInfo", "TimelineEntry", "TrainingState", "is_number"]
+__all__ = ["RankInfo", "TimelineEntry", "TrainingState"]
 
 # Row keys that are not scores: drawn elsewhere (throughput, duration) or not at all.
 NOT_SCORES = frozenset({"epoch", "dur", "batches", "train_samples_per_s"})
-
-
-def is_number(value: Any) -> bool:
-    """A finite int/float that is not a bool (bools in a row are ``*_best`` markers)."""
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 def _shown_key(key: str) -> bool:
@@ -113,8 +103,8 @@ class TrainingState:
     timeline : list of TimelineEntry
         Resizes, recoveries, checkpoints and failures (failed ranks, a failed run) in
         the order they arrived; a rollback keeps them (they happened).
-    last_checkpoint : CheckpointInfo or None
-        The newest checkpoint saved.
+    last_checkpoint : CheckpointSaved or None
+        The newest checkpoint saved (the event itself).
     recoveries, lost_steps, downtime_s : int, int, float
         Recoveries from failures; steps redone and seconds lost by them, in total.
     peak_gpu_memory : tuple of int
@@ -147,7 +137,7 @@ class TrainingState:
     started_at: float | None = None
     finished_at: float | None = None
     timeline: list[TimelineEntry] = dataclasses.field(default_factory=list)
-    last_checkpoint: CheckpointInfo | None = None
+    last_checkpoint: CheckpointSaved | None = None
     recoveries: int = 0
     lost_steps: int = 0
     downtime_s: float = 0.0
@@ -204,9 +194,7 @@ class TrainingState:
             self._rank(event)
         elif isinstance(event, CheckpointSaved):
             self._begin(event.time)
-            self.last_checkpoint = CheckpointInfo(
-                epoch=int(event.epoch), step=int(event.step), url=event.url,
-                seconds=float(event.seconds), nbytes=int(event.nbytes), time=event.time)
+            self.last_checkpoint = event
             self._note(checkpoint_entry(event))
         elif isinstance(event, Resized):
             self._begin(event.time)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 
 from scalekit.events import (
@@ -14,8 +12,8 @@ from scalekit.events import (
     RunStarted,
     TrainingReport,
 )
-from scalekit.widgets import render
-from scalekit.widgets.training_state import TrainingState
+from scalekit.views.training_render import training_html, training_text
+from scalekit.views.training_state import TrainingState
 
 from .training_events import rows, run_events
 
@@ -45,7 +43,7 @@ def test_world_size_changes_are_recorded() -> None:
     s = TrainingState.from_events(run_events(epochs=6, max_epochs=6, grow_at=5))
     assert s.world_sizes == [(0, 2), (5, 3)]
     assert s.world_size_changes == [(5, 2, 3)]
-    assert "world size 3 (2 → 3 at epoch 5)" in render.training_text(s)
+    assert "world size 3 (2 → 3 at epoch 5)" in training_text(s)
 
 
 def test_other_runs_are_ignored_and_notices_kept() -> None:
@@ -96,7 +94,7 @@ def test_keys_follow_skorch_printlog() -> None:
 
 
 def test_text_has_summary_and_epoch_table_with_best_marks() -> None:
-    text = render.training_text(run_events(epochs=4))
+    text = training_text(run_events(epochs=4))
     assert text.splitlines()[0] == "scalekit training · run run-1 · finished"
     assert "epoch 4/4" in text
     lines = text.splitlines()
@@ -110,14 +108,14 @@ def test_text_has_summary_and_epoch_table_with_best_marks() -> None:
 
 
 def test_text_of_a_failed_run_shows_the_message() -> None:
-    text = render.training_text(run_events(
+    text = training_text(run_events(
         epochs=1, status="failed", message="rank 1 on w1 failed: OOM\ntraceback line"))
     assert "failed: rank 1 on w1 failed: OOM" in text and "traceback line" in text
 
 
 def test_html_escapes_and_has_the_parts() -> None:
     events = run_events("<run>", epochs=3, status="failed", message="<b>boom</b>")
-    html = render.training_html(events)
+    html = training_html(events)
     assert "&lt;run&gt;" in html and "&lt;b&gt;boom&lt;/b&gt;" in html and "<b>boom" not in html
     for css in ("scalekit-epoch-progress", "scalekit-loss-chart", "scalekit-epoch-table",
                 "scalekit-training-status", "scalekit-score-chart", "scalekit-rank-chips"):
@@ -126,34 +124,8 @@ def test_html_escapes_and_has_the_parts() -> None:
 
 
 def test_html_before_any_event() -> None:
-    html = render.training_html([])
+    html = training_html([])
     assert "waiting" in html and "scalekit-epoch-table" not in html
-
-
-def _points(svg: str) -> dict[str, int]:
-    found = re.findall(r'data-series="([^"]+)"[^>]*points="([^"]*)"', svg)
-    return {name: len(points.split()) for name, points in found}
-
-
-def test_line_chart_one_polyline_per_series() -> None:
-    svg = render.line_chart_svg({"a": [3.0, 2.0, 1.0], "b": [None, 1.5, float("nan")],
-                                 "c": []}, width=200, height=100, css_class="x-chart")
-    assert svg.startswith('<svg class="x-chart"')
-    assert svg.count("<polyline") == 2
-    assert _points(svg) == {"a": 3, "b": 1}
-    assert "<circle" in svg  # a single point still shows
-
-
-def test_line_chart_fixed_range_and_escaping() -> None:
-    svg = render.line_chart_svg({"<acc>": [0.5, 0.75]}, y_range=(0.0, 1.0), x_start=5)
-    assert "&lt;acc&gt;" in svg and "<acc>" not in svg
-    assert ">1<" in svg and ">0<" in svg and ">5<" in svg and ">6<" in svg
-    ys = [float(p.split(",")[1]) for p in re.search(r'points="([^"]+)"', svg)[1].split()]
-    assert ys[0] > ys[1]  # higher values are drawn higher up
-
-
-def test_line_chart_empty() -> None:
-    assert "waiting for the first epoch" in render.line_chart_svg({})
 
 
 def test_rows_helper_marks_bests_like_skorch() -> None:
@@ -173,9 +145,9 @@ def test_peak_gpu_memory_per_rank_from_the_report() -> None:
     s = TrainingState.from_events(events)
     assert s.peak_gpu_memory == (int(3.5 * 2**30), int(3.25 * 2**30))
     line = "peak GPU memory per rank 3.50, 3.25 GiB"
-    text = render.training_text(s)
+    text = training_text(s)
     assert line in text.splitlines()[2]  # on the throughput line
-    assert line in render.training_html(s)
+    assert line in training_html(s)
 
 
 def test_a_run_without_cuda_shows_no_gpu_memory() -> None:
@@ -183,4 +155,4 @@ def test_a_run_without_cuda_shows_no_gpu_memory() -> None:
     events.insert(-1, _report())  # the controller publishes it just before RunFinished
     s = TrainingState.from_events(events)
     assert s.peak_gpu_memory == ()
-    assert "GPU" not in render.training_text(s) and "GPU" not in render.training_html(s)
+    assert "GPU" not in training_text(s) and "GPU" not in training_html(s)

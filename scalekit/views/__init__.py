@@ -1,0 +1,27 @@
+"""View-models: pure folds of events into what every view shows, and their renderers.
+
+Like the plain tqdm under tqdm's notebook bar, this layer knows nothing of the front end.
+It sits under :mod:`scalekit.widgets` (the ipywidgets panels), :mod:`scalekit.labext`
+(the JupyterLab sidebar) and the text forms (``repr(session)``, ``repr(run)``, the
+magic's ``status``), and above :mod:`scalekit.events`; it imports only events, config
+and errors, never ipywidgets, torch, ``distributed`` or the training runtime.
+
+State (folds of events)
+    :mod:`~scalekit.views.cluster_state` (:class:`ClusterState`),
+    :mod:`~scalekit.views.training_state` (:class:`TrainingState`),
+    :mod:`~scalekit.views.timeline` (a run's timeline entries).
+Formatting
+    :mod:`~scalekit.views.fmt` (numbers as text), :mod:`~scalekit.views.html` (the
+    HTML helpers: escaping, colours, bars), :mod:`~scalekit.views.charts` (SVG).
+Renderers
+    :mod:`~scalekit.views.cluster_render`, :mod:`~scalekit.views.gpu_render`,
+    :mod:`~scalekit.views.training_render`, :mod:`~scalekit.views.timeline_render`
+    (text and HTML), :mod:`~scalekit.views.snapshot` (the sidebar's JSON).
+"""
+
+from __future__ import annotations
+
+from scalekit.views.cluster_state import ClusterState
+from scalekit.views.training_state import TrainingState
+
+__all__ = ["ClusterState", "TrainingState"]
