@@ -96,8 +96,11 @@ class CheckpointStore:
                  ) -> None:
         import fsspec
 
-        if keep < 1:
-            raise ValueError(f"keep must be >= 1, got {keep}")
+        if not isinstance(keep, int) or isinstance(keep, bool) or keep < 1:
+            from scalekit.errors import ConfigError
+
+            raise ConfigError("CheckpointStore.keep", keep, "an integer >= 1",
+                              "It is how many of the newest checkpoints are kept.")
         self.url = str(url)
         self.keep = keep
         self.storage_options = dict(storage_options or {})

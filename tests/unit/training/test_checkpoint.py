@@ -129,8 +129,10 @@ def test_storage_options_reach_fsspec(tmp_path):
 
 
 def test_keep_must_be_positive(tmp_path):
-    with pytest.raises(ValueError, match="keep must be >= 1, got 0"):
-        CheckpointStore(str(tmp_path), keep=0)
+    for keep in (0, -1, "3", 2.5, True, None):
+        with pytest.raises(ValueError, match=r"CheckpointStore\.keep: got .*, expected an "
+                                             r"integer >= 1"):  # a ConfigError
+            CheckpointStore(str(tmp_path), keep=keep)
 
 
 # -- keep k ---------------------------------------------------------------------------
