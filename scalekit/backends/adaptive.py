@@ -6,17 +6,19 @@ and a scale-down may retire a worker in the middle of an epoch. Here a running f
 states its *demand* (the largest world that still helps it), the target never drops
 below the current size while a fit runs, and a wanted shrink is handed to the fit,
 which applies it at its next epoch boundary. The decision is the pure
-:func:`adaptive_decision`; :class:`TrainingAwareAdaptive` only feeds it.
+:func:`adaptive_decision`; :class:`TrainingAwareAdaptive` only feeds it, from the
+:class:`~scalekit.backends.base.TrainingHooks` the backend was given.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from distributed.deploy import Adaptive
+
+from scalekit.backends.base import TrainingHooks
 
 logger = logging.getLogger(__name__)
 
@@ -62,27 +64,28 @@ class TrainingAwareAdaptive(Adaptive):
 
     Parameters
     ----------
-    demand : callable() -> int or None
-        The running fits' demand (``None`` when none runs).
-    request_shrink : callable(int)
-        Hands a wanted shrink to the running fits.
+    hooks : TrainingHooks, optional
+        The running fits: their demand, and where a wanted shrink goes (default: none).
+    *args, **kwargs
+        For ``distributed.Adaptive`` (cluster, bounds, interval, wait_count).
     """
 
-    def __init__(self, *args: Any, demand: Callable[[], int | None] | None = None,
-                 request_shrink: Callable[[int], None] | None = None, **kwargs: Any) -> None:
-        self.demand = demand
-        self.request_shrink = request_shrink
+    def __init__(self, *args: Any, hooks: TrainingHooks | None = None, **kwargs: Any) -> None:
+        self.hooks = hooks or TrainingHooks()
         self.last_decision: AdaptiveDecision | None = None
         super().__init__(*args, **kwargs)
 
     async def target(self) -> int:
-        dask_target = await super().target()
+        return self.decide(await super().target(), current=len(self.plan)).target
+
+    def decide(self, dask_target: int, current: int) -> AdaptiveDecision:
+        """:func:`adaptive_decision` on this adaptive's bounds and the fits' demand; a
+        wanted shrink is handed to the fits (they apply it at their next epoch boundary)."""
         decision = adaptive_decision(
             minimum=int(self.minimum), maximum=int(self.maximum), dask_target=dask_target,
-            demand=self.demand() if self.demand is not None else None,
-            current=len(self.plan),
+            demand=self.hooks.demand(), current=current,
         )
-        if decision.shrink_to is not None and self.request_shrink is not None:
-            self.request_shrink(decision.shrink_to)
+        if decision.shrink_to is not None:
+            self.hooks.request_shrink(decision.shrink_to)
         self.last_decision = decision
-        return decision.target
+        return decision

@@ -37,7 +37,7 @@ import time
 from collections.abc import Awaitable, Iterator
 
 from scalekit.backends import kube_api
-from scalekit.backends.base import DaskClusterBackend
+from scalekit.backends.base import DaskClusterBackend, TrainingHooks
 from scalekit.backends.kube_cluster import IoLoop, WatchedKubeCluster
 from scalekit.backends.kube_errors import (
     KubernetesError,
@@ -76,12 +76,15 @@ class KubernetesBackend(DaskClusterBackend):
         Worker count, threads, memory, bounds (as for the local backend).
     kube : KubernetesConfig, optional
         Image, namespace, resources...; default: ``scalekit.kubernetes`` in dask.config.
+    hooks : TrainingHooks, optional
+        The running fits, for training-aware adaptive scaling (default: none).
     """
 
     name = "kubernetes"
 
-    def __init__(self, config: ClusterConfig, kube: KubernetesConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: ClusterConfig, kube: KubernetesConfig | None = None, *,
+                 hooks: TrainingHooks | None = None) -> None:
+        super().__init__(config, hooks=hooks)
         self.kube = kube or KubernetesConfig.from_config()
         require_image(self.kube)  # fail before anything starts
         self.cluster_name: str | None = None

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import dask.config
 from distributed import Nanny
 
-from scalekit.backends.base import DaskClusterBackend
+from scalekit.backends.base import DaskClusterBackend, TrainingHooks
 from scalekit.backends.gpus import RESOURCE
 from scalekit.backends.worker_environment import (
     KERNEL_SIDE,
@@ -66,17 +66,24 @@ class LocalBackend(DaskClusterBackend):
     With ``processes=False`` the workers are threads of this process, as for
     ``memory://`` checkpoints; torch.distributed allows one process group per process,
     so only one of them can train at a time (see docs/elastic.md).
+
+    Parameters
+    ----------
+    config : ClusterConfig
+        Workers, threads, memory, GPUs, bounds.
+    hooks : TrainingHooks, optional
+        The running fits, for training-aware adaptive scaling (default: none).
     """
 
     name = "local"
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, *, hooks: TrainingHooks | None = None) -> None:
         if config.gpus and not config.processes:
             raise ConfigError(
                 "scalekit.cluster.processes", config.processes, "true with gpus",
                 "A GPU worker is a process pinned to its GPU with CUDA_VISIBLE_DEVICES; "
                 "threads of this process share its devices. Drop processes=False.")
-        super().__init__(config)
+        super().__init__(config, hooks=hooks)
 
     def _make_cluster(self) -> LocalCluster:
         from distributed import LocalCluster
