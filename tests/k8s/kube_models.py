@@ -64,3 +64,18 @@ class HoldWhileFileExists(Callback):
             open(self.path + ".held", "w").close()
         while os.path.exists(self.path):
             time.sleep(0.05)
+
+
+class SlowEpochsWhileFileExists(Callback):
+    """Sleeps ``seconds`` at the end of each epoch of a world of size ``world`` while
+    ``path`` exists: short epochs that a test can still act between."""
+
+    def __init__(self, path, seconds, world):
+        self.path, self.seconds, self.world = str(path), seconds, world
+
+    def on_epoch_end(self, net, **kwargs):
+        import torch.distributed as dist
+
+        if os.path.exists(self.path) and dist.is_initialized() and (
+                dist.get_world_size() == self.world):
+            time.sleep(self.seconds)

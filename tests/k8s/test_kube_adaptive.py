@@ -15,19 +15,19 @@ import time
 
 import pytest
 import torch
-from kube_models import DigitsMLP, HoldWhileFileExists, digits
+from kube_models import DigitsMLP, HoldWhileFileExists, SlowEpochsWhileFileExists, digits
 from skorch import NeuralNetClassifier
 from torch import nn
 
 import scalekit as sk
 from scalekit.events import EpochEnded, RankStatus, Recovered, Resized
 from scalekit.session import cluster
-from scalekit.training.rounds import warm_worker
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(480)]
 
 X_TRAIN, _, Y_TRAIN, _ = digits()
 FIT_TIMEOUT = 240
+EPOCHS = 40
 
 
 def report(line: str) -> None:
@@ -57,16 +57,18 @@ def replicas(kube) -> int:
 def test_adaptive_during_a_fit_grows_to_its_demand_and_shrinks_at_an_epoch_boundary(
         notebook, tmp_path):
     kube = notebook
-    # world 1 holds at each epoch end, world 2 after step 3 of each epoch, while the
-    # files exist: the test acts at known points whatever the speed of the machine
-    end, mid = tmp_path / "hold-end", tmp_path / "hold-mid"
-    end.touch()
-    mid.touch()
+    # while the files exist, world 1 holds at each epoch end ("end"), then takes 1 s
+    # more per epoch ("slow") while the new worker starts, and world 2 holds after step 3
+    # of each epoch ("mid"): the test acts at known points whatever the machine's speed
+    end, slow, mid = (tmp_path / name for name in ("hold-end", "slow", "hold-mid"))
+    for path in (end, slow, mid):
+        path.touch()
     torch.manual_seed(0)
     net = NeuralNetClassifier(
         DigitsMLP, criterion=nn.CrossEntropyLoss, optimizer=torch.optim.SGD, lr=0.1,
-        batch_size=64, max_epochs=5, train_split=None, verbose=0,
+        batch_size=64, max_epochs=EPOCHS, train_split=None, verbose=0,
         callbacks=[("end", HoldWhileFileExists(end, world=1)),
+                   ("slow", SlowEpochsWhileFileExists(slow, 1.0, world=1)),
                    ("mid", HoldWhileFileExists(mid, at_batch=3, world=2))])
     with cluster(workers=1, backend="kubernetes") as s:
         run = sk.fit(net, X_TRAIN, Y_TRAIN, cluster=s, checkpoint=str(tmp_path / "ckpt"),
@@ -74,7 +76,6 @@ def test_adaptive_during_a_fit_grows_to_its_demand_and_shrinks_at_an_epoch_bound
         try:
             wait_until(lambda: (tmp_path / "hold-end.held").exists(), FIT_TIMEOUT,
                        "epoch 1 to end on one worker", run)
-            first = set(s.client.nthreads())
             # the fit can use 8 ranks (64 samples a step, at least 8 each), the bounds 2;
             # the scheduler sees one busy task and would ask for 1
             asked = time.time()
@@ -82,15 +83,13 @@ def test_adaptive_during_a_fit_grows_to_its_demand_and_shrinks_at_an_epoch_bound
             wait_until(lambda: replicas(kube) == 2, 60, "adaptive to grow the worker group")
             decided = time.time()
             assert not kube.dask("daskautoscalers")  # decided in the notebook
+            end.unlink()  # world 1 trains on while the new worker starts and warms up
             s.wait_for_workers(2, timeout=180)
             connected = time.time()
-            (new,) = set(s.client.nthreads()) - first
-            s.client.submit(warm_worker, workers=[new], allow_other_workers=False,
-                            pure=False).result(timeout=120)
-            end.unlink()
             wait_until(lambda: [e for e in of(run, Resized) if e.new == 2], FIT_TIMEOUT,
                        "the world to grow to 2", run)
             (grown,) = [e for e in of(run, Resized) if e.new == 2]
+            slow.unlink()
             report(f"adapt(1, 2) -> worker group at 2: {decided - asked:.1f}s; "
                    f"2 workers connected: {connected - asked:.1f}s; world 2 from epoch "
                    f"{grown.epoch + 1}: {grown.time - decided:.1f}s after the decision")
@@ -112,8 +111,8 @@ def test_adaptive_during_a_fit_grows_to_its_demand_and_shrinks_at_an_epoch_bound
                    f"{shrunk.time - asked:.1f}s after asking (held 5s mid-epoch)")
             run.wait(timeout=FIT_TIMEOUT)
         finally:
-            end.unlink(missing_ok=True)
-            mid.unlink(missing_ok=True)
+            for path in (end, slow, mid):
+                path.unlink(missing_ok=True)
             if not run.done:
                 run.wait(timeout=FIT_TIMEOUT)
         assert run.status == "finished", run.error
@@ -122,7 +121,7 @@ def test_adaptive_during_a_fit_grows_to_its_demand_and_shrinks_at_an_epoch_bound
         assert not of(run, Recovered)
         assert not [e for e in of(run, RankStatus) if e.state == "failed"]
         sizes = [e.world_size for e in of(run, EpochEnded)]
-        assert [e.epoch for e in of(run, EpochEnded)] == [1, 2, 3, 4, 5]
+        assert [e.epoch for e in of(run, EpochEnded)] == list(range(1, EPOCHS + 1))
         assert [size for size, _ in itertools.groupby(sizes)] == [1, 2, 1], sizes
         assert replicas(kube) == 1 and s.backend.adaptive == (1, 1)
         s.wait_for_workers(1, timeout=120)
