@@ -12,10 +12,10 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from scalekit.backends import ClusterBackend, make_backend
+from scalekit.backends import ClusterBackend, TrainingHooks, make_backend
 from scalekit.backends.metrics import MetricsSampler
 from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig
 from scalekit.errors import ClusterError, ScalekitError, UsageError
@@ -43,8 +43,9 @@ class ClusterSession:
         How to start the cluster.
     panel : PanelConfig, optional
         Refresh period and history length of the live panel.
-    backend : ClusterBackend, optional
-        A backend object to use instead of the one ``config.backend`` names.
+    backend : callable(TrainingHooks) -> ClusterBackend, optional
+        Builds the backend instead of the one ``config.backend`` names; it is given the
+        session's hooks into the fits running on the cluster.
     """
 
     def __init__(
@@ -52,19 +53,20 @@ class ClusterSession:
         config: ClusterConfig,
         *,
         panel: PanelConfig | None = None,
-        backend: ClusterBackend | None = None,
+        backend: Callable[[TrainingHooks], ClusterBackend] | None = None,
         kubernetes: Mapping[str, Any] | None = None,
     ) -> None:
         self.config = config
         self.panel_config = panel or PanelConfig.from_config()
         self.bus = EventBus()
-        self.backend = backend or make_backend(config, kubernetes)
+        self._training: list[Any] = []  # controllers of fits running on this cluster
+        # what the backend's adaptive scaling asks of those fits
+        hooks = TrainingHooks(demand=self._training_demand, request_shrink=self._request_shrink)
+        self.backend = (backend(hooks) if backend is not None
+                        else make_backend(config, kubernetes, hooks=hooks))
         self.sampler = MetricsSampler(self.backend.snapshot, self.bus, self.panel_config.refresh)
         self._panel: ClusterPanel | None = None
         self.started_at: float | None = None
-        self._training: list[Any] = []  # controllers of fits running on this cluster
-        self.backend.training_demand = self._training_demand
-        self.backend.request_shrink = self._request_shrink
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> ClusterSession:

@@ -9,6 +9,7 @@ cluster is made and what extra details (e.g. pod phases) its snapshot carries.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable
@@ -26,51 +27,103 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+def _no_fit() -> int | None:
+    return None
+
+
+def _no_shrink(n: int) -> None:
+    return None
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingHooks:
+    """What a backend may ask of the fits running on its cluster; given at construction
+    (the session passes its own, a backend on its own gets these defaults: no fit).
+
+    Attributes
+    ----------
+    demand : callable() -> int or None
+        Workers the running fits can use (``None``: no fit runs). Training-aware
+        adaptive scaling grows the cluster to it.
+    request_shrink : callable(int)
+        Hands a wanted shrink to the running fits; they apply it at their next safe
+        point (an epoch boundary) through the backend's ``resize``.
+    """
+
+    demand: Callable[[], int | None] = _no_fit
+    request_shrink: Callable[[int], None] = _no_shrink
+
+
 @runtime_checkable
 class ClusterBackend(Protocol):
-    """What the session, the panels and the training runtime need from a cluster."""
+    """What the session, the panels and the training runtime need from a cluster.
+
+    A backend is built as ``Backend(config, ..., hooks=TrainingHooks(...))``: ``hooks``
+    is how its adaptive scaling learns about running fits, and nothing is attached to
+    it after construction.
+    """
 
     name: str
     config: ClusterConfig
+    hooks: TrainingHooks
 
-    def start(self) -> None: ...
-    def scale(self, n: int) -> None: ...
-    def adapt(self, bounds: AdaptConfig) -> None: ...
+    def start(self) -> None:
+        """Start the cluster and connect a client; on failure nothing is left running."""
+
+    def scale(self, n: int) -> None:
+        """Set the worker count; a manual count switches adaptive scaling off."""
+
+    def adapt(self, bounds: AdaptConfig) -> None:
+        """Training-aware adaptive scaling within ``bounds`` (see ``backends/adaptive``)."""
+
     def resize(self, n: int) -> None:
         """Set the worker count without switching adaptive scaling off (used when a fit
         applies a shrink at its safe point)."""
-        self._running().scale(n)
-        if self._adaptive is None:
-            self._requested = n
 
-    def stop_adapt(self) -> None: ...
-    def close(self) -> None: ...
-    def snapshot(self) -> ClusterSnapshot: ...
+    def stop_adapt(self) -> None:
+        """Switch adaptive scaling off, keeping the current workers."""
+
+    def close(self) -> None:
+        """Close the client and the cluster (idempotent)."""
+
+    def snapshot(self) -> ClusterSnapshot:
+        """The cluster's state now, for panels and events."""
 
     @property
-    def client(self) -> Client: ...
+    def client(self) -> Client:
+        """The ``distributed.Client`` on this cluster."""
+
     @property
-    def adaptive(self) -> tuple[int, int] | None: ...
+    def adaptive(self) -> tuple[int, int] | None:
+        """Adaptive bounds when adaptive scaling is on, else ``None``."""
+
     @property
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """Whether :meth:`close` ran."""
 
 
 class DaskClusterBackend:
-    """Backend over a ``distributed.deploy.Cluster``; subclasses implement ``_make_cluster``."""
+    """Backend over a ``distributed.deploy.Cluster``; subclasses implement ``_make_cluster``.
+
+    Parameters
+    ----------
+    config : ClusterConfig
+        How many workers, threads, memory; the bounds for scaling.
+    hooks : TrainingHooks, optional
+        The running fits, for training-aware adaptive scaling (default: none).
+    """
 
     name = "dask"
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, *, hooks: TrainingHooks | None = None) -> None:
         self.config = config
+        self.hooks = hooks or TrainingHooks()
         self._cluster: Cluster | None = None
         self._client: Client | None = None
         self._requested: int | None = None
         self._adaptive: tuple[int, int] | None = None
         self._closed = False
         self._lock = threading.Lock()
-        # set by the session: what running fits want from adaptive scaling
-        self.training_demand: Callable[[], int | None] | None = None
-        self.request_shrink: Callable[[int], None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def _make_cluster(self) -> Cluster:  # pragma: no cover - abstract
@@ -129,18 +182,20 @@ class DaskClusterBackend:
         from scalekit.backends.adaptive import TrainingAwareAdaptive
 
         bounds.within(self.config.max_workers)
-        cluster = self._running()
+        self._start_adaptive(self._running(), TrainingAwareAdaptive, bounds)
+        self._adaptive = (bounds.minimum, bounds.maximum)
+        self._requested = None
+
+    def _start_adaptive(self, cluster: Cluster, adaptive: type, bounds: AdaptConfig) -> None:
+        """Run ``adaptive`` (a training-aware ``distributed.Adaptive``) on ``cluster``."""
         cluster.adapt(
-            Adaptive=TrainingAwareAdaptive,
-            demand=self.training_demand,
-            request_shrink=self.request_shrink,
+            Adaptive=adaptive,
+            hooks=self.hooks,
             minimum=bounds.minimum,
             maximum=bounds.maximum,
             interval=f"{bounds.interval}s",
             wait_count=bounds.wait_count,
         )
-        self._adaptive = (bounds.minimum, bounds.maximum)
-        self._requested = None
 
     def resize(self, n: int) -> None:
         """Set the worker count without switching adaptive scaling off (used when a fit

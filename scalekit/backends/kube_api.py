@@ -245,9 +245,11 @@ async def delete_autoscaler(name: str | None, namespace: str | None) -> int | No
     import kr8s
     from dask_kubernetes.operator._objects import DaskAutoscaler, DaskWorkerGroup
 
-    with contextlib.suppress(kr8s.NotFoundError):
-        autoscaler = await DaskAutoscaler.get(name, namespace=namespace, timeout=1)
-        await autoscaler.delete()
+    # listed, not got: kr8s's get of a missing object waits out its timeout
+    for autoscaler in [a async for a in kr8s.asyncio.get(
+            DaskAutoscaler, namespace=namespace, field_selector=f"metadata.name={name}")]:
+        with contextlib.suppress(kr8s.NotFoundError):
+            await autoscaler.delete()
         # the operator holds a finalizer while its autoscaling timer stops; once it is
         # gone no late decision can change the worker count any more
         deadline = time.monotonic() + 15
@@ -257,6 +259,25 @@ async def delete_autoscaler(name: str | None, namespace: str | None) -> int | No
         group = await DaskWorkerGroup.get(f"{name}-default", namespace=namespace, timeout=1)
         return int(group.replicas)
     return None
+
+
+async def create_autoscaler(name: str | None, namespace: str | None, minimum: int,
+                            maximum: int) -> None:
+    """Create (or update) the cluster's ``DaskAutoscaler``: the operator then adapts the
+    default worker group between ``minimum`` and ``maximum`` from the scheduler's target."""
+    import kr8s
+    from dask_kubernetes.operator._objects import DaskAutoscaler
+
+    autoscaler = await DaskAutoscaler({
+        "apiVersion": "kubernetes.dask.org/v1", "kind": "DaskAutoscaler",
+        "metadata": {"name": name, "labels": {"dask.org/cluster-name": str(name),
+                                              "dask.org/component": "autoscaler"}},
+        "spec": {"cluster": name, "minimum": minimum, "maximum": maximum},
+    }, namespace)
+    try:
+        await autoscaler.patch({"spec": {"minimum": minimum, "maximum": maximum}})
+    except kr8s.NotFoundError:
+        await autoscaler.create()
 
 
 async def find_notebook_peer(selector: dict[str, str], namespace: str) -> dict[str, Any]:

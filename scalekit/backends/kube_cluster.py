@@ -6,8 +6,9 @@
   which, unlike ``KubeCluster``'s own forwards, can be stopped;
 - :class:`WatchedKubeCluster`: ``dask_kubernetes.operator.KubeCluster`` whose start is
   watched by the backend, whose scheduler forward is a :class:`PortForward`, whose
-  scheduler comms carry the client's TLS certificate, and whose failed construction or
-  close stops its loop thread.
+  scheduler comms carry the client's TLS certificate, whose adaptive scaling runs in
+  this process (training-aware, on the worker group's replicas), and whose failed
+  construction or close stops its loop thread.
 """
 
 from __future__ import annotations
@@ -23,10 +24,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from dask_kubernetes.operator import KubeCluster
 from distributed.core import Status, rpc
+from distributed.deploy import Cluster
 
 if TYPE_CHECKING:
+    from distributed.deploy import Adaptive
     from distributed.security import Security
 
+from scalekit.backends.adaptive import WorkerGroupAdaptive
 from scalekit.backends.kube_errors import causes
 from scalekit.backends.kube_spec import SCHEDULER_PORT
 
@@ -239,6 +243,31 @@ class WatchedKubeCluster(KubeCluster):
             f"{self.name}-scheduler", self.namespace, port_name="http-dashboard",
             port_forward_cluster_ip=self.port_forward_cluster_ip)
         self.forwarded_dashboard_port = dashboard.split(":")[-1]
+
+    def adapt(self, Adaptive: type[Adaptive] = WorkerGroupAdaptive,  # type: ignore[override]
+              **kwargs: Any) -> Adaptive:
+        """Adaptive scaling decided in this process, as ``distributed.deploy.Cluster``
+        runs it, on the worker group's replicas (:class:`WorkerGroupAdaptive`).
+
+        Upstream's ``adapt`` hands the cluster to the operator's ``DaskAutoscaler``, which
+        asks only the scheduler: a running fit looks like one busy task per worker to
+        it, so it never grows for the fit and may retire a rank mid-epoch.
+        """
+        return Cluster.adapt(self, Adaptive=Adaptive, **kwargs)
+
+    async def replicas(self) -> int:
+        """The default worker group's ``spec.worker.replicas`` (its planned workers)."""
+        return int((await self._worker_group()).replicas)
+
+    async def set_replicas(self, n: int) -> None:
+        """Patch the worker group's replicas; the operator starts pods or retires the
+        workers the scheduler names (the idlest) on its own."""
+        await (await self._worker_group()).scale(n)
+
+    async def _worker_group(self) -> Any:
+        from dask_kubernetes.operator._objects import DaskWorkerGroup
+
+        return await DaskWorkerGroup.get(f"{self.name}-default", namespace=self.namespace)
 
     def abandon(self) -> None:
         """Forget this object without deleting the cluster (the backend does that)."""

@@ -5,16 +5,15 @@ CRD schema. The scheduler and workers run ``dask scheduler`` / ``dask worker``:
 dask-kubernetes' own defaults (``dask-scheduler`` / ``dask-worker``) no longer exist in
 current distributed, and pods started with them crash-loop.
 
-This module is also what worker pods preload into their nanny (``--preload-nanny
-scalekit.backends.kube_spec``): :func:`dask_setup` gives the worker process the same
-environment as a local scalekit worker (thread variables = its thread count, no
-``MALLOC_TRIM_THRESHOLD_``, which slows torch by a quarter).
+Worker pods get the training worker environment of
+:mod:`scalekit.backends.worker_environment`, as local workers do: its variables in the
+container env, and its nanny set-up through the preload ``--preload-nanny
+scalekit.backends.kube_spec`` (:func:`dask_setup`; the name kept clusters' specs carry).
 """
 
 from __future__ import annotations
 
 import getpass
-import os
 import re
 import uuid
 from typing import Any
@@ -26,6 +25,7 @@ from scalekit.backends.kube_security import (
     volume,
     volume_mount,
 )
+from scalekit.backends.worker_environment import prepare_nanny, thread_env, worker_dask_env
 from scalekit.config import ClusterConfig, KubernetesConfig
 from scalekit.errors import ConfigError
 
@@ -37,7 +37,6 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "scalekit"}
 # "<cluster>-default-worker-<10 hex>": those must stay within 63 characters
 MAX_NAME = 63 - len("-default-worker-0123456789")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 # the scheduler's HTTP API (retire_workers, adaptive_target) that the operator calls
 # first; without it, it falls back to RPC
 _SCHEDULER_ROUTES = [
@@ -186,11 +185,8 @@ def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig, name: str
     require_image(kube)
     labels = {**kube.labels, **MANAGED_BY}
     gpus = int(kube.resources.get("limits", {}).get("gpu", 0))
-    threads = str(cluster.threads_per_worker)
     tls = kube.tls
-    extra = dict.fromkeys(_THREAD_VARS, threads)
-    if not cluster.profile:  # see ClusterConfig.profile
-        extra["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] = "False"
+    extra = {**thread_env(cluster.threads_per_worker), **worker_dask_env(cluster.profile)}
     secure = {"DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION": "True"} if tls else {}
     if tls:
         extra["DASK_SCHEDULER_ADDRESS"] = scheduler_address(name, namespace, tls=True)
@@ -252,9 +248,6 @@ def build_cluster_spec(kube: KubernetesConfig, cluster: ClusterConfig, name: str
 
 
 def dask_setup(nanny: Any) -> None:
-    """Nanny preload in worker pods: the worker process's environment for torch."""
-    threads = str(getattr(nanny, "nthreads", 1) or 1)
-    for env in (nanny.env, nanny.pre_spawn_env):
-        env.pop("MALLOC_TRIM_THRESHOLD_", None)
-    for var in _THREAD_VARS:
-        nanny.env[var] = os.environ.get(var, threads)
+    """Nanny preload in worker pods: the training worker environment for its worker
+    process (:func:`~scalekit.backends.worker_environment.prepare_nanny`)."""
+    prepare_nanny(nanny)

@@ -16,6 +16,8 @@ panel and the training runtime do not know where the workers run. On top of
   NetworkPolicy that admits only the cluster's pods, the notebook and the operator,
   both owned by the DaskCluster (``kube_security``);
 - errors that never show the values of ``env`` (they reach panels and logs);
+- training-aware adaptive scaling decided in the notebook, on the worker group
+  (``kube_scaling``), handed to the operator's autoscaler when a kept cluster is left;
 - closing deletes the ``DaskCluster`` first (so a kernel shutdown with little time still
   removes it), unless ``keep_on_shutdown``; :meth:`KubernetesBackend.delete` (what
   ``%scalekit down`` calls) deletes it in any case.
@@ -23,21 +25,20 @@ panel and the training runtime do not know where the workers run. On top of
 The rooms around it: ``kube_spec`` (config -> manifest), ``kube_security``
 (certificates, Secret and NetworkPolicy manifests), ``kube_api`` (the backend's own API
 requests), ``kube_cluster`` (the loop and forward threads, the ``KubeCluster`` subclass),
-``kube_errors`` (errors with evidence, masking).
+``kube_scaling`` (scale and adapt), ``kube_errors`` (errors with evidence, masking).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Iterator
+from collections.abc import Awaitable
 
 from scalekit.backends import kube_api
-from scalekit.backends.base import DaskClusterBackend
+from scalekit.backends.base import TrainingHooks
 from scalekit.backends.kube_cluster import IoLoop, WatchedKubeCluster
 from scalekit.backends.kube_errors import (
     KubernetesError,
@@ -57,8 +58,9 @@ from scalekit.backends.kube_errors import (
     translate,
     waiting_for,
 )
+from scalekit.backends.kube_scaling import KubeScaling
 from scalekit.backends.kube_spec import build_cluster_spec, cluster_name, require_image
-from scalekit.config import AdaptConfig, ClusterConfig, KubernetesConfig
+from scalekit.config import ClusterConfig, KubernetesConfig
 from scalekit.errors import ClusterError, ConfigError
 
 logger = logging.getLogger(__name__)
@@ -67,7 +69,7 @@ DETAILS_TTL = 2.0  # the panel samples twice a second; the pod list is read at m
 PENDING_FIX_AFTER = 2.0  # seconds a ready cluster may sit in "Pending" before we fix it
 
 
-class KubernetesBackend(DaskClusterBackend):
+class KubernetesBackend(KubeScaling):
     """Workers as pods of a ``DaskCluster``; the Dask operator runs them.
 
     Parameters
@@ -76,25 +78,25 @@ class KubernetesBackend(DaskClusterBackend):
         Worker count, threads, memory, bounds (as for the local backend).
     kube : KubernetesConfig, optional
         Image, namespace, resources...; default: ``scalekit.kubernetes`` in dask.config.
+    hooks : TrainingHooks, optional
+        The running fits, for training-aware adaptive scaling (default: none).
     """
 
     name = "kubernetes"
 
-    def __init__(self, config: ClusterConfig, kube: KubernetesConfig | None = None) -> None:
-        super().__init__(config)
+    def __init__(self, config: ClusterConfig, kube: KubernetesConfig | None = None, *,
+                 hooks: TrainingHooks | None = None) -> None:
+        super().__init__(config, hooks=hooks)
         self.kube = kube or KubernetesConfig.from_config()
         require_image(self.kube)  # fail before anything starts
-        self.cluster_name: str | None = None
-        self.namespace: str | None = self.kube.namespace
+        self.namespace = self.kube.namespace
         self.last_phase: str | None = None  # of the DaskCluster, as last observed
         self.pending_fixed = False  # dask/dask-kubernetes#968 was worked around
         self.deleted = False  # the DaskCluster was deleted (by close or delete)
-        self._io: IoLoop | None = None
         self._deadline = 0.0
         self._started_at = 0.0
         self._pending_since: float | None = None
         self._pods: list[PodState] = []
-        self._pods_read = 0.0
         self._pods_lock = threading.Lock()  # see pods()
         self._created: bool | None = False  # we created the DaskCluster (None: unknown)
         self._secrets = secret_values(self.kube.env)  # masked in every error
@@ -288,6 +290,12 @@ class KubernetesBackend(DaskClusterBackend):
     def _cleanup(self, delete: bool) -> None:
         self._closed = True
         io, client, cluster = self._io, self._client, self._cluster
+        if self._adaptive is not None and cluster is not None:
+            # no tick may scale a group being deleted; no wait: a kernel shutdown leaves
+            # little time, and the deletion makes a patch under way moot
+            self._stop_adaptive(cluster, settle=False)
+            if not delete and io is not None:
+                self._hand_over_adaptive(io, *self._adaptive)
         if delete and io is not None and self.cluster_name:
             try:  # first: a kernel shutdown may cut the rest short
                 io.run(kube_api.delete_cluster(self.cluster_name, self.namespace), timeout=10)
@@ -341,49 +349,6 @@ class KubernetesBackend(DaskClusterBackend):
         except Exception:
             logger.warning("pods of %s/%s were still terminating after %gs",
                            self.namespace, self.cluster_name, self.kube.close_timeout)
-
-    # -- scaling ---------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _translating(self) -> Iterator[None]:
-        try:
-            yield
-        except KubernetesError as exc:
-            mask_error(exc, self._secrets)
-            raise
-        except Exception as exc:
-            mask_error(exc, self._secrets)
-            error = translate(exc, namespace=self.namespace)
-            if error is None:
-                raise
-            raise mask_error(error, self._secrets) from exc
-
-    def _forget_pods(self) -> None:
-        """The cached pod list predates a change we made: the next look reads it anew."""
-        self._pods_read = 0.0
-
-    def scale(self, n: int) -> None:
-        with self._translating():
-            super().scale(n)
-        self._forget_pods()
-
-    def adapt(self, bounds: AdaptConfig) -> None:
-        """A ``DaskAutoscaler``: the operator asks the scheduler every 5 s."""
-        bounds.within(self.config.max_workers)
-        cluster = self._running()
-        with self._translating():
-            cluster.adapt(minimum=bounds.minimum, maximum=bounds.maximum)
-        self._forget_pods()
-        self._adaptive = (bounds.minimum, bounds.maximum)
-        self._requested = None
-
-    def stop_adapt(self) -> None:
-        self._running()
-        assert self._io is not None
-        with self._translating():
-            replicas = self._io.run(kube_api.delete_autoscaler(self.cluster_name,
-                                                               self.namespace))
-        self._adaptive = None
-        self._requested = replicas if replicas is not None else len(self.client.nthreads())
 
     # -- state -----------------------------------------------------------------------------
     def pods(self, fresh: bool = True) -> list[PodState]:

@@ -10,58 +10,44 @@ from typing import TYPE_CHECKING, Any
 import dask.config
 from distributed import Nanny
 
-from scalekit.backends.base import DaskClusterBackend
-from scalekit.backends.gpus import RESOURCE, worker_env
+from scalekit.backends.base import DaskClusterBackend, TrainingHooks
+from scalekit.backends.gpus import RESOURCE
+from scalekit.backends.worker_environment import (
+    KERNEL_SIDE,
+    MONITOR_MS,
+    process_env,
+    worker_dask_config,
+)
 from scalekit.config import ClusterConfig
 from scalekit.errors import ClusterError, ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from distributed import LocalCluster
 
 logger = logging.getLogger(__name__)
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-MONITOR_MS = 500  # memory checks of a worker (Dask's default: every 100 ms)
-
-
-# The event-loop health check wakes every 20 ms and the system monitor every 0.5 s by
-# default, in the scheduler, each nanny and each worker: a few % of a core that the
-# ranks lose, and a rank that loses it makes the others wait at the next all-reduce.
-KERNEL_SIDE = {"distributed.admin.tick.interval": "200ms",
-               "distributed.admin.system-monitor.interval": "1s"}
-
-
-def worker_dask_config(profile: bool) -> dict[str, Any]:
-    """Dask settings for training workers, on top of the kernel's own.
-
-    Without the sampling profiler and with a calmer memory monitor, a rank's step is
-    measured 5-10 % faster on a 2-core machine (bench/bench_training.py).
-    """
-    dotted = {**KERNEL_SIDE, "distributed.worker.memory.monitor-interval": f"{MONITOR_MS}ms"}
-    if not profile:
-        dotted["distributed.worker.profile.enabled"] = False
-    config: dict[str, Any] = {}
-    for key, value in dotted.items():  # Nanny wants the nested form
-        *path, last = key.split(".")
-        node = config
-        for part in path:
-            node = node.setdefault(part, {})
-        node[last] = value
-    return config
-
 
 class TrainingNanny(Nanny):
-    """A nanny whose worker environment suits torch and leaves the kernel's alone.
+    """A nanny whose worker gets the training environment (see
+    :mod:`scalekit.backends.worker_environment`) and that leaves the kernel's alone.
 
-    The stock nanny (a) sets ``MALLOC_TRIM_THRESHOLD_=65536``, measured here to slow
-    torch by 25-30 %, and (b) writes its "pre-spawn" variables, ``OMP_NUM_THREADS=1``
-    among them, into its *own* process, which for a LocalCluster is the notebook kernel.
-    This one sets the thread variables to the worker's thread count in the worker only,
-    and preloads :mod:`scalekit.backends.worker_setup` so that interrupting the kernel
-    does not kill the workers.
+    The stock nanny writes its "pre-spawn" variables, ``OMP_NUM_THREADS=1`` among them,
+    into its *own* process, which for a LocalCluster is the notebook kernel; this one
+    keeps only ``PYTHONHASHSEED`` there. It preloads :mod:`scalekit.backends.worker_setup`
+    so that interrupting the kernel does not kill the workers.
+
+    Parameters
+    ----------
+    gpu, gpus : str and sequence of str, optional
+        The GPU this worker is pinned to, and all of the cluster's GPUs.
+    *args, **kwargs
+        For ``distributed.Nanny``.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gpu: str | None = None, gpus: Sequence[str] = (),
+                 **kwargs: Any) -> None:
         preload = kwargs.get("preload") or list(dask.config.get("distributed.worker.preload"))
         kwargs["preload"] = [*preload, "scalekit.backends.worker_setup"]
         super().__init__(*args, **kwargs)
@@ -70,9 +56,7 @@ class TrainingNanny(Nanny):
         monitor = self.periodic_callbacks.get("memory_monitor")
         if monitor is not None:
             monitor.callback_time = max(monitor.callback_time, MONITOR_MS)
-        threads = str(self.nthreads)
-        self.env = {k: v for k, v in self.env.items() if k != "MALLOC_TRIM_THRESHOLD_"}
-        self.env.update({var: threads for var in _THREAD_VARS})
+        self.env = process_env(self.env, self.nthreads, gpu=gpu, gpus=gpus)
         self.pre_spawn_env = {"PYTHONHASHSEED": self.pre_spawn_env.get("PYTHONHASHSEED", "6640")}
 
 
@@ -82,17 +66,24 @@ class LocalBackend(DaskClusterBackend):
     With ``processes=False`` the workers are threads of this process, as for
     ``memory://`` checkpoints; torch.distributed allows one process group per process,
     so only one of them can train at a time (see docs/elastic.md).
+
+    Parameters
+    ----------
+    config : ClusterConfig
+        Workers, threads, memory, GPUs, bounds.
+    hooks : TrainingHooks, optional
+        The running fits, for training-aware adaptive scaling (default: none).
     """
 
     name = "local"
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(self, config: ClusterConfig, *, hooks: TrainingHooks | None = None) -> None:
         if config.gpus and not config.processes:
             raise ConfigError(
                 "scalekit.cluster.processes", config.processes, "true with gpus",
                 "A GPU worker is a process pinned to its GPU with CUDA_VISIBLE_DEVICES; "
                 "threads of this process share its devices. Drop processes=False.")
-        super().__init__(config)
+        super().__init__(config, hooks=hooks)
 
     def _make_cluster(self) -> LocalCluster:
         from distributed import LocalCluster
@@ -151,7 +142,8 @@ def _gpu_cluster_class() -> type:
             gpu = free[0]
             spec = copy.deepcopy(self.new_spec)
             options = spec["options"]
-            options["env"] = {**(options.get("env") or {}), **worker_env(gpu, self.gpus)}
+            # a GPU cluster's workers are TrainingNannies (GPUs need processes=True)
+            options["gpu"], options["gpus"] = gpu, self.gpus
             options["resources"] = {**(options.get("resources") or {}), RESOURCE: 1}
             return {gpu: spec}
 

@@ -134,28 +134,34 @@ def test_a_snapshot_right_after_start_shows_the_cluster_as_it_is_then(notebook, 
         assert details["cluster"].endswith("(Running)")
 
 
-def test_adapt_uses_a_dask_autoscaler(notebook):
+def test_adapt_decides_in_the_notebook_and_scales_the_worker_group(notebook):
     kube = notebook
+
+    def replicas() -> int:
+        return kube.dask("daskworkergroups")[0]["spec"]["worker"]["replicas"]
+
     with cluster(workers=1, backend="kubernetes") as s:
-        name = s.backend.cluster_name
         s.adapt(1, 3)
         assert s.backend.adaptive == (1, 3) and s.backend.requested is None
-        (autoscaler,) = kube.dask("daskautoscalers")
-        assert autoscaler["spec"] == {"cluster": name, "minimum": 1, "maximum": 3}
+        # training-aware adaptive runs in the notebook; the operator's autoscaler, which
+        # knows no fit, is not used (tests/k8s/test_kube_adaptive.py: with a fit)
+        assert not kube.dask("daskautoscalers")
         assert s.snapshot(fresh=True).adaptive == (1, 3)
-        # load makes the scheduler ask for more workers; the operator scales every 5 s
+        # load makes the scheduler ask for more workers: the worker group grows
         futures = s.client.map(time.sleep, [0.5] * 400, pure=False)
-        wait_until(lambda: len(s.client.nthreads()) >= 2, 120, "the autoscaler to add workers")
+        wait_until(lambda: len(s.client.nthreads()) >= 2, 120, "adaptive to add workers")
         s.client.cancel(futures)
+        # idle again: back to the minimum (the operator retires the idle workers)
+        wait_until(lambda: replicas() == 1 and len(s.client.nthreads()) == 1, 120,
+                   "adaptive to remove the idle workers")
         s.stop_adapt()
-        assert not kube.dask("daskautoscalers")  # gone, finalizer and all
-        assert s.backend.adaptive is None
-        replicas = kube.dask("daskworkergroups")[0]["spec"]["worker"]["replicas"]
-        assert 2 <= replicas <= 3 and s.backend.requested == replicas
+        assert s.backend.adaptive is None and s.backend.cluster._adaptive.state == "stopped"
+        assert s.backend.requested == replicas() == 1
         s.adapt(1, 2)
-        s.scale(1)  # a manual count ends adaptive scaling, as on the local backend
-        assert s.backend.adaptive is None and not kube.dask("daskautoscalers")
-        s.wait_for_workers(1, timeout=120)
+        s.scale(2)  # a manual count ends adaptive scaling, as on the local backend
+        assert s.backend.adaptive is None and s.backend.cluster._adaptive.state == "stopped"
+        s.wait_for_workers(2, timeout=120)
+        assert replicas() == 2 and not kube.dask("daskautoscalers")
 
 
 def test_inside_the_cluster_the_scheduler_is_reached_by_dns(notebook, monkeypatch, caplog):
@@ -184,14 +190,20 @@ def test_keep_on_shutdown_leaves_the_cluster_and_a_fixed_name_reconnects(noteboo
     settings = {"scalekit.kubernetes.keep-on-shutdown": True, "scalekit.kubernetes.name": name}
     with dask.config.set(settings):
         first = cluster(workers=1, backend="kubernetes")
+        first.adapt(1, 2)
         first.close()
     try:
         assert [c["metadata"]["name"] for c in kube.dask("daskclusters")] == [name]
+        # no notebook, no fit: the operator's autoscaler adapts the kept cluster
+        (autoscaler,) = kube.dask("daskautoscalers")
+        assert autoscaler["spec"] == {"cluster": name, "minimum": 1, "maximum": 2}
         wait_until(lambda: len(pod_ips(kube, "worker")) == 1, what="the kept worker")
         with dask.config.set({"scalekit.kubernetes.name": name}):
             second = cluster(workers=1, backend="kubernetes")  # connects to the kept one
         assert second.backend.cluster_name == name
         assert len(second.client.nthreads()) == 1
+        second.adapt(1, 1)  # the notebook decides again: the operator's autoscaler goes
+        assert not kube.dask("daskautoscalers")
         second.close()  # not kept this time: deleted
     finally:
         if kube.dask("daskclusters"):
