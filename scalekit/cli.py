@@ -3,6 +3,9 @@
 ``scalekit demo`` runs the quickstart without a notebook: start a local cluster, scale
 it up, compute on it, switch adaptive scaling on and off, scale down, close, and report
 how long each step took. It exits non-zero when a step fails.
+
+``scalekit cluster up|down|list`` manages local clusters that run in the background and
+outlive the terminal and any notebook: ``sk.cluster(connect="local")`` joins one.
 """
 
 from __future__ import annotations
@@ -39,6 +42,30 @@ def _parser() -> argparse.ArgumentParser:
                       help="print the measurements as one JSON object on stdout")
     demo.add_argument("--timeout", type=float, default=60.0, metavar="S",
                       help="seconds to wait for workers at each step (default 60)")
+
+    clusters = commands.add_parser(
+        "cluster", help="local clusters in the background: up, down, list",
+        description="Local clusters that run in the background, outlive this terminal and "
+        "any notebook, and bind 127.0.0.1 only. A notebook joins one with "
+        "sk.cluster(connect='local') (or 'local:NAME').")
+    verbs = clusters.add_subparsers(dest="verb", metavar="<up|down|list>")
+    up = verbs.add_parser("up", help="start a background cluster",
+                          description="Start a local cluster in the background; returns "
+                          "once its workers are up (unset options come from dask.config, "
+                          "scalekit.cluster.*).")
+    up.add_argument("-n", "--workers", type=int, metavar="N", help="workers to start")
+    up.add_argument("--threads", type=int, metavar="T", dest="threads_per_worker",
+                    help="threads per worker")
+    up.add_argument("--memory-limit", metavar="SIZE",
+                    help="per worker: 'auto', a size such as '2GiB', or 'none'")
+    up.add_argument("--max-workers", type=int, metavar="M",
+                    help="upper bound for scaling it")
+    up.add_argument("--gpus", metavar="auto|N|IDS",
+                    help="one worker per GPU, pinned to it: 'auto', N or ids such as 0,2")
+    up.add_argument("--name", default="default", help="its name (default: default)")
+    down = verbs.add_parser("down", help="end a background cluster and all its processes")
+    down.add_argument("--name", default="default", help="its name (default: default)")
+    verbs.add_parser("list", help="the background clusters running for this user")
     return parser
 
 
@@ -53,7 +80,57 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers < 1:
             parser.error(f"--workers must be at least 1, got {args.workers}")
         return _demo(args.workers, as_json=args.json, timeout=args.timeout)
+    if args.command == "cluster":
+        if args.verb is None:
+            parser.parse_args(["cluster", "--help"])
+        return _cluster(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    from scalekit.backends import background
+    from scalekit.errors import ScalekitError
+
+    try:
+        if args.verb == "up":
+            from scalekit.backends.gpus import gpu_cluster_config, visible_gpus
+            from scalekit.config import ClusterConfig
+
+            given = {k: getattr(args, k) for k in ("workers", "threads_per_worker",
+                                                   "memory_limit", "max_workers", "gpus")}
+            config = ClusterConfig.from_config(backend="local", **given)
+            if config.gpus is not None:
+                config, notice = gpu_cluster_config(
+                    config, visible_gpus(), workers=args.workers,
+                    threads=args.threads_per_worker, max_workers=args.max_workers)
+                if notice:
+                    print(notice)
+            files = background.start(config, args.name)
+            named = args.name != "default"
+            print(f"background cluster {args.name!r} up: {files.address()} "
+                  f"({config.workers} worker{'s' if config.workers != 1 else ''}, pid "
+                  f"{files.pid()})\n"
+                  f"  scheduler file: {files.scheduler_file}\n"
+                  f"  in a notebook:  sk.cluster(connect=\"local"
+                  f"{':' + args.name if named else ''}\")\n"
+                  f"  end it:         scalekit cluster down"
+                  f"{' --name ' + args.name if named else ''}")
+            return 0
+        if args.verb == "down":
+            if background.stop(args.name):
+                print(f"background cluster {args.name!r} ended")
+                return 0
+            print(f"no background cluster {args.name!r} is running", file=sys.stderr)
+            return 1
+        running = background.list_clusters()
+        for files in running:
+            print(f"{files.name}\t{files.address()}\tpid {files.pid()}")
+        if not running:
+            print("no background clusters are running", file=sys.stderr)
+        return 0
+    except ScalekitError as exc:
+        print(f"scalekit cluster {args.verb}: {exc}", file=sys.stderr)
+        return 1
 
 
 def _demo(workers: int, *, as_json: bool, timeout: float) -> int:

@@ -251,9 +251,16 @@ def cluster(
     max_workers: int | None = None,
     gpus: str | int | list[int | str] | None = None,
     kubernetes: Mapping[str, Any] | None = None,
+    connect: str | None = None,
     **options: Any,
 ) -> ClusterSession:
     """Start a Dask cluster and return its :class:`ClusterSession`.
+
+    With ``connect``, start nothing: connect to a running cluster that this session does
+    not own (closing the session, or the kernel, leaves it running): ``"local"`` or
+    ``"local:<name>"`` for a background cluster that ``scalekit cluster up`` started, a
+    scheduler file's path, or a scheduler address. A background cluster can be scaled
+    and adapted from the session; another Dask scheduler only trained on.
 
     Unset (``None``) arguments come from ``dask.config`` (``scalekit.cluster.*``); to
     run workers without a memory limit pass ``memory_limit="none"``. For
@@ -273,6 +280,16 @@ def cluster(
     >>> session                                 # the live panel in a notebook
     """
     _refuse_unguarded_script_start()
+    if connect is not None:
+        given = {k: v for k, v in dict(workers=workers, backend=backend, gpus=gpus,
+                                       threads_per_worker=threads_per_worker,
+                                       memory_limit=memory_limit, kubernetes=kubernetes,
+                                       **options).items() if v is not None}
+        if given:
+            raise UsageError(
+                f"connect={connect!r} joins a running cluster, which keeps its own settings; "
+                f"drop {', '.join(sorted(given))} (scale it with session.scale(n))")
+        return _connect(connect, max_workers)
     config = ClusterConfig.from_config(
         workers=workers,
         backend=backend,
@@ -299,6 +316,22 @@ def cluster(
         if hint and config.backend == "local" and config.processes:
             raise ClusterError(f"{str(exc).rstrip('.')}. {hint}") from exc
         raise
+
+
+def _connect(connect: str, max_workers: int | None) -> ClusterSession:
+    from scalekit.backends.background import (
+        ConnectedBackend,
+        connected_config,
+        resolve_connect,
+    )
+
+    address, _ = resolve_connect(connect)
+    found = connected_config(address)
+    config = found or ClusterConfig.from_config(workers=1)
+    config = config.replace(workers=1, **({"max_workers": max_workers} if max_workers else {}))
+    session = ClusterSession(config, backend=lambda hooks: ConnectedBackend(
+        config, address, steerable=found is not None, hooks=hooks))
+    return session.start()
 
 
 _GUARD = 'if __name__ == "__main__":'

@@ -57,6 +57,7 @@ class Command:
     namespace: str | None = None
     keep: bool = False
     gpus: str | None = None
+    connect: str | None = None
 
     def __post_init__(self) -> None:
         if self.action not in ACTIONS:
@@ -71,6 +72,7 @@ class Command:
             "memory_limit": self.memory_limit,
             "max_workers": self.max_workers,
             "gpus": self.gpus,
+            "connect": self.connect,
         }
 
     def kubernetes_options(self) -> dict[str, Any]:
@@ -124,6 +126,10 @@ def _build_parser() -> tuple[_Parser, dict[str, _Parser]]:
     up.add_argument("--backend", metavar="NAME", help="'local' or 'kubernetes'")
     up.add_argument("--max-workers", type=int, metavar="M",
                     help="upper bound for scale, the slider and adaptive")
+    up.add_argument("--connect", metavar="TARGET",
+                    help="join a running cluster instead of starting one: 'local' (what "
+                    "`scalekit cluster up` started), 'local:NAME', a scheduler file or "
+                    "an address")
     up.add_argument("--gpus", metavar="auto|N|IDS",
                     help="one worker per GPU, pinned to it: 'auto' (every GPU), N (the "
                     "first N) or ids such as 0,2")
@@ -207,6 +213,7 @@ def parse(line: str) -> Command:
             namespace=ns.namespace,
             keep=ns.keep,
             gpus=ns.gpus,
+            connect=ns.connect,
         )
     if ns.command == "scale":
         return Command("scale", workers=ns.n)

@@ -100,9 +100,10 @@ def test_command_cluster_kwargs_and_validation() -> None:
     command = parse("up -n 3 --threads 2 --memory-limit 1GiB --max-workers 5")
     assert command.cluster_kwargs() == {
         "workers": 3, "backend": None, "threads_per_worker": 2, "memory_limit": "1GiB",
-        "max_workers": 5, "gpus": None,
+        "max_workers": 5, "gpus": None, "connect": None,
     }
     assert parse("up --gpus auto").cluster_kwargs()["gpus"] == "auto"
     assert parse("up --gpus 0,2").cluster_kwargs()["gpus"] == "0,2"
+    assert parse("up --connect local:bg").cluster_kwargs()["connect"] == "local:bg"
     with pytest.raises(ValueError, match="unknown action"):
         Command("launch")
