@@ -6,6 +6,10 @@ how long each step took. It exits non-zero when a step fails.
 
 ``scalekit cluster up|down|list`` manages local clusters that run in the background and
 outlive the terminal and any notebook: ``sk.cluster(connect="local")`` joins one.
+
+``scalekit run script.py`` runs a script (a notebook's code as a batch job, with no
+edits) on a cluster the command starts or joins: the script's ``sk.cluster()`` returns
+that cluster, its ``sk.fit`` trains there, and the epochs print in the terminal.
 """
 
 from __future__ import annotations
@@ -66,6 +70,26 @@ def _parser() -> argparse.ArgumentParser:
     down = verbs.add_parser("down", help="end a background cluster and all its processes")
     down.add_argument("--name", default="default", help="its name (default: default)")
     verbs.add_parser("list", help="the background clusters running for this user")
+
+    run = commands.add_parser(
+        "run", help="run a Python script whose sk.cluster()/sk.fit use a cluster started here",
+        description="Start a cluster (or join one with --connect), run SCRIPT with its "
+        "arguments as __main__ (its sk.cluster() returns this cluster, so a notebook's code "
+        "runs unchanged), print each epoch, and close the cluster afterwards (a joined one "
+        "keeps running).")
+    run.add_argument("script", help="the Python file to run")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+    run.add_argument("-n", "--workers", type=int, metavar="N", help="workers to start")
+    run.add_argument("--backend", metavar="NAME", help="'local' or 'kubernetes'")
+    run.add_argument("--threads", type=int, metavar="T", dest="threads_per_worker",
+                     help="threads per worker")
+    run.add_argument("--memory-limit", metavar="SIZE", help="per worker")
+    run.add_argument("--gpus", metavar="auto|N|IDS", help="one worker per GPU")
+    run.add_argument("--connect", metavar="TARGET",
+                     help="join a running cluster: 'local', 'local:NAME', a scheduler file "
+                     "or an address")
+    run.add_argument("--image", help="kubernetes: scheduler and worker image")
+    run.add_argument("--namespace", help="kubernetes: namespace of the cluster")
     return parser
 
 
@@ -84,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verb is None:
             parser.parse_args(["cluster", "--help"])
         return _cluster(args)
+    if args.command == "run":
+        return _run(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks
 
 
@@ -131,6 +157,77 @@ def _cluster(args: argparse.Namespace) -> int:
     except ScalekitError as exc:
         print(f"scalekit cluster {args.verb}: {exc}", file=sys.stderr)
         return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    import os
+    import runpy
+
+    from scalekit.errors import ScalekitError
+    from scalekit.session import cluster, serving_scripts
+
+    script = os.path.abspath(args.script)
+    if not os.path.isfile(script):
+        print(f"scalekit run: no such script: {args.script}", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {}
+    if args.connect:
+        options["connect"] = args.connect
+    else:
+        options.update({k: v for k in ("workers", "backend", "threads_per_worker",
+                                       "memory_limit", "gpus")
+                        if (v := getattr(args, k)) is not None})
+        kube = {k: v for k in ("image", "namespace") if (v := getattr(args, k)) is not None}
+        if kube:
+            options["kubernetes"] = kube
+    try:
+        session = cluster(**options)
+    except ScalekitError as exc:
+        print(f"scalekit run: {exc}", file=sys.stderr)
+        return 1
+    unsubscribe = session.bus.subscribe(_print_progress, replay=False)
+    argv, path = sys.argv, list(sys.path)
+    sys.argv = [script, *args.args]
+    sys.path.insert(0, os.path.dirname(script))
+    try:
+        with serving_scripts(session):
+            runpy.run_path(script, run_name="__main__")
+        return 0
+    except SystemExit as exc:  # the script's own exit status
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv, sys.path[:] = argv, path
+        unsubscribe()
+        session.close()  # a joined cluster: only this connection
+
+
+def _print_progress(event: Any) -> None:
+    """One line per epoch, resize, recovery and end of a fit, in the terminal."""
+    from scalekit.events import EpochEnded, Notice, Recovered, Resized, RunFinished, RunStarted
+
+    if isinstance(event, RunStarted):
+        line = (f"fit {event.run_id}: {event.max_epochs} epochs on {event.world_size} "
+                f"worker{'s' if event.world_size != 1 else ''}")
+    elif isinstance(event, EpochEnded):
+        scores = "  ".join(
+            f"{k} {v:.4f}" for k, v in event.row.items()
+            if isinstance(v, float) and k not in ("epoch", "dur")
+            and not k.endswith(("_best", "_count", "_samples_per_s")))
+        took = f", {event.row['dur']:.1f} s" if event.row.get("dur") else ""
+        line = (f"epoch {event.epoch:>3}  {scores}  ({event.world_size} "
+                f"worker{'s' if event.world_size != 1 else ''}{took})")
+    elif isinstance(event, Resized):
+        line = f"resized {event.old} -> {event.new} workers ({event.reason})"
+    elif isinstance(event, Recovered):
+        line = f"recovered: {event.reason} (lost {event.lost_steps} steps)"
+    elif isinstance(event, RunFinished):
+        line = f"fit {event.run_id} {event.status} after {event.epochs} epochs"
+    elif isinstance(event, Notice) and event.level in ("warning", "error"):
+        line = f"{event.level}: {event.message}"
+    else:
+        return
+    print(line, flush=True)
 
 
 def _demo(workers: int, *, as_json: bool, timeout: float) -> int:

@@ -8,11 +8,12 @@ expression of a cell, the live cluster panel.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scalekit.backends import ClusterBackend, TrainingHooks, make_backend
@@ -280,6 +281,11 @@ def cluster(
     >>> session                                 # the live panel in a notebook
     """
     _refuse_unguarded_script_start()
+    if _SCRIPT_SESSION and connect is None and not _SCRIPT_SESSION[-1].closed:
+        # `scalekit run script.py`: the script's own cluster is the one the command made
+        logger.info("sk.cluster() in a `scalekit run` script: using the command's cluster "
+                    "(%s)", _SCRIPT_SESSION[-1].scheduler_address)
+        return _SCRIPT_SESSION[-1]
     if connect is not None:
         given = {k: v for k, v in dict(workers=workers, backend=backend, gpus=gpus,
                                        threads_per_worker=threads_per_worker,
@@ -332,6 +338,20 @@ def _connect(connect: str, max_workers: int | None) -> ClusterSession:
     session = ClusterSession(config, backend=lambda hooks: ConnectedBackend(
         config, address, steerable=found is not None, hooks=hooks))
     return session.start()
+
+
+_SCRIPT_SESSION: list[ClusterSession] = []  # set while `scalekit run` runs a script
+
+
+@contextlib.contextmanager
+def serving_scripts(session: ClusterSession) -> Iterator[ClusterSession]:
+    """While this is active, ``sk.cluster()`` returns ``session`` instead of starting a
+    cluster (``scalekit run``: a notebook's code as a batch job, with no edits)."""
+    _SCRIPT_SESSION.append(session)
+    try:
+        yield session
+    finally:
+        _SCRIPT_SESSION.remove(session)
 
 
 _GUARD = 'if __name__ == "__main__":'

@@ -74,3 +74,52 @@ def test_demo_failure_exits_nonzero_with_json() -> None:
     report = json.loads(proc.stdout)
     assert report["ok"] is False
     assert "workers" in report["error"] and "17" in report["error"]
+
+
+SCRIPT = '''
+import sys
+
+import numpy as np
+import scalekit as sk
+from skorch import NeuralNetClassifier
+from sklearn.datasets import load_digits
+from torch import nn
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
+
+    def forward(self, X):
+        return self.seq(X)
+
+
+if __name__ == "__main__":
+    X, y = load_digits(return_X_y=True)
+    X, y = (X / 16).astype(np.float32), y.astype(np.int64)
+    session = sk.cluster(workers=1)  # as the notebook had it
+    net = NeuralNetClassifier(MLP, criterion=nn.CrossEntropyLoss, lr=0.1, verbose=0,
+                              max_epochs=int(sys.argv[1]))
+    run = sk.fit(net, X, y, cluster=session)
+    print("WORLD", run.report.world_size, "EPOCHS", len(net.history))
+    sys.exit(int(sys.argv[2]))
+'''
+
+
+@pytest.mark.timeout(300)
+def test_run_executes_a_notebooks_script_unchanged_on_the_commands_cluster(tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT)
+    proc = scalekit_cli("run", "--workers", "2", str(script), "3", "0")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    assert "WORLD 2 EPOCHS 3" in out  # its sk.cluster(workers=1) got the command's cluster
+    assert out.count("epoch ") >= 3 and "valid_acc" in out and "finished after 3" in out
+    # the script's exit status is the command's
+    assert scalekit_cli("run", "--workers", "1", str(script), "1", "3").returncode == 3
+
+
+def test_run_a_missing_script():
+    proc = scalekit_cli("run", "no-such-script.py")
+    assert proc.returncode == 2 and "no such script" in proc.stderr
