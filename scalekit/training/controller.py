@@ -16,13 +16,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from scalekit.config import CheckpointConfig, TrainConfig
-from scalekit.errors import TrainingError
 from scalekit.events import (
     Event,
     EventBus,
@@ -36,15 +34,15 @@ from scalekit.events import (
 from scalekit.training import devices
 from scalekit.training import state as training_state
 from scalekit.training.checkpoint import CheckpointStore
-from scalekit.training.fit_store import FitCheckpoints
+from scalekit.training.fit_store import FitCheckpoints, run_config
 from scalekit.training.inbox import Inbox
 from scalekit.training.messages import Position
 from scalekit.training.placement import WorkerPool
 from scalekit.training.policy import (
     Action,
-    Failure,
     FailureKind,
     decide_after_failure,
+    training_error,
     useful_world_size,
 )
 from scalekit.training.preflight import batch_size as _batch_size
@@ -138,7 +136,7 @@ class TrainingController:
         self.generation = 0
         self.results: list[RankResult] = []
         self.state = RunState.STARTING
-        self._lock = threading.RLock()  # the inbox moves RECOVERING -> RUNNING
+        self._lock = threading.Lock()  # the inbox moves RECOVERING -> RUNNING
         self._budget = FailureBudget()
         self._recovery: Recovery | None = None  # pending while RECOVERING
         self._resize: tuple[int, str] | None = None  # (old world, reason) while RESIZING
@@ -197,18 +195,31 @@ class TrainingController:
                                  max_workers=min(self.max_world, 4096))
 
     # -- states ------------------------------------------------------------------------
-    def _enter(self, to: RunState, *events: Event) -> None:
+    def _enter(self, to: RunState, *events: Event,
+               when: Callable[[], tuple[Event, ...] | None] | None = None) -> bool:
         """The one place the fit changes state: check the move, make it, publish its
-        events (in order, under the lock, so no later move's events overtake them)."""
+        events. ``when`` (for moves another thread may race, such as the inbox's end of
+        a recovery) decides under the lock whether to move, and with which events.
+
+        Events are published after the lock is released: a subscriber that waits for
+        Dask (whose event loop delivers the ranks' messages to the inbox) must not wait
+        for a thread that waits for this lock.
+        """
         with self._lock:
+            if when is not None:
+                found = when()
+                if found is None:
+                    return False
+                events = (*events, *found)
             if to is RunState.FAILED and self.state is RunState.STARTING:
                 events = ()  # nothing started: no RunFinished without a RunStarted
             check_transition(self.state, to)
             logger.debug("run %s: %s -> %s", self.run_id, self.state, to)
             self.state = to
             self._recovery = None  # a pending recovery belongs to the state it began in
-            for event in events:
-                self.bus.publish(event)
+        for event in events:
+            self.bus.publish(event)
+        return True
 
     def _start(self) -> None:
         """STARTING -> RUNNING: check everything, open the store, initialise the net."""
@@ -252,14 +263,17 @@ class TrainingController:
         return self.net
 
     def _on_alive(self, generation: int, world_size: int) -> None:
-        """(The inbox) a round trains: the first sign of life after a failure ends the
-        recovery, with its downtime and lost work."""
-        with self._lock:
+        """(The inbox) a round trains: the first sign of life of the round after a
+        failure ends the recovery, with its downtime and lost work."""
+        def recovered() -> tuple[Event, ...] | None:
             recovery = self._recovery
-            if (self.state is RunState.RECOVERING and recovery is not None
-                    and generation >= recovery.generation):
-                self._enter(RunState.RUNNING, recovery.recovered(
-                    self.run_id, self._newest, world_size=world_size, now=time.monotonic()))
+            if (self.state is not RunState.RECOVERING or recovery is None
+                    or generation < recovery.generation):
+                return None
+            return (recovery.recovered(self.run_id, self._newest, world_size=world_size,
+                                       now=time.monotonic()),)
+
+        self._enter(RunState.RUNNING, when=recovered)
 
     def _on_reached(self, position: Position) -> None:
         """(The inbox) a failed rank got further than the last progress message."""
@@ -304,7 +318,9 @@ class TrainingController:
             stop_event=f"scalekit-stop-{self.run_id}-g{self.generation}",
             checkpoint=self.checkpoints.store, checkpoint_epochs=ckpt.every_epochs,
             checkpoint_seconds=ckpt.every_seconds, fit_params=self.fit_params,
-            strategy=self.strategy, run_config=self._run_config(),
+            strategy=self.strategy, run_config=run_config(
+                self.net, max_epochs=self.max_epochs, strategy=self.strategy.name,
+                config=config, checkpoint=ckpt),
         )
         logger.info("run %s, round %d: %s", self.run_id, self.generation,
                     self.strategy.describe(len(workers)))
@@ -343,7 +359,7 @@ class TrainingController:
             state="failed", generation=self.generation - 1),)
         self._enter(RunState.RECOVERING, *failed)
         if failure.kind is FailureKind.USER:  # a bug a retry would repeat: nothing to restore
-            raise self._error(failure, outcome, decide_after_failure(
+            raise training_error(failure, outcome.error, decide_after_failure(
                 failure, failures_so_far=0, max_failures=1, workers_alive=0).reason)
         newest = self.checkpoints.after_failure()
         if newest is not None and newer(newest, self._newest):
@@ -355,42 +371,12 @@ class TrainingController:
                                         max_failures=self.config.max_failures,
                                         workers_alive=len(self.client.nthreads()))
         if decision.action is Action.GIVE_UP:
-            raise self._error(failure, outcome, decision.reason)
+            raise training_error(failure, outcome.error, decision.reason)
         self._budget.restoring(position)
         self.bus.publish(Notice(level="warning", message=f"recovering: {decision.reason}"))
         with self._lock:
             self._recovery = Recovery(failed_at=outcome.failed_at, reached=self.inbox.progress,
                                       reason=decision.reason, generation=self.generation)
-
-    def _error(self, failure: Failure, outcome: RoundOutcome, reason: str) -> TrainingError:
-        """The error a failed fit raises: the rank, the worker, and what happened there."""
-        where = f"rank {failure.rank} on worker {failure.worker}"
-        exc = outcome.error
-        if exc is None:
-            return TrainingError(f"{where} {failure.kind}: {reason}. The cluster is still usable.",
-                                 rank=failure.rank, worker=failure.worker)
-        tb = "".join(traceback.format_exception(exc))
-        error = TrainingError(
-            f"{where} failed: {type(exc).__name__}: {exc}\n"
-            f"--- traceback on the worker ---\n{tb}",
-            rank=failure.rank, worker=failure.worker, remote_traceback=tb,
-        )
-        error.__cause__ = exc
-        return error
-
-    def _run_config(self) -> dict[str, Any]:
-        """What a checkpoint records about the run that wrote it."""
-        import dataclasses
-
-        net = self.net
-        return {
-            "net": type(net).__name__,
-            "module": getattr(net.module, "__name__", type(net.module).__name__),
-            "max_epochs": self.max_epochs, "batch_size": _batch_size(net),
-            "lr": float(getattr(net, "lr", 0.0)), "strategy": self.strategy.name,
-            "training": dataclasses.asdict(self.config),
-            "checkpoint": dataclasses.asdict(self.ckpt_config),
-        }
 
 
 __all__ = ["TrainingController", "check_net", "preflight"]

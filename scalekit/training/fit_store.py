@@ -6,7 +6,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from scalekit.config import CheckpointConfig
+from scalekit.config import CheckpointConfig, TrainConfig
 from scalekit.errors import UsageError
 from scalekit.training.checkpoint import CheckpointStore
 
@@ -94,3 +94,20 @@ class FitCheckpoints:
             self.store.fs.rm(self.store.root, recursive=True)
         except (FileNotFoundError, OSError):
             logger.debug("could not remove %s", self.store.url, exc_info=True)
+
+
+def run_config(net: Any, *, max_epochs: int, strategy: str, config: TrainConfig,
+               checkpoint: CheckpointConfig) -> dict[str, Any]:
+    """What a checkpoint records about the run that wrote it."""
+    import dataclasses
+
+    from scalekit.training.preflight import batch_size
+
+    return {
+        "net": type(net).__name__,
+        "module": getattr(net.module, "__name__", type(net.module).__name__),
+        "max_epochs": max_epochs, "batch_size": batch_size(net),
+        "lr": float(getattr(net, "lr", 0.0)), "strategy": strategy,
+        "training": dataclasses.asdict(config),
+        "checkpoint": dataclasses.asdict(checkpoint),
+    }

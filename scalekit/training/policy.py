@@ -7,8 +7,10 @@ Each is table-tested without a cluster.
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Mapping, Sequence
 
+from scalekit.errors import TrainingError
 from scalekit.training.enums import StrEnum
 
 
@@ -84,6 +86,24 @@ def decide_after_failure(
                                "waiting for a worker, then restoring")
     return FailureDecision(Action.RESTORE, f"rank {failure.rank} {failure.kind}{where}; "
                            f"restoring on {workers_alive} worker(s)")
+
+
+def training_error(failure: Failure, error: BaseException | None, reason: str
+                   ) -> TrainingError:
+    """The error a fit that gives up raises: the rank, its worker, what happened there
+    (with the worker-side traceback when a rank raised ``error``)."""
+    where = f"rank {failure.rank} on worker {failure.worker}"
+    if error is None:
+        return TrainingError(f"{where} {failure.kind}: {reason}. The cluster is still usable.",
+                             rank=failure.rank, worker=failure.worker)
+    tb = "".join(traceback.format_exception(error))
+    raised = TrainingError(
+        f"{where} failed: {type(error).__name__}: {error}\n"
+        f"--- traceback on the worker ---\n{tb}",
+        rank=failure.rank, worker=failure.worker, remote_traceback=tb,
+    )
+    raised.__cause__ = error  # as ``raise ... from error``
+    return raised
 
 
 def failures_in_a_row(before: int, progressed: bool) -> int:

@@ -595,6 +595,24 @@ def test_a_fit_that_fails_before_it_starts_publishes_nothing():
     assert ctl.state is RunState.FAILED and events == []
 
 
+def test_a_subscriber_that_waits_for_the_inbox_does_not_deadlock_the_fit():
+    """Events are published outside the controller's lock: a subscriber that waits for
+    Dask's event loop (where the inbox runs, and may need that lock) must not hang."""
+    ctl = controller(None)
+    finished = []
+
+    def waits_for_the_inbox(event):
+        inbox_thread = threading.Thread(target=ctl._on_alive, args=(0, 1))
+        inbox_thread.start()
+        inbox_thread.join(timeout=5.0)
+        finished.append(not inbox_thread.is_alive())
+
+    ctl.bus.subscribe(waits_for_the_inbox, replay=False)
+    ctl._enter(RunState.RUNNING, RunStarted(run_id="test", max_epochs=1, batch_size=8,
+                                            n_samples=40, world_size=1))
+    assert finished == [True]
+
+
 def test_starting_publishes_run_started_with_the_world_it_will_use():
     ctl = TrainingController(FakeClient(WORKERS), classifier(), X, Y, bus=EventBus(),
                              run_id="t", checkpoint=False, max_world=1,
