@@ -287,7 +287,7 @@ class TrainingController:
             workers = self.workers.wait()[: self.max_world]
             if self.state is RunState.RESIZING:  # report the world the resize led to
                 assert self._resize is not None
-                old, reason = self._resize
+                (old, reason), self._resize = self._resize, None
                 self._enter(RunState.RUNNING, Resized(
                     run_id=self.run_id, old=old, new=len(workers),
                     epoch=position_of(self._newest)[0], reason=reason))

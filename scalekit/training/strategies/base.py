@@ -163,7 +163,8 @@ def register(cls: S) -> S:
     """Make ``cls`` a strategy ``resolve`` knows by its ``name``; returns ``cls``."""
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise TypeError(f"a strategy subclasses Strategy, got {cls!r}")
-    if not dataclasses.is_dataclass(cls) or not cls.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.frozen:
         raise TypeError(f"{cls.__name__} must be a frozen dataclass (it is shipped to ranks)")
     if not cls.name or not cls.name.isidentifier():
         raise TypeError(f"{cls.__name__}.name must be an identifier, got {cls.name!r}")
