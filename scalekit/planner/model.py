@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from scalekit.planner.overhead import OverheadModel, fit_overhead, fit_seconds
-from scalekit.training.strategies import hybrid_mesh_shape
+from scalekit.training.strategies import resolve
 
 EXACT = ("ddp", "fsdp", "hybrid")
 STRATEGIES = (*EXACT, "local_sgd")
@@ -121,12 +121,10 @@ class Measurement:
 
 
 def shard_of(strategy: str, workers: int, shard_size: int | None = None) -> int:
-    """Over how many ranks one copy of the state is sharded (1: replicated)."""
-    if strategy == "fsdp":
-        return workers
-    if strategy == "hybrid":
-        return hybrid_mesh_shape(workers, shard_size or 2)[1]
-    return 1
+    """Over how many ranks one copy of the state is sharded (1: replicated), as the
+    strategy says (``shard_size``: hybrid's shard group, default 2)."""
+    options = {"shard_size": shard_size or 2} if strategy == "hybrid" else {}
+    return resolve(strategy, **options).state_shards(workers)
 
 
 def amdahl(threads: float, p: float) -> float:

@@ -1,7 +1,8 @@
 """Where a rank computes: the net's device type, the process group's backends, the GPU
 each rank uses, and the numeric precision.
 
-Everything here but :func:`worker_devices` is pure, so placement and backend choice
+Everything here but :func:`worker_devices` and moving a fitted net (:func:`on_cpu`,
+:func:`to_user_device`) is pure, so placement and backend choice
 are tested as tables without a GPU.
 
 * **Backend per device type.** A CPU net trains over gloo and never touches NCCL. A
@@ -21,11 +22,14 @@ are tested as tables without a GPU.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 from scalekit.config import normalize_precision  # noqa: F401 (part of this module's API)
 from scalekit.errors import ConfigError, UsageError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,3 +184,43 @@ def autocast_dtype(precision: str) -> Any:
     import torch
 
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+class on_cpu:  # noqa: N801 - a context manager used like a function
+    """Set a skorch net's device to the CPU for a while (initialise, probe): the kernel
+    may have no GPU, and should hold no CUDA context."""
+
+    def __init__(self, net: Any) -> None:
+        self.net = net
+        self.device = net.device
+
+    def __enter__(self) -> None:
+        self.net.device = "cpu"
+
+    def __exit__(self, *exc: object) -> None:
+        self.net.device = self.device
+
+
+def to_user_device(net: Any) -> None:
+    """Put the fitted net where its ``device`` says, as skorch's ``fit`` leaves it.
+
+    A cuda net fitted from a kernel without a GPU (a laptop driving GPU workers) stays
+    on the CPU with ``device='cpu'``, as skorch does when it loads a CUDA net there.
+    """
+    if device_type(net.device) != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        logger.warning("this kernel has no GPU: the fitted net stays on the CPU "
+                       "(device='cpu' instead of %r)", net.device)
+        net.device = "cpu"
+        return
+    for name in ("module_", "criterion_"):
+        part = getattr(net, name, None)
+        if isinstance(part, torch.nn.Module):
+            part.to(net.device)
+    for name in getattr(net, "_optimizers", ()):
+        optimizer = getattr(net, name + "_", None)
+        if optimizer is not None:  # loading casts its state to the parameters' device
+            optimizer.load_state_dict(optimizer.state_dict())

@@ -7,28 +7,49 @@ Each is table-tested without a cluster.
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Mapping, Sequence
+
+from scalekit.errors import TrainingError
+from scalekit.training.enums import StrEnum
+
+
+class FailureKind(StrEnum):
+    """What went wrong in a round."""
+
+    LOST = "lost"  # a worker or its process went away
+    HUNG = "hung"  # a rank stopped beating, or stopped advancing while its peers waited
+    COLLECTIVE = "collective"  # a rank failed only because a peer vanished
+    USER = "user"  # user code raised: a bug that a retry repeats
+
+
+class Action(StrEnum):
+    """What the controller does after a failure."""
+
+    RESTORE = "restore"  # from the newest state, on the workers left
+    GIVE_UP = "give_up"  # raise a TrainingError
 
 
 @dataclasses.dataclass(frozen=True)
 class Failure:
-    """What went wrong in a round.
+    """What went wrong in a round (``kind`` accepts the values as strings too)."""
 
-    ``kind`` is ``"lost"`` (a worker or its process went away), ``"hung"`` (a rank
-    stopped sending its liveness beacon), ``"collective"`` (a rank failed only because
-    a peer vanished) or ``"user"`` (user code raised: a bug that a retry repeats).
-    """
-
-    kind: str
+    kind: FailureKind
     rank: int | None = None
     worker: str | None = None
     message: str = ""
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", FailureKind(self.kind))
+
 
 @dataclasses.dataclass(frozen=True)
 class FailureDecision:
-    action: str  # "restore" | "give_up"
+    action: Action
     reason: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "action", Action(self.action))
 
 
 def decide_after_failure(
@@ -49,22 +70,40 @@ def decide_after_failure(
     workers_alive : int
         Workers connected now (the controller waits for at least one before a restore).
     """
-    if failure.kind == "user":
-        return FailureDecision("give_up", "the error comes from the model or data code; "
+    if failure.kind is FailureKind.USER:
+        return FailureDecision(Action.GIVE_UP, "the error comes from the model or data code; "
                                "retrying would repeat it")
     if failures_so_far + 1 > max_failures:
         return FailureDecision(
-            "give_up",
+            Action.GIVE_UP,
             f"{failures_so_far + 1} failures in a row without progress (no newer "
             f"checkpoint between them) exceed max_failures={max_failures}; raise "
             "scalekit.training.max-failures to tolerate more",
         )
     where = f" on {failure.worker}" if failure.worker else ""
     if workers_alive == 0:
-        return FailureDecision("restore", f"rank {failure.rank} {failure.kind}{where}; "
+        return FailureDecision(Action.RESTORE, f"rank {failure.rank} {failure.kind}{where}; "
                                "waiting for a worker, then restoring")
-    return FailureDecision("restore", f"rank {failure.rank} {failure.kind}{where}; "
+    return FailureDecision(Action.RESTORE, f"rank {failure.rank} {failure.kind}{where}; "
                            f"restoring on {workers_alive} worker(s)")
+
+
+def training_error(failure: Failure, error: BaseException | None, reason: str
+                   ) -> TrainingError:
+    """The error a fit that gives up raises: the rank, its worker, what happened there
+    (with the worker-side traceback when a rank raised ``error``)."""
+    where = f"rank {failure.rank} on worker {failure.worker}"
+    if error is None:
+        return TrainingError(f"{where} {failure.kind}: {reason}. The cluster is still usable.",
+                             rank=failure.rank, worker=failure.worker)
+    tb = "".join(traceback.format_exception(error))
+    raised = TrainingError(
+        f"{where} failed: {type(error).__name__}: {error}\n"
+        f"--- traceback on the worker ---\n{tb}",
+        rank=failure.rank, worker=failure.worker, remote_traceback=tb,
+    )
+    raised.__cause__ = error  # as ``raise ... from error``
+    return raised
 
 
 def failures_in_a_row(before: int, progressed: bool) -> int:
@@ -126,17 +165,17 @@ def classify(errors: Sequence[tuple[int, str, bool]], lost: Sequence[int], hung:
     """
     for rank, message, peer in errors:
         if not peer:
-            return Failure("user", rank=rank, message=message)
+            return Failure(FailureKind.USER, rank=rank, message=message)
     if hung:
-        return Failure("hung", rank=min(hung))
+        return Failure(FailureKind.HUNG, rank=min(hung))
     if stalled:
-        return Failure("hung", rank=min(stalled),
+        return Failure(FailureKind.HUNG, rank=min(stalled),
                        message="stopped advancing while its peers waited for it")
     if lost:
-        return Failure("lost", rank=min(lost))
+        return Failure(FailureKind.LOST, rank=min(lost))
     if errors:
         rank, message, _ = min(errors)
-        return Failure("collective", rank=rank, message=message)
+        return Failure(FailureKind.COLLECTIVE, rank=rank, message=message)
     return None
 
 

@@ -99,3 +99,33 @@ def n_samples(X: Any) -> int:
         return int(get_len(X))
     except Exception:
         return 0
+
+
+def checked_fit_arguments(checkpoint: Any, resume: Any, max_world: Any
+                          ) -> tuple[Any, bool, Any]:
+    """``sk.fit``'s checkpoint, resume and max_workers, validated like config fields."""
+    import os
+
+    from scalekit.errors import ConfigError
+    from scalekit.training.checkpoint import CheckpointStore
+
+    if checkpoint is True:
+        raise ConfigError(
+            "checkpoint", True, "a folder path or fsspec URL, False (no checkpoints) or "
+            "None (a fresh folder per run)",
+            "Leave it out for the default folder, or name one: checkpoint='./ckpt/run1'.")
+    if isinstance(checkpoint, os.PathLike):
+        checkpoint = os.fspath(checkpoint)
+    if not (checkpoint is None or checkpoint is False or isinstance(checkpoint, str)
+            or isinstance(checkpoint, CheckpointStore)):
+        raise ConfigError("checkpoint", checkpoint,
+                          "a folder path or fsspec URL, False or None")
+    if isinstance(checkpoint, str) and not checkpoint.strip():
+        raise ConfigError("checkpoint", checkpoint, "a non-empty folder path or URL")
+    if not isinstance(resume, bool):
+        raise ConfigError("resume", resume, "True or False")
+    if max_world is not None and (not isinstance(max_world, int) or isinstance(max_world, bool)
+                                  or max_world < 1):
+        raise ConfigError("max_workers", max_world, "an integer >= 1, or None for every worker",
+                          "It caps the world size of the fit; the cluster keeps its workers.")
+    return checkpoint, resume, max_world

@@ -11,6 +11,7 @@ process group, and train the skorch net with skorch's own loop made data paralle
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import random
 import threading
@@ -22,6 +23,10 @@ import numpy as np
 
 from scalekit.errors import ScalekitError
 from scalekit.training.dist_net import RankContext, make_distributed, undo_distributed
+from scalekit.training.messages import RankPhase
+from scalekit.training.publisher import Publisher
+
+logger = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,8 +122,8 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
     torch.set_num_threads(max(1, worker.state.nthreads))
     host = _host_of(worker.address)
     _pin_gloo_interface(host)
-    publish = _Publisher(worker, spec, rank)
-    publish.rank_state("rendezvous")
+    publish = Publisher(worker, spec, rank)
+    publish.rank_state(RankPhase.RENDEZVOUS)
     if spec.devices is not None:  # NCCL and the caching allocator use the current device
         torch.cuda.set_device(spec.devices[rank])
         torch.cuda.reset_peak_memory_stats()
@@ -138,7 +143,7 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
         except BaseException:
             # where this rank got to: the controller counts the steps a failure cost
             # from it (progress messages are throttled, so they may lag by an epoch)
-            publish.rank_state("failed", **publish.position)
+            publish.rank_state(RankPhase.FAILED, reached=publish.position)
             raise
         finally:
             if dist.is_initialized():
@@ -147,14 +152,14 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
         torch.set_num_threads(previous_threads)
 
 
-def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Publisher
+def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Publisher
            ) -> RankResult:
     import torch
 
-    from scalekit.training import state as training_state
     from scalekit.training.callbacks import RoundControl
     from scalekit.training.devices import autocast_dtype
-    from scalekit.training.strategies import DDP, prepare
+    from scalekit.training.saver import Saver
+    from scalekit.training.strategies import DDP, RankSetup
 
     net = spec.net
     strategy = spec.strategy or DDP()
@@ -165,7 +170,7 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
                       data_on_device=spec.data_on_device)
     state = spec.state
     if state is not None:
-        partial = training_state.restore(net, state, optimizer=not strategy.sharded)
+        partial = strategy.restore(net, state)
         if partial is not None:
             ctx.resume_epoch, ctx.resume_step = state["epoch"], state["step"]
             ctx.resume_batches = partial
@@ -174,24 +179,22 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
     _seed_everything(spec.seed + 1000 * spec.generation + done_before)
     if state is not None and state.get("rng") is not None:
         torch.set_rng_state(state["rng"])  # continue the saved random stream
-    ids = [device.index] if device is not None else None
-    par = prepare(strategy, net, world_size=spec.world_size, device_ids=ids,
-                  host_reduce=spec.host_reduce, timeout=spec.collective_timeout,
-                  precision=spec.precision)
+    par = strategy.prepare(net, RankSetup(
+        world_size=spec.world_size, device_ids=[device.index] if device is not None else None,
+        host_reduce=spec.host_reduce, timeout=spec.collective_timeout,
+        precision=spec.precision))
+    logger.debug("rank %d of round %d: %s", rank, spec.generation,
+                 strategy.describe(spec.world_size))
     ctx.scaler = _grad_scaler(spec.precision, state)
     net.__dict__["_sk_scaler"] = ctx.scaler  # its state goes into checkpoints
     try:
-        if state is not None and state.get("sharded"):
-            spec.checkpoint.load_sharded(par.model, net.optimizer_, state["sharded"])
-        elif state is not None and strategy.sharded:
-            training_state.load_optimizer(par.model, net.optimizer_, state)
+        if state is not None:
+            strategy.load(par, state, spec.checkpoint)
         if remaining <= 0:
             return _result(spec, rank, address, net, par, 0.0, "finished", publish)
-        saver = None
-        if spec.checkpoint is not None and (rank == 0 or strategy.sharded):
-            saver = _Saver(spec, par, rank)
-            if spec.checkpoint_seconds > 0 and not strategy.sharded:
-                ctx.on_step = saver.maybe_mid_epoch
+        saver = Saver.for_rank(spec, par, rank, publish)
+        if saver is not None:
+            ctx.on_step = saver.mid_epoch_hook()
         started = time.perf_counter()
         publish.start_beacon(ctx)
         try:  # from here on the beacon runs: whatever fails, it stops
@@ -203,7 +206,7 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
                 max_epochs=spec.max_epochs, state=state,
             )
             net.callbacks_.append(("scalekit_round", control))
-            publish.rank_state("training")
+            publish.rank_state(RankPhase.TRAINING)
             net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
         finally:
             publish.stop_beacon()
@@ -211,7 +214,7 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
             undo_distributed(net)
         done = len(net.history) - done_before
         stopped = "resize" if control.stopped else ("early" if done < remaining else "finished")
-        publish.rank_state("done")
+        publish.rank_state(RankPhase.DONE)
         return _result(spec, rank, address, net, par, time.perf_counter() - started, stopped,
                        publish)
     finally:
@@ -219,8 +222,8 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: _Pu
 
 
 def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed: float,
-            stopped: str, publish: _Publisher) -> RankResult:
-    from scalekit.training import state as training_state
+            stopped: str, publish: Publisher) -> RankResult:
+    from scalekit.training.strategies import StateMeta
 
     rows = list(net.history)
     recent = rows[-max(1, len(rows)):]
@@ -230,64 +233,12 @@ def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed
                         peak_rss=publish.sample_rss(),
                         state_bytes=par.local_state_bytes(net.optimizer_),
                         transport=par.transport, peak_gpu_memory=_peak_gpu_memory(spec))
-    if rank == 0 or par.strategy.sharded:  # gathering a sharded model is a collective
-        captured = training_state.capture(
-            net, par.model, epoch=len(rows), step=0, world_size=spec.world_size,
-            seed=spec.seed, run_id=spec.run_id, config=spec.run_config,
-        )
-        if rank == 0:
-            result.state = captured
+    # every rank calls it (a collective for sharded strategies); rank 0 gets the state
+    result.state = par.strategy.state_dict(
+        par, rank=rank, epoch=len(rows), step=0,
+        meta=StateMeta(world_size=spec.world_size, seed=spec.seed, run_id=spec.run_id,
+                       config=spec.run_config))
     return result
-
-
-class _Saver:
-    """The checkpoint schedule (rank 0; every rank for sharded strategies, which write
-    one shard each): every n epochs and/or every m seconds."""
-
-    def __init__(self, spec: RankSpec, par: Any, rank: int) -> None:
-        self.spec = spec
-        self.par = par
-        self.rank = rank
-        self.last = time.monotonic()
-
-    def at_epoch_end(self, net: Any, epoch: int) -> None:
-        every = self.spec.checkpoint_epochs
-        due_by_epoch = every > 0 and (epoch % every == 0 or epoch == self.spec.max_epochs)
-        if due_by_epoch or (self._due_by_time() and not self.par.strategy.sharded):
-            self._save(net, epoch, 0)
-
-    def maybe_mid_epoch(self, net: Any, epoch: int, step: int) -> None:
-        if self._due_by_time():
-            self._save(net, epoch, step)
-
-    def _due_by_time(self) -> bool:
-        every = self.spec.checkpoint_seconds
-        return every > 0 and time.monotonic() - self.last >= every
-
-    def _save(self, net: Any, epoch: int, step: int) -> None:
-        from distributed import get_worker
-
-        from scalekit.training import state as training_state
-
-        store = self.spec.checkpoint
-        if self.par.strategy.sharded:
-            extra = training_state.capture_meta(
-                net, epoch=epoch, step=step, world_size=self.spec.world_size,
-                seed=self.spec.seed, run_id=self.spec.run_id, config=self.spec.run_config)
-            info = store.save_sharded(self.par.model, net.optimizer_, extra, epoch=epoch,
-                                      step=step, rank=self.rank)
-        else:
-            state = training_state.capture(
-                net, self.par.model, epoch=epoch, step=step, world_size=self.spec.world_size,
-                seed=self.spec.seed, run_id=self.spec.run_id, config=self.spec.run_config,
-            )
-            info = store.save(state, epoch=epoch, step=step)
-        self.last = time.monotonic()
-        if self.spec.topic and info is not None:
-            get_worker().log_event(self.spec.topic, {
-                "kind": "checkpoint", "generation": self.spec.generation, "epoch": epoch,
-                "step": step, "url": info.url, "seconds": info.seconds, "nbytes": info.nbytes,
-            })
 
 
 def _stop_flag(name: str) -> Any:
@@ -424,25 +375,6 @@ def _peak_gpu_memory(spec: RankSpec) -> int:
     return int(torch.cuda.max_memory_allocated())
 
 
-# -- liveness --------------------------------------------------------------------------
-
-# Where a training thread blocks when it waits for its peers: torch.distributed's
-# collectives, the autograd engine (DDP's all-reduce completes inside backward), and the
-# shared-memory reducer.
-_WAITING_IN = (os.sep + os.path.join("torch", "distributed") + os.sep,
-               os.sep + os.path.join("torch", "autograd") + os.sep,
-               os.sep + os.path.join("scalekit", "training", "host_reduce.py"))
-
-
-def waits_for_peers(frame: Any) -> bool:
-    """Whether a thread whose innermost Python frame is ``frame`` is waiting in a
-    collective (as opposed to running model, data or callback code)."""
-    if frame is None:
-        return False
-    name = frame.f_code.co_filename
-    return any(part in name for part in _WAITING_IN)
-
-
 # -- state -----------------------------------------------------------------------------
 
 
@@ -452,82 +384,3 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-# -- progress ------------------------------------------------------------------------
-
-
-class _Publisher:
-    """Sends progress to the notebook as Dask structured events (rank 0 mostly)."""
-
-    def __init__(self, worker: Any, spec: RankSpec, rank: int) -> None:
-        self.worker = worker
-        self.spec = spec
-        self.rank = rank
-        self.position: dict[str, int] = {}  # the last step done: epoch, batch, n_batches
-        self._last_batch = 0.0
-        self._epoch_started = time.perf_counter()
-
-    def send(self, msg: dict[str, Any]) -> None:
-        if self.spec.topic:
-            self.worker.log_event(self.spec.topic, {"generation": self.spec.generation, **msg})
-
-    def rank_state(self, state: str, **extra: Any) -> None:
-        self.send({"kind": "rank", "rank": self.rank, "worker": self.worker.address,
-                   "state": state, "world_size": self.spec.world_size, **extra})
-
-    def batch(self, epoch: int, batch: int, n_batches: int, samples: int) -> None:
-        self.position = {"epoch": epoch, "batch": batch, "n_batches": n_batches}
-        if self.rank != 0:
-            return  # rank 0 speaks for the synchronous world
-        now = time.perf_counter()
-        if batch == 1:
-            self._epoch_started = now
-        if now - self._last_batch < self.spec.progress_interval and batch != n_batches:
-            return
-        self._last_batch = now
-        elapsed = max(now - self._epoch_started, 1e-9)
-        self.send({"kind": "batch", "epoch": epoch, "batch": batch, "n_batches": n_batches,
-                   "samples_per_s": samples / elapsed})
-
-    def epoch(self, epoch: int, row: dict[str, Any]) -> None:
-        self.send({"kind": "epoch", "epoch": epoch, "row": row,
-                   "world_size": self.spec.world_size})
-
-    # The liveness beacon: a thread that says "alive at step n" every second. A stopped
-    # or dead process falls silent, which the controller notices within seconds --
-    # gloo alone would wait for the collective timeout.
-    def start_beacon(self, ctx: RankContext) -> None:
-        """Start beating; call it from the rank's training thread (it is the one whose
-        stack tells whether the rank waits for its peers)."""
-        import sys
-        import threading
-
-        from scalekit.training.host_reduce import host_identity
-
-        self._beacon_stop = threading.Event()
-        host, pid = host_identity(), os.getpid()
-        trainer = threading.get_ident()
-
-        def beat() -> None:
-            while not self._beacon_stop.wait(self.spec.beacon_interval):
-                self.sample_rss()
-                frame = sys._current_frames().get(trainer)
-                self.send({"kind": "beat", "rank": self.rank, "step": ctx.step,
-                           "pid": pid, "host": host, "waiting": waits_for_peers(frame)})
-
-        self.send({"kind": "beat", "rank": self.rank, "step": 0, "pid": pid, "host": host,
-                   "waiting": False})
-        threading.Thread(target=beat, name="scalekit-beacon", daemon=True).start()
-
-    def sample_rss(self) -> int:
-        import psutil
-
-        rss = psutil.Process().memory_info().rss
-        self.peak_rss = max(getattr(self, "peak_rss", 0), rss)
-        return self.peak_rss
-
-    def stop_beacon(self) -> None:
-        stop = getattr(self, "_beacon_stop", None)
-        if stop is not None:
-            stop.set()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from scalekit.training.host_reduce import host_identity
+from scalekit.training.enums import StrEnum
 from scalekit.training.policy import Failure, classify, decide_membership, stalled_ranks
 from scalekit.training.rank import (
     FIRST_IMPORTS,
@@ -26,6 +25,7 @@ from scalekit.training.rank import (
     rendezvous_name,
     run_rank,
 )
+from scalekit.training.worker_ops import SILENT_FACTOR, bounded, unresponsive
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -37,19 +37,28 @@ MEMBERSHIP_S = 0.2
 START_ALLOWANCE_S = 120.0  # importing torch on a fresh, busy worker can take a while
 SETTLE_S = 1.0  # after a failure, how long the surviving ranks get to fail on their own
 GONE_S = 15.0  # how long to wait for ended workers to leave before the next round
-# a worker whose heartbeats (every 0.5 s on a small cluster) stopped this many hang
-# timeouts before the others' answers nothing; a busy one still beats
-SILENT_FACTOR = 2.0
+
+
+class OutcomeKind(StrEnum):
+    """How a round ended."""
+
+    FINISHED = "finished"  # the fit is done (or stopped early by a callback)
+    RESIZE = "resize"  # stopped at a safe point for a new world; the state moves on
+    FAILED = "failed"  # a rank was lost, hung or raised
+    RETRY = "retry"  # the workers changed while the round was being set up
 
 
 @dataclasses.dataclass
 class RoundOutcome:
-    kind: str  # "finished" | "resize" | "failed" | "retry" (workers changed as it started)
+    kind: OutcomeKind  # (its values as strings are accepted too)
     results: list[RankResult] = dataclasses.field(default_factory=list)
     failure: Failure | None = None
     next_world: tuple[str, ...] = ()
     failed_at: float = 0.0  # monotonic time the failure was noticed
     error: BaseException | None = None  # the root cause's exception, when a rank raised
+
+    def __post_init__(self) -> None:
+        self.kind = OutcomeKind(self.kind)
 
 
 @dataclasses.dataclass
@@ -95,25 +104,6 @@ class Beacons:
         return [r for r in range(ranks) if r not in self.last]
 
 
-def kill_local_or_restart(client: Client, address: str, where: tuple[str, int] | None) -> None:
-    """End a hung worker process: SIGKILL when it runs on this host (a stopped process
-    ignores everything else), otherwise ask its nanny to restart it.
-
-    "This host" is the hostname *and* boot id (:func:`host_identity`): a cloned VM or a
-    container with the same hostname must never get a local PID killed.
-    """
-    if where is not None and where[0] == host_identity():
-        if where[1] == os.getpid():  # an in-process worker: this is the notebook itself
-            client.restart_workers([address], raise_for_error=False)
-            return
-        try:
-            os.kill(where[1], signal.SIGKILL)
-            return
-        except ProcessLookupError:
-            return
-    client.restart_workers([address], raise_for_error=False)
-
-
 def warm_worker() -> None:
     """Pay a fresh worker's one-off costs (importing torch, its first optimizer step,
     which imports torch._dynamo) before it joins a round."""
@@ -131,32 +121,6 @@ async def _exit_process() -> None:  # runs on a worker's event loop, not its blo
     # a coroutine: distributed's Worker.run refuses wait=False for plain functions
     # ("Combination not supported"), which left stuck ranks running
     os._exit(1)
-
-
-def bounded(call: Callable[[], Any], timeout: float, what: str) -> Any:
-    """``call()``, or ``TimeoutError`` after ``timeout`` seconds.
-
-    A worker that stopped (SIGSTOP, a frozen VM) answers nothing, and the scheduler's
-    broadcast to it waits for good (``scatter``'s own ``timeout`` only bounds the wait
-    for workers to exist). The call goes on in a daemon thread until the stopped worker
-    is ended and its connection closes.
-    """
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = call()
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name=f"scalekit-{what}", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"{what} did not finish within {timeout:g}s")
-    if "error" in box:
-        raise box["error"]
-    return box["value"]
 
 
 def is_peer_failure(exc: BaseException | None) -> bool:
@@ -237,7 +201,7 @@ class Round:
             if self._members_changed():
                 logger.info("round %d: workers changed while it started (%s: %s); again",
                             self.spec.generation, type(exc).__name__, exc)
-                return RoundOutcome("retry", error=exc)
+                return RoundOutcome(OutcomeKind.RETRY, error=exc)
             raise
         try:
             return self._watch(futures, stop)
@@ -285,7 +249,8 @@ class Round:
                 for f in self.warming.values():
                     f.cancel()
                 results = self.client.gather(futures)
-                kind = "resize" if results[0].stopped == "resize" else "finished"
+                kind = (OutcomeKind.RESIZE if results[0].stopped == "resize"
+                        else OutcomeKind.FINISHED)
                 return RoundOutcome(kind, results=results, next_world=self.next_world)
             now = time.monotonic()
             if now - checked > MEMBERSHIP_S:
@@ -364,7 +329,7 @@ class Round:
             f.cancel()
         # the next round must not count on workers that are being ended
         self._wait_gone(stuck + [self.workers[r] for r in hung])
-        return RoundOutcome("failed", failure=failure, failed_at=noticed, error=error)
+        return RoundOutcome(OutcomeKind.FAILED, failure=failure, failed_at=noticed, error=error)
 
     def _wait_gone(self, workers: list[str], timeout: float = GONE_S) -> None:
         deadline = time.monotonic() + timeout
@@ -398,15 +363,3 @@ class Round:
 
     def _unresponsive(self) -> list[str]:
         return unresponsive(self.client, self.workers, SILENT_FACTOR * self.hang_timeout)
-
-
-def unresponsive(client: Client, workers: list[str], timeout: float) -> list[str]:
-    """``workers`` whose heartbeats stopped ``timeout`` seconds before the freshest
-    worker's (a stopped process, a frozen machine). Heartbeats are compared with each
-    other, so the notebook's and the scheduler's clocks never meet."""
-    info = client.scheduler_info(n_workers=-1).get("workers") or {}
-    seen = {a: float(w.get("last_seen") or 0.0) for a, w in info.items()}
-    if not seen:
-        return []
-    newest = max(seen.values())
-    return [a for a in workers if a in seen and newest - seen[a] > timeout]

@@ -6,6 +6,7 @@ end a worker process, gets a cluster of its own.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -28,6 +29,7 @@ from training_models import (
 import scalekit as sk
 from scalekit.errors import TrainingError, UsageError
 from scalekit.events import EpochEnded, RankStatus, RunFinished, RunStarted
+from scalekit.training.strategies import Prepared, RankSetup, Strategy, base
 
 pytestmark = pytest.mark.timeout(180)  # hang guards, generous for a loaded machine
 
@@ -222,6 +224,52 @@ def test_progress_events_on_the_session_bus(session):
     assert (finished[0].status, finished[0].epochs) == ("finished", 3)
     # the run keeps its own record of the same events
     assert [e for e in run.events if hasattr(e, "run_id")] == mine
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochAverage(Strategy):
+    """A fifth strategy, written in a test (the workers import it from this module):
+    each rank steps alone on its piece of every global batch, and the ranks average
+    their parameters at each epoch end, recording how far apart they were afterwards."""
+
+    name = "epoch_average"
+
+    def prepare(self, net, setup: RankSetup) -> Prepared:
+        base.average_parameters(net.module_)  # start from identical weights
+        return Prepared(self, net.module_, net.module_, net.module_, net=net)
+
+    def loss_weight(self, piece, batch, world_size):
+        return 1.0
+
+    def end_epoch(self, prepared):
+        import torch.distributed as dist
+
+        base.sync_if_drifted(prepared)
+        flat = torch.cat([p.detach().reshape(-1) for p in prepared.model.parameters()])
+        high, low = flat.clone(), flat.clone()
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        prepared.net.history.record("averaged_at", prepared.synced_at)
+        prepared.net.history.record("spread", float((high - low).max()))
+
+
+def test_a_strategy_registered_in_a_test_trains_on_two_workers(session):
+    """One class and one registry line: sk.fit knows it by name, both ranks run its
+    hooks (their parameters agree after every epoch's average), and the fitted net is
+    an ordinary one."""
+    sk.strategies.register(EpochAverage)
+    try:
+        net = make_net(max_epochs=4)
+        run = sk.fit(net, X_TRAIN, Y_TRAIN, cluster=session, show=False,
+                     strategy="epoch_average")
+    finally:
+        sk.strategies.unregister("epoch_average")
+    assert run.status == "finished"
+    assert (run.report.strategy, run.report.world_size) == ("epoch_average", 2)
+    assert net.history[:, "spread"] == [0.0] * 4
+    steps = net.history[0, "averaged_at"]  # both ranks take every step of an epoch
+    assert steps > 0 and net.history[:, "averaged_at"] == [steps * e for e in (1, 2, 3, 4)]
+    assert net.score(X_TEST, Y_TEST) > 0.9
 
 
 def wait_for_responsive_workers(session, n, timeout):

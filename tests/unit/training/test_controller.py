@@ -17,18 +17,31 @@ from scalekit.config import TrainConfig
 from scalekit.errors import TrainingError, UsageError
 from scalekit.events import (
     BatchProgress,
+    CheckpointSaved,
     EpochEnded,
     EventBus,
     Notice,
     RankStatus,
     Recovered,
+    RunFinished,
+    RunStarted,
+    TrainingReport,
 )
 from scalekit.training import state as training_state
-from scalekit.training.controller import TrainingController, _is_peer_failure
+from scalekit.training.controller import TrainingController
+from scalekit.training.messages import (
+    BatchDone,
+    CheckpointDone,
+    EpochDone,
+    Position,
+    RankPhase,
+    RankUpdate,
+)
 from scalekit.training.policy import Failure
 from scalekit.training.preflight import check_net, preflight
 from scalekit.training.rank import RankResult, RankSpec, RendezvousError
-from scalekit.training.rounds import Beacons, Round, RoundOutcome
+from scalekit.training.rounds import Beacons, OutcomeKind, Round, RoundOutcome, is_peer_failure
+from scalekit.training.run_state import RunState, TransitionError
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(40, 6)).astype(np.float32)
@@ -177,10 +190,10 @@ def test_preflight_rejects_empty_data():
     ],
 )
 def test_is_peer_failure(exc, peer):
-    assert _is_peer_failure(exc) is peer
+    assert is_peer_failure(exc) is peer
 
 
-# -- applying rank 0's result ----------------------------------------------------------
+# -- the fitted net: rank 0's final state, loaded where fit() loads it ---------------
 
 
 def controller(net, client=None, **config):
@@ -204,11 +217,26 @@ def result_of(other, **state_overrides):
                       state=state)
 
 
-def test_apply_loads_state_and_history_into_the_users_net():
+def finish(net, result, client=None):
+    """The end of a fit whose last round returned ``result``: what the user's net gets,
+    and the events that say so."""
+    ctl = controller(net, client)
+    ctl._enter(RunState.RUNNING)
+    ctl.results, ctl._newest = [result], result.state
+    events = []
+    ctl.bus.subscribe(events.append, replay=False)
+    assert ctl._finish() is net
+    assert ctl.state is RunState.FINISHED
+    assert [type(e) for e in events] == [TrainingReport, RunFinished]
+    assert (events[1].status, events[1].epochs) == ("finished", len(net.history))
+    return ctl
+
+
+def test_the_final_state_and_history_are_loaded_into_the_users_net():
     other = trained_elsewhere()
     torch.manual_seed(2)
     net = classifier(optimizer=torch.optim.SGD, optimizer__momentum=0.9).initialize()
-    controller(net)._apply(result_of(other))
+    finish(net, result_of(other))
 
     for k, v in other.module_.state_dict().items():
         assert torch.equal(net.module_.state_dict()[k], v)
@@ -232,28 +260,20 @@ def test_apply_loads_state_and_history_into_the_users_net():
     assert net.history[-1, "epoch"] == 3
 
 
-def test_apply_without_optimizer_state_keeps_the_optimizer():
+def test_a_final_state_without_optimizer_state_keeps_the_optimizer():
     other = trained_elsewhere(epochs=1)
     net = classifier().initialize()
     optimizer = net.optimizer_
-    controller(net)._apply(result_of(other, optimizer=None, history=[]))
+    finish(net, result_of(other, optimizer=None, history=[]))
     assert net.optimizer_ is optimizer
     np.testing.assert_array_equal(net.predict(X), other.predict(X))
 
 
-def test_apply_of_a_result_without_state_changes_nothing():
-    net = classifier().initialize()
-    before = copy.deepcopy(net.module_.state_dict())
-    controller(net)._apply(RankResult(rank=1, worker="w", epochs_done=2))
-    for k, v in net.module_.state_dict().items():
-        assert torch.equal(v, before[k])
-
-
-def test_apply_keeps_only_complete_epochs_of_a_mid_epoch_state():
+def test_only_complete_epochs_of_a_mid_epoch_state_are_kept():
     other = trained_elsewhere(epochs=2)
     net = classifier().initialize()
     # stopped 3 steps into epoch 2: the history's second row is unfinished
-    controller(net)._apply(result_of(other, epoch=1, step=3))
+    finish(net, result_of(other, epoch=1, step=3))
     assert len(net.history) == 1
 
 
@@ -271,12 +291,25 @@ def raised(exc):
 WORKERS = ["tcp://127.0.0.1:1000", "tcp://127.0.0.1:2000"]
 
 
+def failed_round(failure, error=None):
+    return RoundOutcome(OutcomeKind.FAILED, failure=failure, error=error,
+                        failed_at=time.monotonic())
+
+
+def running(ctl):
+    events = []
+    ctl.bus.subscribe(events.append, replay=False)
+    ctl._enter(RunState.RUNNING)
+    ctl.generation = 1  # round 0 ran
+    return events
+
+
 def test_a_failure_in_user_code_raises_training_error_with_the_remote_traceback():
     user = raised(RuntimeError("injected failure in forward"))
-    outcome = RoundOutcome("failed", failure=Failure("user", rank=1, worker=WORKERS[1]),
-                           error=user)
+    ctl = controller(None, FakeClient(WORKERS))
+    events = running(ctl)
     with pytest.raises(TrainingError) as info:
-        controller(None)._raise(outcome.failure, outcome, "retrying would repeat it")
+        ctl._after_failure(failed_round(Failure("user", rank=1, worker=WORKERS[1]), user))
     err = info.value
     assert (err.rank, err.worker) == (1, WORKERS[1])
     assert f"rank 1 on worker {WORKERS[1]} failed" in str(err)
@@ -285,12 +318,18 @@ def test_a_failure_in_user_code_raises_training_error_with_the_remote_traceback(
     assert err.remote_traceback in str(err)
     assert err.__cause__ is user
     assert isinstance(err, RuntimeError)  # code catching RuntimeError keeps working
+    # the failed rank was reported before anything else (no recovery was attempted)
+    assert [(type(e), e.state, e.rank, e.generation) for e in events] == [
+        (RankStatus, "failed", 1, 0)]
 
 
-def test_a_lost_rank_is_reported_with_the_reason():
-    outcome = RoundOutcome("failed", failure=Failure("lost", rank=0, worker=WORKERS[0]))
-    with pytest.raises(TrainingError, match=r"rank 0 on worker .*:1000 lost: too many"):
-        controller(None)._raise(outcome.failure, outcome, "too many")
+def test_a_lost_rank_beyond_the_budget_is_reported_with_the_reason():
+    ctl = controller(None, FakeClient(WORKERS), max_failures=0)
+    running(ctl)
+    with pytest.raises(TrainingError, match=r"rank 0 on worker .*:1000 lost: 1 failures in a "
+                                            r"row without progress .* max_failures=0"):
+        ctl._after_failure(failed_round(Failure("lost", rank=0, worker=WORKERS[0])))
+    assert ctl.state is RunState.RECOVERING  # fit() then moves it to FAILED
 
 
 # -- a round that fails: the root cause is named, blocked peers are ended ------------
@@ -395,13 +434,13 @@ def test_no_workers_fails_with_advice_after_the_wait():
     notices = []
     ctl.bus.subscribe(lambda e: notices.append(e) if isinstance(e, Notice) else None)
     with pytest.raises(TrainingError, match=r"no workers .*session.scale\(2\)"):
-        ctl._wait_for_workers()
+        ctl.workers.wait()
     assert notices and notices[0].level == "warning"
 
 
 def test_workers_are_ranked_in_sorted_address_order():
     client = FakeClient(list(reversed(WORKERS)))
-    assert controller(None, client)._wait_for_workers() == WORKERS
+    assert controller(None, client).workers.wait() == WORKERS
 
 
 # -- rank messages become events -----------------------------------------------------
@@ -411,41 +450,67 @@ def test_messages_from_ranks_become_events():
     ctl = controller(None)
     events = []
     ctl.bus.subscribe(events.append, replay=False)
-    ctl._on_message((0.0, {"kind": "batch", "epoch": 1, "batch": 3, "n_batches": 9,
-                           "samples_per_s": 1234.5, "generation": 0}))
-    ctl._on_message((0.0, {"kind": "epoch", "epoch": 1, "row": {"train_loss": 0.5},
-                           "world_size": 2, "generation": 0}))
-    ctl._on_message((0.0, {"kind": "rank", "rank": 1, "worker": WORKERS[1],
-                           "state": "training", "world_size": 2, "generation": 0}))
-    ctl._on_message((0.0, {"kind": "something-new"}))  # ignored
-    assert [type(e) for e in events] == [BatchProgress, EpochEnded, RankStatus]
-    batch, epoch, rank = events
+    for message in (
+        BatchDone(generation=0, epoch=1, batch=3, n_batches=9, samples_per_s=1234.5),
+        EpochDone(generation=0, epoch=1, row={"train_loss": 0.5}, world_size=2),
+        RankUpdate(generation=0, rank=1, worker=WORKERS[1], state=RankPhase.TRAINING,
+                   world_size=2),
+        CheckpointDone(generation=0, epoch=1, step=0, url="file:///c/ckpt-000001-00000000.pt",
+                       seconds=0.01, nbytes=1234),
+    ):
+        ctl.inbox((0.0, message.to_dict()))  # as Dask delivers them: (time, dict)
+    ctl.inbox((0.0, {"kind": "something-new"}))  # a newer rank's kind: ignored
+    ctl.inbox((0.0, {"kind": "batch", "epoch": 1}))  # malformed: logged and ignored
+    assert [type(e) for e in events] == [BatchProgress, EpochEnded, RankStatus,
+                                         CheckpointSaved]
+    batch, epoch, rank, saved = events
     assert (batch.run_id, batch.batch, batch.n_batches) == ("test", 3, 9)
     assert (epoch.epoch, epoch.row, epoch.world_size) == (1, {"train_loss": 0.5}, 2)
     assert (rank.rank, rank.worker, rank.state) == (1, WORKERS[1], "training")
+    assert type(rank.state) is str  # the public events keep plain values
+    assert (saved.epoch, saved.nbytes) == (1, 1234)
+    assert ctl.state is RunState.STARTING  # messages alone never move the fit
 
 
-def recovered_after(messages, failure_noticed_before):
-    """Feed rank messages around a failure of round 0 (restored from the end of epoch
-    index 2, 9 steps an epoch); returns the Recovered event of round 1's start."""
-    ctl = controller(None)
-    ctl._state = {"epoch": 2, "step": 0}
-    events = []
-    ctl.bus.subscribe(events.append, replay=False)
+def recovered_after(messages, failure_noticed_before, failed_round=0):
+    """Rank messages around a failure of round ``failed_round`` (restored from the end
+    of epoch index 2, 9 steps an epoch), fed through the controller's real paths: the
+    inbox, the failure handling, then the next round's rank 0 starting to train.
+    Returns the Recovered event."""
+    ctl = controller(None, FakeClient(WORKERS[:1]))
+    events = running(ctl)
+    ctl.generation = failed_round + 1
+    ctl._newest = {"epoch": 2, "step": 0}
     for msg in messages[:failure_noticed_before]:
-        ctl._on_message((0.0, msg))
-    ctl._recovery = (time.monotonic(), ctl._progress, "rank 1 lost")
+        ctl.inbox((0.0, msg))
+    ctl._after_failure(failed_round_outcome())
+    assert ctl.state is RunState.RECOVERING
     for msg in messages[failure_noticed_before:]:
-        ctl._on_message((0.0, msg))
-    ctl._on_message((0.0, {"kind": "rank", "rank": 0, "worker": WORKERS[0], "world_size": 1,
-                           "state": "training", "generation": 1}))
-    return [e for e in events if isinstance(e, Recovered)][-1]
+        ctl.inbox((0.0, msg))
+    ctl.inbox((0.0, RankUpdate(generation=failed_round + 1, rank=0, worker=WORKERS[0],
+                               state=RankPhase.TRAINING, world_size=1).to_dict()))
+    assert ctl.state is RunState.RUNNING
+    # the controller reports the lost rank (the survivor reports itself)
+    failed = [(e.rank, e.generation) for e in events
+              if isinstance(e, RankStatus) and e.state == "failed"]
+    assert (1, failed_round) in failed
+    notices = [e.message for e in events if isinstance(e, Notice)]
+    assert notices == ["recovering: rank 1 lost on tcp://127.0.0.1:2000; restoring on 1 "
+                       "worker(s)"]
+    recovered = [e for e in events if isinstance(e, Recovered)]
+    assert len(recovered) == 1 and recovered[0].world_size == 1
+    return recovered[0]
 
 
-EPOCH_1_DONE = {"kind": "batch", "epoch": 1, "batch": 9, "n_batches": 9,
-                "samples_per_s": 1.0, "generation": 0}
-SURVIVOR_FAILED = {"kind": "rank", "rank": 0, "worker": WORKERS[0], "world_size": 2,
-                   "state": "failed", "generation": 0, "epoch": 2, "batch": 5, "n_batches": 9}
+def failed_round_outcome():
+    return RoundOutcome(OutcomeKind.FAILED, failure=Failure("lost", rank=1, worker=WORKERS[1]),
+                        failed_at=time.monotonic())
+
+
+EPOCH_1_DONE = BatchDone(generation=0, epoch=1, batch=9, n_batches=9,
+                         samples_per_s=1.0).to_dict()
+SURVIVOR_FAILED = RankUpdate(generation=0, rank=0, worker=WORKERS[0], world_size=2,
+                             state=RankPhase.FAILED, reached=Position(2, 5, 9)).to_dict()
 
 
 @pytest.mark.parametrize("noticed", [2, 1], ids=["before", "after"])
@@ -455,13 +520,110 @@ def test_lost_steps_count_from_where_the_failed_ranks_got(noticed):
     # survivor may land before or after the controller notices the failure
     recovered = recovered_after([EPOCH_1_DONE, SURVIVOR_FAILED], noticed)
     assert (recovered.epoch, recovered.step, recovered.lost_steps) == (2, 0, 5)
+    assert recovered.reason == "rank 1 lost on tcp://127.0.0.1:2000; restoring on 1 worker(s)"
+    assert 0.0 <= recovered.downtime_s < 5.0
 
 
 def test_a_late_failure_report_of_an_older_round_is_ignored():
     newer = dict(EPOCH_1_DONE, epoch=2, batch=1, generation=3)
     stale = dict(SURVIVOR_FAILED, generation=2)
-    recovered = recovered_after([newer, stale], failure_noticed_before=2)
+    recovered = recovered_after([newer, stale], failure_noticed_before=2, failed_round=3)
     assert recovered.lost_steps == 1
+
+
+def test_late_news_of_the_failed_round_does_not_end_the_recovery():
+    """Only the next round training ends a recovery: progress that the failed round
+    sent before it broke, arriving late, leaves the fit recovering."""
+    ctl = controller(None, FakeClient(WORKERS[:1]))
+    events = running(ctl)
+    ctl._after_failure(failed_round_outcome())
+    ctl.inbox((0.0, dict(EPOCH_1_DONE, generation=0)))
+    ctl.inbox((0.0, RankUpdate(generation=0, rank=0, worker=WORKERS[0],
+                               state=RankPhase.TRAINING, world_size=2).to_dict()))
+    assert ctl.state is RunState.RECOVERING
+    assert not [e for e in events if isinstance(e, Recovered)]
+    ctl.inbox((0.0, dict(EPOCH_1_DONE, generation=1)))  # round 1's progress
+    assert ctl.state is RunState.RUNNING
+    assert len([e for e in events if isinstance(e, Recovered)]) == 1
+
+
+def test_a_second_failure_before_the_next_round_trained_restarts_the_recovery():
+    ctl = controller(None, FakeClient(WORKERS[:1]))
+    events = running(ctl)
+    ctl._after_failure(failed_round_outcome())
+    first = ctl._recovery
+    ctl.generation = 2  # round 1 failed too, before it trained
+    ctl._after_failure(failed_round_outcome())
+    assert ctl.state is RunState.RECOVERING and ctl._recovery.failed_at > first.failed_at
+    assert ctl._recovery.generation == 2
+    assert [e.generation for e in events if isinstance(e, RankStatus)] == [0, 1]
+    assert ctl._budget.failures == 2  # no progress in between: both count
+    ctl.inbox((0.0, RankUpdate(generation=2, rank=0, worker=WORKERS[0],
+                               state=RankPhase.TRAINING, world_size=1).to_dict()))
+    assert [type(e) for e in events if isinstance(e, Recovered)] == [Recovered]
+
+
+# -- the fit's states -------------------------------------------------------------------
+
+
+def test_a_fit_starts_in_starting_and_refuses_moves_it_cannot_make():
+    ctl = controller(None)
+    assert ctl.state is RunState.STARTING
+    with pytest.raises(TransitionError, match="from starting to resizing"):
+        ctl._enter(RunState.RESIZING)
+    ctl._enter(RunState.RUNNING)
+    ctl._enter(RunState.FINISHED)
+    with pytest.raises(TransitionError, match="from finished to failed"):
+        ctl._enter(RunState.FAILED)
+
+
+def test_a_fit_that_never_started_publishes_no_run_finished():
+    ctl = controller(None)
+    events = []
+    ctl.bus.subscribe(events.append, replay=False)
+    ctl._enter(RunState.FAILED, RunFinished(run_id="test", status="failed", epochs=0))
+    assert ctl.state is RunState.FAILED and events == []
+
+
+def test_a_fit_that_fails_before_it_starts_publishes_nothing():
+    """fit() on something that is not a skorch net: refused in STARTING, no events."""
+    ctl = TrainingController(FakeClient(WORKERS), MLP(), X, Y, bus=EventBus(), run_id="t")
+    events = []
+    ctl.bus.subscribe(events.append, replay=False)
+    with pytest.raises(UsageError, match="expected a skorch net"):
+        ctl.fit()
+    assert ctl.state is RunState.FAILED and events == []
+
+
+def test_a_subscriber_that_waits_for_the_inbox_does_not_deadlock_the_fit():
+    """Events are published outside the controller's lock: a subscriber that waits for
+    Dask's event loop (where the inbox runs, and may need that lock) must not hang."""
+    ctl = controller(None)
+    finished = []
+
+    def waits_for_the_inbox(event):
+        inbox_thread = threading.Thread(target=ctl._on_alive, args=(0, 1))
+        inbox_thread.start()
+        inbox_thread.join(timeout=5.0)
+        finished.append(not inbox_thread.is_alive())
+
+    ctl.bus.subscribe(waits_for_the_inbox, replay=False)
+    ctl._enter(RunState.RUNNING, RunStarted(run_id="test", max_epochs=1, batch_size=8,
+                                            n_samples=40, world_size=1))
+    assert finished == [True]
+
+
+def test_starting_publishes_run_started_with_the_world_it_will_use():
+    ctl = TrainingController(FakeClient(WORKERS), classifier(), X, Y, bus=EventBus(),
+                             run_id="t", checkpoint=False, max_world=1,
+                             config=TrainConfig())
+    events = []
+    ctl.bus.subscribe(events.append, replay=False)
+    ctl.workers.in_process = lambda: False  # the fake client has no scheduler to ask
+    ctl._start()
+    assert ctl.state is RunState.RUNNING
+    assert [type(e) for e in events] == [RunStarted]
+    assert (events[0].world_size, events[0].max_epochs, events[0].n_samples) == (1, 2, 40)
 
 
 def test_the_report_carries_peak_gpu_memory_only_for_gpu_runs():
@@ -494,7 +656,7 @@ def test_fit_arguments_are_validated_before_anything_happens(kwargs, says):
 
 def test_a_path_object_is_a_checkpoint_folder(tmp_path):
     c = TrainingController(None, classifier(), X, Y, bus=EventBus(), checkpoint=tmp_path)
-    assert c.checkpoint == str(tmp_path)
+    assert c.checkpoints.requested == str(tmp_path)
 
 
 # -- GPU placement through the controller ----------------------------------------------
@@ -517,8 +679,8 @@ def gpu_controller(inventory):
 
     c = TrainingController(InventoryClient(inventory), classifier(device="cuda"), X, Y,
                            bus=EventBus())
-    c.device_type, c.backend = "cuda", "cpu:gloo,cuda:nccl"
-    return c
+    c.workers.device_type, c.workers.backend = "cuda", "cpu:gloo,cuda:nccl"
+    return c.workers
 
 
 def one_gpu_host(*names):
@@ -535,10 +697,10 @@ def test_a_worker_that_would_share_the_gpu_sits_out_and_is_announced_once():
     notices = []
     c.bus.subscribe(lambda e: notices.append(e) if isinstance(e, Notice) else None,
                     replay=False)
-    assert c._placeable(["a", "b"]) == ["a"]
-    assert c._placeable(["a", "b"]) == ["a"]
+    assert c.placeable(["a", "b"]) == ["a"]
+    assert c.placeable(["a", "b"]) == ["a"]
     assert len(notices) == 1 and "worker b would share" in notices[0].message
-    assert c._gpu_index == {"a": 0}
+    assert c.gpu_index == {"a": 0} and c.devices_of(["a"]) == (0,)
     assert c.client.asked == [["a", "b"]]  # each worker asked once
 
 
@@ -546,8 +708,8 @@ def test_a_joining_worker_is_judged_beside_the_current_ranks():
     """Alone, b could take the GPU; beside a (which holds it) it cannot: otherwise the
     round would stop for b again and again."""
     c = gpu_controller(one_gpu_host("a", "b"))
-    assert c._joinable(["a"], ["b"]) == []
-    assert c._joinable([], ["b"]) == ["b"]
+    assert c.joinable(["a"], ["b"]) == []
+    assert c.joinable([], ["b"]) == ["b"]
 
 
 def test_placement_is_checked_before_a_cuda_fit_starts():
@@ -556,17 +718,18 @@ def test_placement_is_checked_before_a_cuda_fit_starts():
 
     c = gpu_controller(one_gpu_host("a", "b"))
     with pytest.raises(UsageError, match="worker b would share NVIDIA H200"):
-        c._check_placement(["a", "b"])
-    c._check_placement(["a"])
+        c.check_placement(["a", "b"])
+    c.check_placement(["a"])
     no_nccl = gpu_controller([WorkerDevices(worker="a", host="h",
                                             gpus=one_gpu_host("a")[0].gpus, nccl=False)])
     with pytest.raises(UsageError, match="NCCL is not available on worker"):
-        no_nccl._check_placement(["a"])
+        no_nccl.check_placement(["a"])
     no_nccl.backend = "gloo"  # the documented fallback
-    no_nccl._check_placement(["a"])
+    no_nccl.check_placement(["a"])
 
 
 def test_a_cpu_net_asks_the_workers_nothing():
     c = TrainingController(InventoryClient([]), classifier(), X, Y, bus=EventBus())
-    assert c._placeable(["a", "b"]) == ["a", "b"]
+    assert c.workers.placeable(["a", "b"]) == ["a", "b"]
+    assert c.workers.devices_of(["a", "b"]) is None
     assert c.client.asked == []

@@ -272,3 +272,20 @@ def test_a_long_fit_survives_many_failures_spread_over_its_life():
         count = failures_in_a_row(count, progressed=False)
     assert decide_after_failure(LOST, failures_so_far=count - 1, max_failures=3,
                                 workers_alive=2).action == "give_up"
+
+
+# -- the kinds are enums ---------------------------------------------------------------------
+
+
+def test_failure_kinds_and_actions_are_enums_that_read_as_their_values():
+    from scalekit.training.policy import Action, FailureKind
+
+    assert LOST.kind is FailureKind.LOST  # given as a string, kept as the enum
+    assert Failure(FailureKind.USER) == Failure("user")
+    decision = decide_after_failure(USER, failures_so_far=0, max_failures=3, workers_alive=1)
+    assert decision.action is Action.GIVE_UP and decision.action == "give_up"
+    assert f"{FailureKind.HUNG}" == str(FailureKind.HUNG) == "hung"  # in messages
+    with pytest.raises(ValueError):
+        Failure("exploded")
+    with pytest.raises(ValueError):
+        FailureDecision("retry", "no such action")

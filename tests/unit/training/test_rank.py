@@ -1,6 +1,6 @@
-"""The worker side of a round (scalekit.training.rank): the rendezvous store binds the
-worker's own address, the liveness beacon tells waiting from busy and stops whatever
-fails after it started."""
+"""The worker side of a round (scalekit.training.rank, .publisher): the rendezvous store
+binds the worker's own address, the liveness beacon tells waiting from busy and stops
+whatever fails after it started."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import psutil
 import pytest
 
 from scalekit.training import rank as rank_module
-from scalekit.training.rank import listening_store, waits_for_peers
+from scalekit.training.publisher import Publisher, waits_for_peers
+from scalekit.training.rank import listening_store
 
 
 def listening_ports() -> dict[int, str]:
@@ -90,7 +91,7 @@ def test_beats_carry_the_host_identity_step_and_whether_the_rank_waits():
     worker = Worker()
     spec = rank_module.RankSpec(run_id="r", generation=0, world_size=1, net=None,
                                 max_epochs=1, topic="t", beacon_interval=0.05)
-    publish = rank_module._Publisher(worker, spec, 0)
+    publish = Publisher(worker, spec, 0)
     ctx = RankContext(rank=0, world_size=1)
     ctx.step = 7
     publish.start_beacon(ctx)
@@ -124,7 +125,7 @@ def test_the_beacon_stops_when_the_round_fails_before_training(monkeypatch):
                               criterion=nn.CrossEntropyLoss, max_epochs=1).initialize()
     spec = rank_module.RankSpec(run_id="r", generation=0, world_size=1, net=net,
                                 max_epochs=1, topic="t", beacon_interval=0.05)
-    publish = rank_module._Publisher(Worker(), spec, 0)
+    publish = Publisher(Worker(), spec, 0)
     before = beacon_threads()
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     try:

@@ -1,5 +1,5 @@
-"""Pieces of one round (scalekit.training.rounds) that need no cluster: ending a hung
-worker, and the beacons' record of who waits for whom."""
+"""Pieces of one round (scalekit.training.rounds, .worker_ops) that need no cluster:
+ending a hung worker, and the beacons' record of who waits for whom."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 import time
 
 from scalekit.training.host_reduce import host_identity
-from scalekit.training.rounds import Beacons, kill_local_or_restart
+from scalekit.training.rounds import Beacons
+from scalekit.training.worker_ops import kill_local_or_restart
 
 
 class Client:
@@ -141,7 +142,7 @@ def test_bounded_calls_end_in_time():
 
     import pytest
 
-    from scalekit.training.rounds import bounded
+    from scalekit.training.worker_ops import bounded
 
     assert bounded(lambda: 7, 1.0, "quick") == 7
     with pytest.raises(KeyError):

@@ -1,4 +1,5 @@
-"""The strategy descriptions and their pure helpers (scalekit.training.strategies)."""
+"""The strategies (scalekit.training.strategies): the protocol, the registry, resolving
+names and options, and each strategy's hooks."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from scalekit.training.strategies import (
     Hybrid,
     LocalSGD,
     Prepared,
+    base,
+    fsdp,
     hybrid_mesh_shape,
     resolve,
 )
@@ -57,10 +60,29 @@ def test_names_and_sharding(strategy, name, sharded):
     assert resolve(name) == type(strategy)()
 
 
-def test_hybrid_is_an_fsdp_and_strategies_pickle():
-    assert isinstance(Hybrid(), FSDP)  # prepare() shards it like fsdp, on a 2-D mesh
+def test_hybrid_stands_on_its_own_and_strategies_pickle():
+    # resolve accepts any Strategy, not whatever happens to subclass FSDP
+    assert not isinstance(Hybrid(), FSDP) and isinstance(Hybrid(), st.Strategy)
+    assert resolve(Hybrid(shard_size=4)) == Hybrid(shard_size=4)
     for s in (DDP(), FSDP(wrap=("Linear",)), Hybrid(shard_size=4), LocalSGD(sync_every=3)):
         assert pickle.loads(pickle.dumps(s)) == s  # shipped to every rank
+
+
+def test_the_registry_lists_the_built_in_strategies_in_order():
+    assert st.names() == ("ddp", "local_sgd", "fsdp", "hybrid")
+
+
+@pytest.mark.parametrize(("strategy", "world", "shards", "says"), [
+    (DDP(), 4, 1, "ddp() on 4 rank(s)"),
+    (LocalSGD(sync_every=3), 2, 1, "local_sgd(sync_every=3) on 2 rank(s)"),
+    (FSDP(wrap=("Linear",)), 4, 4, "fsdp(wrap=('Linear',)) on 4 rank(s)"),
+    (Hybrid(shard_size=2), 4, 2, "hybrid(wrap='children', shard_size=2) on a 2 x 2 mesh"),
+    (Hybrid(shard_size=2), 3, 1, "on a 3 x 1 mesh"),
+])
+def test_each_strategy_describes_itself_and_its_shards(strategy, world, shards, says):
+    assert says in strategy.describe(world)
+    assert strategy.describe().startswith(f"{strategy.name}(")
+    assert strategy.state_shards(world) == shards
 
 
 @pytest.mark.parametrize(("given", "options", "says"), [
@@ -158,7 +180,8 @@ def test_local_sgd_leaves_each_ranks_loss_unweighted():
 
 def test_local_sgd_averages_every_sync_every_steps_and_before_validation(monkeypatch):
     calls = []
-    monkeypatch.setattr(st, "average_parameters", lambda module, reducer=None: calls.append(module))
+    monkeypatch.setattr(base, "average_parameters",
+                        lambda module, reducer=None: calls.append(module))
     par = prepared(LocalSGD(sync_every=3))
     for _ in range(7):
         par.after_step()
@@ -169,7 +192,7 @@ def test_local_sgd_averages_every_sync_every_steps_and_before_validation(monkeyp
 
 @pytest.mark.parametrize("strategy", [DDP(), FSDP(), Hybrid()])
 def test_exact_strategies_never_average_parameters(monkeypatch, strategy):
-    monkeypatch.setattr(st, "average_parameters",
+    monkeypatch.setattr(base, "average_parameters",
                         lambda module, reducer=None: pytest.fail("averaged"))
     par = prepared(strategy)
     for _ in range(20):
@@ -223,7 +246,7 @@ class Net(nn.Module):
 def test_shard_units(wrap, expected):
     net = Net()
     names = {id(m): n for n, m in net.named_modules()}
-    assert [names[id(m)] for m in st._shard_units(net, wrap)] == expected
+    assert [names[id(m)] for m in fsdp.shard_units(net, wrap)] == expected
 
 
 def test_children_looks_through_containers():
@@ -235,13 +258,13 @@ def test_children_looks_through_containers():
 
     net = Wrapped()
     names = {id(m): n for n, m in net.named_modules()}
-    units = [names[id(m)] for m in st._shard_units(net, "children")]
+    units = [names[id(m)] for m in fsdp.shard_units(net, "children")]
     assert units == ["seq.0", "seq.2.0", "seq.3"]
 
 
 def test_a_wrap_that_matches_nothing_is_a_clear_error():
     with pytest.raises(ValueError, match=r"FSDP wrap=\('Conv2d',\) matches no submodule of Net"):
-        st._shard_units(Net(), ("Conv2d",))
+        fsdp.shard_units(Net(), ("Conv2d",))
 
 
 # -- bad options are refused when the strategy is made ------------------------------------
@@ -306,8 +329,8 @@ def test_local_sgd_releases_its_shared_memory_when_the_first_average_fails(monke
     def fails(module, reducer=None):
         raise ConnectionError("a peer went away")
 
-    monkeypatch.setattr(st, "_host_reducer", lambda *a, **k: Reducer())
-    monkeypatch.setattr(st, "average_parameters", fails)
+    monkeypatch.setattr(base, "host_reducer", lambda *a, **k: Reducer())
+    monkeypatch.setattr(base, "average_parameters", fails)
     with pytest.raises(ConnectionError):
         st.prepare(LocalSGD(), initialized_net(), world_size=2, device_ids=None,
                    host_reduce=True)
