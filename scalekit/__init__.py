@@ -33,7 +33,8 @@ _LAZY = {
     "UsageError": "scalekit.errors",
 }
 
-__all__ = sorted([*_LAZY, "strategies", "load_ipython_extension", "unload_ipython_extension"])
+__all__ = sorted([*_LAZY, "data", "strategies", "load_ipython_extension",
+                  "unload_ipython_extension"])
 
 if TYPE_CHECKING:
     from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, TrainConfig  # noqa: F401
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
     from scalekit.session import ClusterSession, active_sessions, close_all, cluster  # noqa: F401
 
 
-_MODULES = {"strategies": "scalekit.training.strategies"}
+_MODULES = {"strategies": "scalekit.training.strategies", "data": "scalekit.data"}
 
 
 def __getattr__(name: str) -> Any:

@@ -43,6 +43,7 @@ class TrainingRun:
         self.controller = controller
         self.session = session
         self.net = controller.net
+        self.pipeline: Any = None  # the user's Pipeline, when one was given (see fit)
         self.bus = bus
         self.events: list[Event] = []
         self.error: BaseException | None = None
@@ -87,6 +88,8 @@ class TrainingRun:
             self.session.attach_training(self.controller)
         try:
             self.controller.fit()
+            if self.pipeline is not None:
+                _fitted_steps(self.pipeline, self.controller)
         except BaseException as exc:  # kept for wait(); the notebook thread re-raises it
             self.error = exc
         finally:
@@ -104,13 +107,19 @@ class TrainingRun:
             self._run()
         return self
 
+    @property
+    def estimator(self) -> Any:
+        """What was fitted: the Pipeline when ``sk.fit`` was given one, else the net."""
+        return self.pipeline if self.pipeline is not None else self.net
+
     def wait(self, timeout: float | None = None) -> Any:
-        """Block until the run ends; return the fitted net or raise its error."""
+        """Block until the run ends; return the fitted net (or pipeline) or raise its
+        error."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"run {self.run_id} still running after {timeout:g}s")
         if self.error is not None:
             raise self.error
-        return self.net
+        return self.estimator
 
     result = wait
 
@@ -159,6 +168,7 @@ def fit(
     strategy: Any = "ddp",
     precision: str | None = None,
     data_on_device: bool | str | None = None,
+    sampling: str | None = None,
     **fit_params: Any,
 ) -> TrainingRun:
     """Fit a skorch net across the cluster's workers (synchronous data parallel).
@@ -170,12 +180,20 @@ def fit(
 
     Parameters
     ----------
-    net : skorch.NeuralNet
+    net : skorch.NeuralNet or sklearn.pipeline.Pipeline
         Any skorch net (``NeuralNetClassifier``, ``NeuralNetRegressor``, ...). After
         the call it is an ordinary fitted net: ``net.module_``, ``net.history``,
-        ``predict``, ``score`` and ``save_params`` work in the notebook.
+        ``predict``, ``score`` and ``save_params`` work in the notebook. Or a Pipeline
+        whose last step is such a net: its transformers are fitted where the data is
+        (in the notebook for in-memory data, partition-wise on the cluster for sharded
+        data), the net is trained distributed, and the pipeline comes back fitted
+        (``run.estimator``, ``run.wait()``).
     X, y :
-        Training data as skorch accepts it. It is sent to every worker once.
+        Training data. In-memory data (arrays, tensors, what skorch accepts) is sent to
+        every worker whole, once (the exact path). A sharded source
+        (``sk.data.parquet``, ``sk.data.npy``) or Dask collections are dealt to the
+        ranks as shards and never pass through the notebook (see ``sampling`` and
+        docs/data.md).
     cluster : ClusterSession or distributed.Client, optional
         Where to train; by default the current scalekit cluster
         (:func:`scalekit.session.current_session`: the newest one started, which
@@ -211,6 +229,12 @@ def fit(
         A cuda net's ranks keep the training set on their GPU ("auto": when it takes at
         most a quarter of the GPU's free memory) instead of copying each batch there.
         Default: ``scalekit.training.data-on-device``.
+    sampling : {"exact", "sharded"}, optional
+        ``exact``: every step is the single-process step (world-size independent batch
+        order; every rank can read every sample). ``sharded``: each epoch a seeded
+        deal of shards to ranks, a shuffle window inside each rank, global batch = W x
+        local batch. Default: exact for in-memory data, sharded for sources and Dask
+        collections (``exact`` with Dask collections computes and replicates them).
     **fit_params :
         Passed on to the net's ``fit`` loop on every worker.
 
@@ -219,6 +243,8 @@ def fit(
     TrainingRun
         Shows the training panel; ``run.net`` is the fitted net.
     """
+    from scalekit.data.inputs import resolve_sampling
+    from scalekit.data.pipeline import fit_in_memory, is_pipeline, split_pipeline
     from scalekit.training.controller import TrainingController
 
     session = _session_for(cluster)
@@ -226,13 +252,23 @@ def fit(
     config = TrainConfig.from_config(seed=seed, precision=precision,
                                      data_on_device=data_on_device)
     bus = session.bus if session is not None else EventBus()
+    pipeline, transformers = None, None
+    if is_pipeline(net):
+        pipeline = net
+        transformers, net = split_pipeline(pipeline)
+        sampling, X = resolve_sampling(X, y, sampling)
+        if transformers is not None and sampling == "exact":
+            X = fit_in_memory(transformers, _computed(X), _computed(y))  # in the notebook
+            y = _computed(y)
+            transformers = None
     controller = TrainingController(
         client, net, X, y, bus=bus, config=config, fit_params=fit_params,
         checkpoint=checkpoint, resume=resume, max_world=max_workers,
         scale_to=session.backend.resize if session is not None else None,
-        strategy=strategy,
+        strategy=strategy, sampling=sampling, transformers=transformers,
     )
     run = TrainingRun(controller, bus=bus, session=session)
+    run.pipeline = pipeline
     if show:
         _display(run)
     run.start(background=not wait)
@@ -287,6 +323,21 @@ def train(
     )
     run = fit(net, dataset, None, cluster=cluster, show=show, seed=seed)
     return run.net.module_
+
+
+def _computed(data: Any) -> Any:
+    """In-memory data as it is; a Dask collection (``sampling="exact"``) computed."""
+    from dask import is_dask_collection
+
+    return data.compute() if is_dask_collection(data) else data
+
+
+def _fitted_steps(pipeline: Any, controller: Any) -> None:
+    """Put the transformers fitted on the cluster into the user's pipeline (those fitted
+    in the notebook are its own objects already)."""
+    fitted = getattr(controller.data, "transform", None)
+    if fitted is not None:
+        pipeline.steps[:-1] = list(fitted.steps)
 
 
 def _session_for(cluster: ClusterSession | Client | None) -> ClusterSession | None:

@@ -58,7 +58,7 @@ from scalekit.training.run_state import (
     newer,
     position_of,
 )
-from scalekit.training.worker_data import WorkerData
+from scalekit.training.worker_data import ShardedData, WorkerData, model_bytes
 from scalekit.training.worker_ops import kill_local_or_restart as _kill
 
 if TYPE_CHECKING:
@@ -94,6 +94,12 @@ class TrainingController:
         How to shrink the cluster once a round stopped for a planned scale-down.
     strategy : str or Strategy
         How the model is spread over the ranks (``scalekit.strategies``).
+    sampling : {"exact", "sharded"}, optional
+        How ranks read the data (:mod:`scalekit.data.inputs`); by default exact for
+        in-memory data, sharded for sources and Dask collections.
+    transformers : object, optional
+        A pipeline's steps before the net (sharded data): fitted partition-wise on the
+        cluster before training, then applied by the ranks to each window they read.
 
     Attributes
     ----------
@@ -107,12 +113,14 @@ class TrainingController:
         run_id: str | None = None, checkpoint: str | CheckpointStore | bool | None = None,
         checkpoint_config: CheckpointConfig | None = None, resume: bool = False,
         max_world: int | None = None, scale_to: Callable[[int], None] | None = None,
-        strategy: Any = "ddp",
+        strategy: Any = "ddp", sampling: str | None = None, transformers: Any = None,
     ) -> None:
+        from scalekit.data.inputs import resolve_sampling
         from scalekit.training.strategies import resolve
 
         checkpoint, resume, max_world = checked_fit_arguments(checkpoint, resume, max_world)
         self.strategy = resolve(strategy)
+        self.sampling, X = resolve_sampling(X, y, sampling)
         self.client = client
         self.net = net
         self.X = X
@@ -130,7 +138,11 @@ class TrainingController:
         self.checkpoints = FitCheckpoints(checkpoint, resume=resume, config=self.ckpt_config,
                                           run_id=self.run_id)
         self.workers = WorkerPool(client, self.bus, self.config)
-        self.data = WorkerData(client, X, y, timeout=self.config.rendezvous_timeout)
+        self.data: WorkerData | ShardedData = (
+            ShardedData(client, X, timeout=self.config.rendezvous_timeout,
+                        transformers=transformers)
+            if self.sampling == "sharded"
+            else WorkerData(client, X, y, timeout=self.config.rendezvous_timeout))
         self.inbox = Inbox(self.run_id, self.bus, Beacons(), on_alive=self._on_alive,
                            on_reached=self._on_reached)
         self.generation = 0
@@ -149,7 +161,11 @@ class TrainingController:
     def fit(self) -> Any:
         """Train; return the user's net, fitted. Raises :class:`TrainingError` on failure."""
         try:
-            self._start()
+            try:
+                self._start()
+            except BaseException:
+                self.data.release()  # partitions a Dask source computed
+                raise
             self.client.subscribe_topic(self.topic, self.inbox)
             try:
                 self._loop()
@@ -241,16 +257,26 @@ class TrainingController:
         with devices.on_cpu(net):
             if not getattr(net, "warm_start", False) or not getattr(net, "initialized_", False):
                 net.initialize()  # as skorch's fit does; before the probe, so seeds match
-            preflight(net, self.X, self.y)
+            if isinstance(self.data, WorkerData):
+                preflight(net, self.X, self.y)
         # skorch's meaning: a fit runs max_epochs (more, under warm_start); a resumed fit
         # continues the saved run up to max_epochs in all
         start_epoch = position_of(self._newest)[0] if self.resume else len(net.history)
         self.max_epochs = net.max_epochs if self.resume else len(net.history) + net.max_epochs
         workers = self.workers.wait()
+        data: dict[str, Any] = {"sampling": self.sampling}
+        if isinstance(self.data, ShardedData):  # checked, computed: before anything trains
+            self.data.prepare(workers[: self.max_world], train_split=net.train_split,
+                              seed=self.config.seed, model_bytes=model_bytes(net), net=net)
+            with devices.on_cpu(net):
+                preflight(net, *self.data.probe())  # after the transformers were fitted
+            source = self.data.source
+            data.update(n_shards=len(source.shards), data_bytes=source.nbytes,
+                        source=source.describe())
         self._enter(RunState.RUNNING, RunStarted(
             run_id=self.run_id, max_epochs=self.max_epochs, batch_size=_batch_size(net),
             n_samples=_n_samples(self.X), world_size=min(len(workers), self.max_world),
-            start_epoch=start_epoch,
+            start_epoch=start_epoch, **data,
         ))
 
     def _finish(self) -> Any:

@@ -13,6 +13,7 @@ from scalekit.training.messages import (
     BatchDone,
     Beat,
     CheckpointDone,
+    DataRead,
     EpochDone,
     Message,
     Position,
@@ -66,6 +67,15 @@ class Publisher:
     def epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.send(EpochDone(generation=self.spec.generation, epoch=epoch, row=row,
                             world_size=self.spec.world_size))
+
+    def data(self, progress: Any) -> None:
+        """This rank's progress through its shards (a ``stream.StreamProgress``)."""
+        self.send(DataRead(generation=self.spec.generation, rank=self.rank,
+                           worker=self.worker.address, epoch=progress.epoch,
+                           shards_done=progress.shards_done,
+                           shards_total=progress.shards_total, rows_done=progress.rows_done,
+                           rows_total=progress.rows_total, bytes_read=progress.bytes_read,
+                           buffered=progress.buffered, read_s=round(progress.read_s, 4)))
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         self.send(CheckpointDone(generation=self.spec.generation, epoch=info.epoch,

@@ -159,6 +159,7 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Pub
     from scalekit.training.callbacks import RoundControl
     from scalekit.training.devices import autocast_dtype
     from scalekit.training.saver import Saver
+    from scalekit.training.shard_feed import fit_inputs
     from scalekit.training.strategies import DDP, RankSetup
 
     net = spec.net
@@ -207,7 +208,10 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Pub
             )
             net.callbacks_.append(("scalekit_round", control))
             publish.rank_state(RankPhase.TRAINING)
-            net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
+            with fit_inputs(net, ctx, X, y, world_size=spec.world_size, rank=rank,
+                            seed=spec.seed, state=state, publish=publish,
+                            progress_interval=spec.progress_interval) as (X, y):
+                net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
         finally:
             publish.stop_beacon()
             net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if n != "scalekit_round"]
