@@ -50,6 +50,8 @@ class DaskSource(ShardedSource):
 
         self.window, self.prefetch, self.dtype = _window(window, prefetch), prefetch, dtype
         self.keys: tuple[Any, ...] = ()
+        self.dataset = ""  # the published name of the computed partitions' futures
+        self._futures: list[Any] | None = None  # those futures, here (a worker's copy)
         self._parts = _partitions(X, y, features, target, dtype)
         self._probe_of = (X, y, features, target)
         self.n_features = _width(X, features, target)
@@ -60,6 +62,7 @@ class DaskSource(ShardedSource):
         state = dict(self.__dict__)
         state["_parts"] = None
         state["_probe_of"] = None
+        state["_futures"] = None
         return state
 
     def materialize(self, client: Client) -> list[Future]:
@@ -68,7 +71,14 @@ class DaskSource(ShardedSource):
         if self._parts is None:
             raise DataError("this Dask source was already sent to the workers; build a new "
                             "one from the collection")
+        import uuid
+
         futures = client.compute(self._parts)
+        # published: a rank gets futures the scheduler keeps it informed about (a bare
+        # Future(key) made on a worker would wait for news that never comes)
+        self.dataset = f"scalekit-shards-{uuid.uuid4().hex[:12]}"
+        client.publish_dataset(futures, name=self.dataset)
+        self._futures = futures
         shapes = client.gather(client.map(_shape, futures, pure=False))
         row_bytes = self.n_features * np.dtype(self.dtype).itemsize
         self.keys = tuple(f.key for f in futures)
@@ -79,12 +89,32 @@ class DaskSource(ShardedSource):
             raise DataError("the Dask collection has no rows")
         return futures
 
+    def release(self, client: Client) -> None:
+        """Forget the computed partitions (the caller releases its futures)."""
+        if self.dataset:
+            try:
+                client.unpublish_dataset(self.dataset)
+            except KeyError:
+                pass
+        self._futures = None
+
+    def forget(self) -> None:
+        self._futures = None  # the scheduler may release the partitions after the fit
+
+    def futures(self) -> list[Any]:
+        """The partitions' futures in this process (fetched once per process)."""
+        if self._futures is None:
+            from distributed import get_client
+
+            self._futures = list(get_client().get_dataset(self.dataset))
+        return self._futures
+
     @property
     def nbytes(self) -> int:
         return super().nbytes if self.shards else self.estimated_nbytes
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
-        from distributed import Future, get_client, get_worker
+        from distributed import get_worker
 
         key = self.shards[index].ref
         try:
@@ -93,7 +123,7 @@ class DaskSource(ShardedSource):
                 return data[key]
         except ValueError:  # not on a worker (a test, the notebook)
             pass
-        return Future(key, client=get_client()).result()
+        return self.futures()[index].result()
 
     def probe(self, n: int = 2) -> tuple[np.ndarray, np.ndarray | None]:
         X, y, features, target = self._probe_of or (None, None, None, None)
@@ -107,11 +137,9 @@ class DaskSource(ShardedSource):
 
     def locality(self, workers: Sequence[str]) -> list[int]:
         """For each shard, the rank (index in ``workers``) whose worker holds it, or -1."""
-        from distributed import Future, get_client
+        from distributed import get_client
 
-        client = get_client()
-        futures = [Future(k, client=client) for k in self.keys]
-        who = client.who_has(futures)
+        who = get_client().who_has(self.futures())
         rank = {w: r for r, w in enumerate(workers)}
         out = []
         for k in self.keys:

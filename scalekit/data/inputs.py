@@ -128,7 +128,10 @@ def infer_classes(source: ShardedSource, client: Any) -> np.ndarray | None:
 
 
 def _unique_labels(source: ShardedSource, index: int) -> np.ndarray | None:
-    labels = source.labels(index)
+    try:
+        labels = source.labels(index)
+    finally:
+        source.forget()
     return None if labels is None else np.unique(labels)
 
 

@@ -73,9 +73,11 @@ def fit_on_cluster(transformers: Any, source: ShardedSource, client: Client,
                                   pure=False)
         else:
             for i in range(len(source.shards)):
+                # on the shard's worker when it has one (the task may move if it left)
+                place = ({"workers": where[i], "allow_other_workers": True} if i in where
+                         else {})
                 state = client.submit(_fit_on_shard, state, source, i, prefix, True,
-                                      pure=False, workers=where.get(i),
-                                      allow_other_workers=True)
+                                      pure=False, **place)
         fitted.append((name, state.result()))
     return _pipeline(fitted)
 
@@ -98,12 +100,10 @@ def _requires_fit(step: Any) -> bool:
 
 def _holders(source: ShardedSource, client: Client) -> dict[int, list[str]]:
     """The worker holding each Dask partition (nothing for files)."""
-    keys = getattr(source, "keys", ())
+    keys = [s.ref for s in source.shards]
     if source.kind != "dask" or not keys:
         return {}
-    from distributed import Future
-
-    who = client.who_has([Future(k, client=client) for k in keys])
+    who = client.who_has()
     return {i: list(who.get(k, ())) for i, k in enumerate(keys) if who.get(k)}
 
 
@@ -111,7 +111,10 @@ def _fit_on_shard(step: Any, source: ShardedSource, index: int, prefix: Any,
                   partial: bool) -> Any:
     """Read shard ``index`` here, transform it by the steps fitted before, and fit
     ``step`` a little further on it (a Dask task)."""
-    X, y = source.read(index)
+    try:
+        X, y = source.read(index)
+    finally:
+        source.forget()
     if prefix is not None:
         X = prefix.transform(X)
     if partial:

@@ -92,6 +92,10 @@ class ShardedSource:
         X, y = self.read(0)
         return X[:n], None if y is None else y[:n]
 
+    def forget(self) -> None:
+        """Drop what this process holds for reading (a worker's handles on Dask
+        partitions), so nothing outlives the task that read."""
+
     def check_readable(self) -> None:
         """Raise :class:`DataError` unless this process can read the source (run on each
         worker before training: credentials must be there too)."""

@@ -33,6 +33,9 @@ class SubsetSource(ShardedSource):
     def check_readable(self) -> None:
         self.base.check_readable()
 
+    def forget(self) -> None:
+        self.base.forget()
+
     def locality(self, workers: Sequence[str]) -> list[int]:
         found = self.base.locality(workers)  # type: ignore[attr-defined]
         return [found[i] for i in self.indices]

@@ -96,10 +96,8 @@ class ShardFeed:
         import torch.distributed as dist
 
         if self._workers is None:
-            from distributed import get_worker
-
             found: list[Any] = [None] * self.world_size
-            dist.all_gather_object(found, get_worker().address)
+            dist.all_gather_object(found, _worker_address())
             self._workers = [str(w) for w in found]
         plan = None
         if self.rank == 0:
@@ -297,6 +295,18 @@ def fit_inputs(net: Any, ctx: Any, X: Any, y: Any, *, world_size: int, rank: int
     finally:
         net.train_split = split
         ctx.shards = None
+        for source in (X.train, X.valid):
+            if source is not None:
+                source.forget()
+
+
+def _worker_address() -> str:
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().address)
+    except ValueError:  # not in a Dask task (a test driving one rank)
+        return ""
 
 
 def data_position(net: Any) -> dict[str, Any] | None:

@@ -125,6 +125,8 @@ class ShardedData:
         return self._futures
 
     def release(self) -> None:
+        if self._partitions:
+            self.source.release(self.client)
         for future in [*self._futures, *self._partitions]:
             try:
                 future.release()
