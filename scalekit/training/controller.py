@@ -278,6 +278,8 @@ class TrainingController:
             n_samples=_n_samples(self.X), world_size=min(len(workers), self.max_world),
             start_epoch=start_epoch, **data,
         ))
+        for text in getattr(self.data, "notices", ()):
+            self.bus.publish(Notice(level="info", message=text))
 
     def _finish(self) -> Any:
         """-> FINISHED: the user's net gets the final state, as skorch's fit leaves it."""

@@ -78,6 +78,7 @@ class ShardedData:
         self.transformers = transformers  # a pipeline's steps before the net, unfitted
         self.transform: Any = None  # ... fitted on the cluster by prepare()
         self.input: Any = None  # the ShardedInput, once prepared
+        self.notices: list[str] = []  # for the panel's status line
         self._partitions: list[Future] = []  # a Dask source's computed partitions
         self._futures: list[Future] = []
 
@@ -113,6 +114,11 @@ class ShardedData:
             self.transform = fit_on_cluster(self.transformers, source, self.client)
         train, valid = (source, None) if fraction is None else split_shards(
             source, fraction, seed)
+        if len(train.shards) < len(workers):  # the documented rule: ranks share shards
+            self.notices.append(
+                f"{len(train.shards)} training shard(s) for {len(workers)} ranks: ranks share "
+                "shards (each reads a whole shard and trains on its part of it); write "
+                "smaller row groups or more files to give each rank its own")
         self.input = ShardedInput(train=train, valid=valid, transform=self.transform)
 
     def futures(self) -> list[Future]:

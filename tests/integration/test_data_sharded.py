@@ -23,6 +23,7 @@ import scalekit as sk
 from scalekit.data import DataError
 from scalekit.events import (
     CheckpointSaved,
+    Notice,
     RankStatus,
     Recovered,
     RunStarted,
@@ -119,6 +120,20 @@ def test_a_parquet_folder_trains_with_sharded_validation(two, digits_parquet):
     assert all(3 <= p.shards_total <= 7 for p in last.values())
     held_out = len(X_TRAIN) - sum(p.rows_total for p in last.values())
     assert 0.1 * len(X_TRAIN) < held_out < 0.25 * len(X_TRAIN)
+
+
+def test_fewer_shards_than_ranks_share_them_and_say_so(two, tmp_path):
+    folder = write_parquet(tmp_path / "one", X_TRAIN, Y_TRAIN, files=1, row_groups=1)
+    source = sk.data.parquet(folder, features=FEATURES, target="label")
+    assert len(source.shards) == 1
+    net = make_net(max_epochs=3)
+    run = sk.fit(net, source, cluster=two, show=False, checkpoint=False)
+    notices = [e.message for e in of(run, Notice)]
+    assert any("1 training shard(s) for 2 ranks: ranks share shards" in m for m in notices)
+    last = {p.rank: p for p in of(run, ShardProgress) if p.epoch == 2}
+    assert sorted(last) == [0, 1] and all(p.shards_total == 1 for p in last.values())
+    assert sum(p.rows_total for p in last.values()) == len(X_TRAIN)  # each its half
+    assert net.score(X_TEST, Y_TEST) > 0.8
 
 
 def test_a_pipeline_is_fitted_partition_wise_and_returned_fitted(two, digits_parquet):
