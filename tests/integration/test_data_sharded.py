@@ -62,6 +62,19 @@ def session(tmp_path_factory):
 
 
 @pytest.fixture
+def own_two(tmp_path):
+    """Two workers of this test's own: a test that kills one leaves its nanny's new
+    worker process behind, which the module's cluster must not inherit."""
+    with dask.config.set({"scalekit.checkpoint.root": str(tmp_path / "ckpt-root")}):
+        s = sk.cluster(workers=2, memory_limit="2GiB")
+        try:
+            s.wait_for_workers(2, timeout=120)
+            yield s
+        finally:
+            s.close()
+
+
+@pytest.fixture
 def two(session):
     session.scale(2)
     session.wait_for_workers(2, timeout=120)
@@ -240,13 +253,14 @@ def x4_parquet(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_killed_worker_mid_epoch_recovers_with_its_shards_dealt_again(two, x4_parquet,
+def test_a_killed_worker_mid_epoch_recovers_with_its_shards_dealt_again(own_two, x4_parquet,
                                                                        tmp_path):
+    two = own_two
     source = sk.data.parquet(x4_parquet, features=FEATURES, target="label")
     hold = tmp_path / "hold"
     net = elastic_net(4, callbacks=[("hold", HoldWhileFileExists(hold, at_batch=BATCHES // 2))])
     hold.write_text("1")  # hold in epoch 2, half-way
-    with dask.config.set({"scalekit.checkpoint.every-seconds": 0.2}):
+    with dask.config.set({"scalekit.checkpoint.every-seconds": 0.01}):
         run = sk.fit(net, source, cluster=two, checkpoint=str(tmp_path / "ckpt"), wait=False,
                      show=False)
         try:
