@@ -332,3 +332,21 @@ class TrainingReport(Event):
     transport: tuple[str, ...] = ()  # how each rank averaged: "shared memory", "gloo", ...
     # torch.cuda.max_memory_allocated per rank; empty for a run without CUDA
     peak_gpu_memory: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogLine(Event):
+    """Lines rank 0 printed while it trained (skorch's ``PrintLog`` rows, ``EarlyStopping``'s
+    message, a callback's ``print``): shown once, in the notebook. ``text`` may hold
+    several lines; ``stream`` is "stdout" or "stderr"; ``epoch`` is the epoch (1-based)
+    they belong to (0 before the first)."""
+
+    run_id: str
+    text: str
+    stream: str = "stdout"
+    epoch: int = 0
+    rank: int = 0
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
