@@ -32,9 +32,16 @@ from scalekit.training.enums import StrEnum
 
 T = TypeVar("T")
 
-# the marks a callback (its class or the instance) may carry
+# the marks a callback may carry: a class declares them as class attributes; an instance
+# gets them with a trailing "_" (some callbacks pass their other attributes on, e.g.
+# LRScheduler's to its scheduler, and skip those)
 RANK_ZERO_ONLY = "rank_zero_only"  # True: rank 0 only; False: every rank
 REDO_EPOCHS = "redo_epochs"  # a rank-0 callback: run again for epochs redone after a recovery
+
+
+def _mark(callback: Any, name: str, default: Any = None) -> Any:
+    found = vars(callback).get(name + "_", None) if hasattr(callback, "__dict__") else None
+    return found if found is not None else getattr(type(callback), name, default)
 
 
 class Where(StrEnum):
@@ -115,20 +122,20 @@ def _built_in_classes() -> list[tuple[type, Where, bool]]:
 def placement(callback: Any) -> Placement:
     """Where ``callback`` (an instance) runs during ``sk.fit``, and why.
 
-    A mark (``rank_zero_only`` / ``redo_epochs``, set by :func:`on_rank_zero` or
-    :func:`on_every_rank`, or declared on the class) wins; then the built-in table
-    (the most specific class in the callback's MRO); else every rank.
+    A mark (set by :func:`on_rank_zero` or :func:`on_every_rank`, or declared on the
+    class as ``rank_zero_only = True`` and ``redo_epochs = ...``) wins; then the built-in
+    table (the most specific class in the callback's MRO); else every rank.
     """
-    marked = getattr(callback, RANK_ZERO_ONLY, None)
+    marked = _mark(callback, RANK_ZERO_ONLY)
     if marked is not None:
         where = Where.RANK_ZERO if marked else Where.EVERY_RANK
-        return Placement(where, bool(getattr(callback, REDO_EPOCHS, False)) and bool(marked),
+        return Placement(where, bool(_mark(callback, REDO_EPOCHS, False)) and bool(marked),
                          "marked")
     table = {cls: (where, redo) for cls, where, redo in _built_in_classes()}
     for cls in type(callback).__mro__:
         if cls in table:
             where, redo = table[cls]
-            redo = bool(getattr(callback, REDO_EPOCHS, redo))
+            redo = bool(_mark(callback, REDO_EPOCHS, redo))
             return Placement(where, redo and where is Where.RANK_ZERO,
                              f"built-in: {cls.__name__}")
     return Placement(Where.EVERY_RANK)
@@ -154,8 +161,8 @@ def on_rank_zero(callback: T, *, redo_epochs: bool = False) -> T:
         setattr(callback, RANK_ZERO_ONLY, True)
         setattr(callback, REDO_EPOCHS, bool(redo_epochs))
         return callback
-    vars(callback)[RANK_ZERO_ONLY] = True  # past skorch's __setattr__ checks, if any
-    vars(callback)[REDO_EPOCHS] = bool(redo_epochs)
+    vars(callback)[RANK_ZERO_ONLY + "_"] = True
+    vars(callback)[REDO_EPOCHS + "_"] = bool(redo_epochs)
     return callback
 
 
@@ -165,7 +172,7 @@ def on_every_rank(callback: T) -> T:
     if isinstance(callback, type):
         setattr(callback, RANK_ZERO_ONLY, False)
         return callback
-    vars(callback)[RANK_ZERO_ONLY] = False
+    vars(callback)[RANK_ZERO_ONLY + "_"] = False
     return callback
 
 
