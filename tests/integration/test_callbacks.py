@@ -299,18 +299,23 @@ def test_trackers_keep_one_value_per_epoch_across_a_resize(own, tmp_path):
     epochs = 5
     hold = tmp_path / "hold"
     mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
-    callbacks = [("hold", HoldWhileFileExists(hold)),
-                 ("tb", TensorBoard(SummaryWriter(str(tmp_path / "tb")))),
-                 ("ml", MlflowLogger(create_artifact=False))]
     hold.write_text("1")  # hold at the end of epoch 2
     with mlflow.start_run() as tracked:
+        # wait=False: the fit initializes the net in a thread of its own, where the
+        # active run (a per-thread value) is unknown: pass it
+        callbacks = [("hold", HoldWhileFileExists(hold)),
+                     ("tb", TensorBoard(SummaryWriter(str(tmp_path / "tb")))),
+                     ("ml", MlflowLogger(run=mlflow.get_run(tracked.info.run_id),
+                                         create_artifact=False))]
         run = sk.fit(make_net(epochs, callbacks, verbose=1), X_TRAIN, Y_TRAIN, cluster=own,
                      show=False, wait=False)
         try:
             wait_until(lambda: Path(f"{hold}.held").exists(), FIT_TIMEOUT, "epoch 2", run)
             own.scale(2)
             own.wait_for_workers(2, timeout=180)
-            for address in set(own.client.nthreads()):
+            training = {e.worker for e in list(run.events)
+                        if type(e).__name__ == "RankStatus"}
+            for address in set(own.client.nthreads()) - training:  # the new one only
                 own.client.submit(warm_worker, workers=[address], allow_other_workers=False,
                                   pure=False).result(timeout=180)
             # release once the round asked its ranks to stop for the new worker
@@ -341,7 +346,8 @@ def reference_history(callbacks, max_epochs):
 
 
 def stateful_callbacks(tmp_path=None):
-    cp = (SaveCountingCheckpoint(tmp_path, dirname=str(tmp_path / "cp"), monitor="fake_best")
+    cp = (SaveCountingCheckpoint(tmp_path / "calls", dirname=str(tmp_path / "cp"),
+                                 monitor="fake_best")
           if tmp_path is not None else Checkpoint(dirname=None, monitor="fake_best",
                                                   f_params=None, f_optimizer=None,
                                                   f_criterion=None, f_history=None))
@@ -360,14 +366,16 @@ def test_callback_state_and_trackers_continue_across_a_killed_worker(own, tmp_pa
     stop = len(expected.history)
     assert stop == 7  # EarlyStopping: 4 epochs without improvement after epoch 3
 
+    (tmp_path / "calls").mkdir()
     hold = tmp_path / "hold-mid"
     hold.write_text("5")  # hold mid-epoch in epochs after the 5th: epoch 6
     mlflow.set_tracking_uri(f"file://{tmp_path}/mlruns")
-    callbacks = [*stateful_callbacks(tmp_path),
-                 ("hold", HoldWhileFileExists(hold, at_batch=BATCHES // 3)),
-                 ("tb", TensorBoard(SummaryWriter(str(tmp_path / "tb")))),
-                 ("ml", MlflowLogger(create_artifact=False))]
     with mlflow.start_run() as tracked:
+        callbacks = [*stateful_callbacks(tmp_path),
+                     ("hold", HoldWhileFileExists(hold, at_batch=BATCHES // 3)),
+                     ("tb", TensorBoard(SummaryWriter(str(tmp_path / "tb")))),
+                     ("ml", MlflowLogger(run=mlflow.get_run(tracked.info.run_id),
+                                         create_artifact=False))]
         run = sk.fit(make_net(max_epochs, callbacks, verbose=1), X_TRAIN, Y_TRAIN,
                      cluster=own, checkpoint=str(tmp_path / "ckpt"), show=False, wait=False)
         try:
@@ -388,7 +396,7 @@ def test_callback_state_and_trackers_continue_across_a_killed_worker(own, tmp_pa
         assert net.history[:, key] == expected.history[:, key], key
     assert net.optimizer_.param_groups[0]["lr"] == expected.optimizer_.param_groups[0]["lr"]
     assert dict(net.callbacks_)["es"].misses_ == 4
-    saves = read_calls(tmp_path, "saves")
+    saves = read_calls(tmp_path / "calls", "saves")
     assert list(saves) == ["0"] and saves["0"] == [("save", 1), ("save", 2), ("save", 3)]
 
     # the epochs trained again after the recovery are not logged twice (as in skorch,
