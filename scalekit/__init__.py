@@ -14,10 +14,12 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "cluster": "scalekit.session",
-    "fit": "scalekit.runs",
+    "fit": "scalekit.fitting",
     "plan": "scalekit.planner",
-    "train": "scalekit.runs",
-    "TrainingRun": "scalekit.runs",
+    "train": "scalekit.fitting",
+    "runs": "scalekit.remote_runs",
+    "attach": "scalekit.remote_runs",
+    "TrainingRun": "scalekit.fitting",
     "TrainConfig": "scalekit.config",
     "TrainingError": "scalekit.errors",
     "ClusterSession": "scalekit.session",
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from scalekit.events import EventBus  # noqa: F401
-    from scalekit.runs import TrainingRun, fit, train  # noqa: F401
+    from scalekit.fitting import TrainingRun, fit, train  # noqa: F401
     from scalekit.session import ClusterSession, active_sessions, close_all, cluster  # noqa: F401
 
 

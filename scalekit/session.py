@@ -344,12 +344,17 @@ _SCRIPT_SESSION: list[ClusterSession] = []  # set while `scalekit run` runs a sc
 
 
 @contextlib.contextmanager
-def serving_scripts(session: ClusterSession) -> Iterator[ClusterSession]:
+def serving_scripts(session: ClusterSession, *, detach: bool = False
+                    ) -> Iterator[ClusterSession]:
     """While this is active, ``sk.cluster()`` returns ``session`` instead of starting a
-    cluster (``scalekit run``: a notebook's code as a batch job, with no edits)."""
+    cluster (``scalekit run``: a notebook's code as a batch job, with no edits); with
+    ``detach``, the script's fits run on the cluster (``scalekit.training.detach``)."""
+    import dask.config
+
     _SCRIPT_SESSION.append(session)
     try:
-        yield session
+        with dask.config.set({"scalekit.training.detach": detach}):
+            yield session
     finally:
         _SCRIPT_SESSION.remove(session)
 
