@@ -48,11 +48,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds to wait for workers at each step (default 60)")
 
     clusters = commands.add_parser(
-        "cluster", help="local clusters in the background: up, down, list",
+        "cluster", help="local clusters in the background: up, scale, status, down, list",
         description="Local clusters that run in the background, outlive this terminal and "
         "any notebook, and bind 127.0.0.1 only. A notebook joins one with "
-        "sk.cluster(connect='local') (or 'local:NAME').")
-    verbs = clusters.add_subparsers(dest="verb", metavar="<up|down|list>")
+        "sk.cluster(connect='local') (or 'local:NAME'). The verbs are the %scalekit "
+        "magic's; adaptive scaling is decided where the fits run, so it is switched on "
+        "from a notebook that joined the cluster (session.adapt, %scalekit adapt).")
+    verbs = clusters.add_subparsers(dest="verb", metavar="<up|scale|status|down|list>")
     up = verbs.add_parser("up", help="start a background cluster",
                           description="Start a local cluster in the background; returns "
                           "once its workers are up (unset options come from dask.config, "
@@ -70,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     down = verbs.add_parser("down", help="end a background cluster and all its processes")
     down.add_argument("--name", default="default", help="its name (default: default)")
     verbs.add_parser("list", help="the background clusters running for this user")
+    # the magic's verbs, on a background cluster
+    scale = verbs.add_parser("scale", help="scale a background cluster to N workers "
+                             "(switches adaptive off)")
+    scale.add_argument("n", type=int, metavar="N", help="number of workers")
+    scale.add_argument("--name", default="default", help="its name (default: default)")
+    status = verbs.add_parser("status", help="a text summary of a background cluster")
+    status.add_argument("--name", default="default", help="its name (default: default)")
 
     run = commands.add_parser(
         "run", help="run a Python script whose sk.cluster()/sk.fit use a cluster started here",
@@ -173,6 +182,8 @@ def _cluster(args: argparse.Namespace) -> int:
                 return 0
             print(f"no background cluster {args.name!r} is running", file=sys.stderr)
             return 1
+        if args.verb in ("scale", "status"):
+            return _steer(args)
         running = background.list_clusters()
         for files in running:
             print(f"{files.name}\t{files.address()}\tpid {files.pid()}")
@@ -232,6 +243,24 @@ def _run(args: argparse.Namespace) -> int:
         sys.argv, sys.path[:] = argv, path
         unsubscribe()
         session.close()  # a joined cluster: only this connection
+
+
+def _steer(args: argparse.Namespace) -> int:
+    """``scale`` and ``status``, as the magic has them, on a background cluster
+    (through a short-lived connection). Adaptive scaling is decided where the fits run,
+    so it is switched on from a notebook (``session.adapt``, ``%scalekit adapt``)."""
+    from scalekit.session import cluster
+
+    target = "local" if args.name == "default" else f"local:{args.name}"
+    session = cluster(connect=target)
+    try:
+        if args.verb == "scale":
+            session.scale(args.n)
+            session.wait_for_workers(args.n, timeout=120)
+        print(repr(session))
+        return 0
+    finally:
+        session.close()
 
 
 def _print_submitted(session: Any, since: float) -> None:
