@@ -14,7 +14,10 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 # 04_kubernetes needs a Kubernetes cluster with the Dask operator, which this test has
 # not: tests/k8s/test_notebook_04.py runs it against the emulated cluster instead
 # (test_stored_without_outputs still checks it here)
-RUNNABLE = [p for p in NOTEBOOKS if p.name != "04_kubernetes.ipynb"]
+# 04 needs a Kubernetes cluster (tests/k8s runs it); 07 restarts its kernel midway
+# (tests/integration/test_notebook_07.py runs it so)
+RUNNABLE = [p for p in NOTEBOOKS
+            if p.name not in ("04_kubernetes.ipynb", "07_runs_that_outlive_the_kernel.ipynb")]
 CELL_TIMEOUT_S = 120  # one cell
 NOTEBOOK_TIMEOUT_S = 300  # the whole notebook, kernel start and shutdown included
 KERNEL = "scalekit-test"
