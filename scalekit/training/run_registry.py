@@ -217,7 +217,8 @@ class RunRegistry(SchedulerPlugin):
         bus.subscribe(on_event, replay=False)
         client = None
         try:
-            client = Client(self.scheduler.address, security=self.scheduler.security,
+            client = Client(self.scheduler.address,
+                            security=_client_security(self.scheduler.security),
                             set_as_default=False)
             options = dict(job["options"])
             controller = TrainingController(
@@ -243,6 +244,20 @@ class RunRegistry(SchedulerPlugin):
                 rec.controller = None
             if client is not None:
                 client.close()
+
+
+def _client_security(security: Any) -> Any:
+    """The scheduler's own TLS identity as a client's (a detached fit's client connects
+    to the scheduler it runs in). Its certificate is the cluster CA's, valid for client
+    authentication too (see backends/kube_security.py); without TLS, as it is."""
+    cert = getattr(security, "tls_scheduler_cert", None)
+    if not cert:
+        return security
+    from distributed.security import Security
+
+    return Security(tls_ca_file=security.tls_ca_file, tls_client_cert=cert,
+                    tls_client_key=security.tls_scheduler_key,
+                    require_encryption=security.require_encryption)
 
 
 class _EventFile:
