@@ -104,6 +104,8 @@ def run_view(state: TrainingState) -> dict[str, Any]:
     gpu = gpu_memory_text(state)
     if gpu:
         details.append(gpu)
+    if state.message:  # why it failed or was cancelled: the first line, as the panel's
+        details.append(state.message.splitlines()[0][:300])
     alerts = [{"level": "error", "message": i.text} for i in state.incidents.open]
     if state.notice is not None and state.notice[0] != "info" and state.running:
         alerts.append({"level": state.notice[0], "message": state.notice[1]})
