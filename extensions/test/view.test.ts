@@ -87,7 +87,7 @@ describe('cluster view', () => {
         'GPU memory 14.00 / 140.00 GiB'
     );
     expect(cluster().view.memory_warning).toMatch(
-      /^the workers' memory limits add up to 35\.31 GiB, 1\.5× this machine's/
+      /^memory limits add up to 35\.31 GiB, 1\.5× this machine's 23\.54 GiB: .* Give each at most 7\.5GiB: /
     );
   });
 

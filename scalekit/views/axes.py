@@ -122,7 +122,6 @@ class Frame:
             if labels:
                 parts.append(f'<text class="scalekit-x-tick" x="{x:.1f}" y="{y}" '
                              f'text-anchor="middle" fill="{LABEL}">{escape(fmt_tick(t))}</text>')
-        if labels and x_label:
-            parts.append(f'<text x="{right}" y="{base - 3}" text-anchor="end" fill="#888">'
-                         f"{escape(x_label)}</text>")
+        if labels and x_label:  # bottom-left, under the y labels: never on the plot
+            parts.append(f'<text x="2" y="{y}" fill="#888">{escape(x_label)}</text>')
         return parts

@@ -16,10 +16,11 @@ psutil. For remote workers it is unknown and nothing is claimed.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
 from scalekit.events import ClusterSnapshot
-from scalekit.views.fmt import gib
+from scalekit.views.fmt import GIB, gib
 
 __all__ = ["MemoryView", "local_machine_memory", "memory_view"]
 
@@ -67,11 +68,14 @@ class MemoryView:
         Bytes the workers use, and the sum of their limits (0: no limits).
     machine : int or None
         The machine's memory, when the workers all run on one known machine.
+    workers : int
+        How many workers have a limit (for the size suggested in :attr:`warning`).
     """
 
     used: int
     limits: int
     machine: int | None
+    workers: int = 0
 
     @property
     def total(self) -> int:
@@ -108,19 +112,28 @@ class MemoryView:
         return f"{used}/{total / 2**30:.1f} GiB" if total else f"{used} GiB"
 
     @property
+    def fitting_limit(self) -> str:
+        """A per-worker limit that fits the machine: its share, rounded down to half a
+        GiB (at least half a GiB), as ``"7.5GiB"``."""
+        share = (self.machine or 0) / max(self.workers, 1) / GIB
+        return f"{max(math.floor(share * 2) / 2, 0.5):g}GiB"
+
+    @property
     def warning(self) -> str | None:
         """Why the limits are a problem and what to do, when they overcommit."""
         ratio = self.overcommit
         if ratio is None:
             return None
-        return (f"the workers' memory limits add up to {gib(self.limits)} GiB, "
-                f"{ratio:.1f}× this machine's {gib(self.machine or 0)} GiB: a busy worker "
-                "can be killed by the system before Dask spills or pauses it; give "
-                "sk.cluster() a memory_limit that fits (e.g. memory_limit='2GiB')")
+        size = self.fitting_limit
+        return (f"memory limits add up to {gib(self.limits)} GiB, {ratio:.1f}× this "
+                f"machine's {gib(self.machine or 0)} GiB: a worker may be killed before "
+                f"Dask spills. Give each at most {size}: sk.cluster(memory_limit="
+                f"'{size}') or %scalekit up --memory-limit {size}")
 
 
 def memory_view(snapshot: ClusterSnapshot, machine: int | None = None) -> MemoryView:
     """The memory of ``snapshot``'s workers against ``machine`` bytes (``None``:
     unknown, figures of the limits only)."""
     return MemoryView(used=snapshot.total_memory, limits=snapshot.total_memory_limit,
-                      machine=machine if machine and machine > 0 else None)
+                      machine=machine if machine and machine > 0 else None,
+                      workers=sum(1 for w in snapshot.workers if w.memory_limit))

@@ -21,7 +21,7 @@ import dataclasses
 
 from scalekit.views.charts import Marker, step_chart_svg
 from scalekit.views.fmt import fmt_clock, fmt_seconds, plural, where
-from scalekit.views.html import CPU_COLOR, DANGER_COLOR, MEMORY_COLOR, escape
+from scalekit.views.html import CPU_COLOR, DANGER_COLOR, MEMORY_COLOR, WARN_COLOR, escape
 from scalekit.views.timeline import TimelineEntry
 from scalekit.views.training_state import TrainingState
 
@@ -243,8 +243,9 @@ def events_html(state: TrainingState) -> str:
                      f"{escape(checkpoint)}</div>")
     recoveries = recoveries_text(state)
     if recoveries:
+        # orange, not red: the fit went on (the failure itself is in the list below)
         parts.append(f'<div class="scalekit-recoveries-line" style="font-size:0.85em;'
-                     f'color:{DANGER_COLOR}">{escape(recoveries)}</div>')
+                     f'color:{WARN_COLOR}">{escape(recoveries)}</div>')
     parts.append(timeline_html(state))
     return (f'<div class="scalekit-training-events" style="margin-top:0.3em">'
             f'{"".join(parts)}</div>')

@@ -261,7 +261,7 @@ def _table(state: TrainingState, max_rows: int) -> str:
         body.append(f'<tr class="scalekit-epoch-row">{"".join(cells)}</tr>')
     return (
         '<table class="scalekit-epoch-table" style="border-collapse:collapse;'
-        'font-size:0.85em;font-family:monospace">'
+        'font-size:0.85em;font-family:monospace;line-height:1.35">'
         f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     )
 

@@ -353,3 +353,4 @@ def test_totals_warn_when_memory_limits_overcommit_the_machine(
     totals = panel.totals_html.value
     assert "memory 2.50 / 3.00 GiB (this machine; limits 4.00 GiB)" in totals
     assert 'class="scalekit-memory-warning"' in totals and "1.3× this machine" in totals
+    assert "at most 0.5GiB" in totals  # 3 GiB for 4 workers, in half GiBs
