@@ -175,15 +175,19 @@ def memory_warning_html(snapshot: ClusterSnapshot, machine: int | None = None) -
             f"⚠ {escape(warning)}</div>")
 
 
-def header_html(snapshot: ClusterSnapshot | None) -> str:
+def header_html(snapshot: ClusterSnapshot | None, *, link: bool = True) -> str:
     """``scalekit cluster · local · running · Dask dashboard ↗`` (the link only while
-    the cluster runs and has one)."""
+    the cluster runs and has one). ``link=False``: the text up to the link, with the
+    separator when a link follows (the live panel draws the link in a widget of its
+    own)."""
     if snapshot is None:
         return "<b>scalekit cluster</b> · waiting for the first snapshot"
     text = (f"<b>scalekit cluster</b> · {escape(snapshot.backend)} · "
             f"{escape(snapshot.status)}")
-    link = dashboard_html(snapshot.dashboard_link) if snapshot.status != "closed" else ""
-    return f"{text} · {link}" if link else text
+    anchor = dashboard_html(snapshot.dashboard_link) if snapshot.status != "closed" else ""
+    if not anchor:
+        return text
+    return f"{text} · {anchor}" if link else f"{text} ·"
 
 
 def dashboard_html(url: str | None) -> str:

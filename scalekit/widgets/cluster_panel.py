@@ -86,10 +86,11 @@ class ClusterPanel(EventView):
         Adaptive scaling on/off.
     adaptive_range : ipywidgets.IntRangeSlider
         Adaptive ``(minimum, maximum)``.
-    header_html, totals_html, workers_html, history_html, status_html
-        The read-only parts (``ipywidgets.HTML``); the header holds the dashboard link,
-        the totals a warning when the memory limits overcommit the machine, the status
-        line the latest notice while it holds (:attr:`ClusterState.status_line`).
+    header_html, dashboard_html, totals_html, workers_html, history_html, status_html
+        The read-only parts (``ipywidgets.HTML``); the header ends with a separator
+        when the dashboard link follows it, the totals hold a warning when the memory
+        limits overcommit the machine, the status line the latest notice while it holds
+        (:attr:`ClusterState.status_line`).
     """
 
     def __init__(
@@ -117,6 +118,7 @@ class ClusterPanel(EventView):
         self.disposed = False
 
         self.header_html = widgets.HTML(cluster_render.header_html(None))
+        self.dashboard_html = widgets.HTML("")
         track = _track_width(self.max_workers)
         self.workers_slider = widgets.IntSlider(
             value=1, min=1, max=self.max_workers, step=1, description="Workers",
@@ -137,7 +139,7 @@ class ClusterPanel(EventView):
         self.history_html = widgets.HTML("")
         self.status_html = widgets.HTML("")
         self.widget = widgets.VBox([
-            self.header_html,
+            widgets.HBox([self.header_html, self.dashboard_html]),
             widgets.HBox([self.workers_slider, self.adaptive_toggle, self.adaptive_range],
                          layout=widgets.Layout(flex_flow="row wrap")),
             self.totals_html,
@@ -185,14 +187,6 @@ class ClusterPanel(EventView):
         """The status line's HTML."""
         return self.status_html.value
 
-    @property
-    def dashboard_link(self) -> str:
-        """The header's link to the Dask dashboard (``""`` without one)."""
-        snapshot = self.snapshot
-        if snapshot is None or snapshot.status == "closed":
-            return ""
-        return cluster_render.dashboard_html(snapshot.dashboard_link)
-
     # -- bus events (any thread) ------------------------------------------------------
     def _on_event(self, event: Event) -> None:
         if self.cluster_closed or self.disposed:
@@ -216,7 +210,7 @@ class ClusterPanel(EventView):
         self._push(self.status_html, "value", notice_html(*line) if line else "")
 
     def _show_snapshot(self, s: ClusterSnapshot) -> None:
-        self._push(self.header_html, "value", cluster_render.header_html(s))
+        self._push(self.header_html, "value", cluster_render.header_html(s, link=False))
         if s.status == "closed":
             self._shut()
             return
@@ -232,6 +226,7 @@ class ClusterPanel(EventView):
         self._push(self.totals_html, "value", totals)
         self._push(self.workers_html, "value", cluster_render.workers_html(s))
         self._push(self.history_html, "value", history)
+        self._push(self.dashboard_html, "value", cluster_render.dashboard_html(s.dashboard_link))
 
     def _show_adaptive(self, enabled: bool, lo: int | None, hi: int | None) -> None:
         self.adaptive = enabled
@@ -263,6 +258,7 @@ class ClusterPanel(EventView):
         self._push(self.totals_html, "value", "")
         self._push(self.workers_html, "value", "")
         self._push(self.history_html, "value", "")  # no stale CPU figure in a legend
+        self._push(self.dashboard_html, "value", "")
         self._push(self.status_html, "value", notice_html("info", "cluster closed"))
         self._stop_listening()
         self.finalize()  # saved notebooks keep this last state as static HTML

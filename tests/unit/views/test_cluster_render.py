@@ -131,6 +131,10 @@ def test_header_separates_status_and_dashboard_link() -> None:
     closed = cluster_render.header_html(ClusterSnapshot(backend="local", status="closed",
                                                         dashboard_link="http://h/status"))
     assert "dashboard" not in closed  # no link to a dashboard that is gone
+    # the live panel's header: the separator, then the link in a widget of its own
+    assert cluster_render.header_html(_snapshot(), link=False).endswith("running ·")
+    assert cluster_render.header_html(_snapshot(dashboard_link=None), link=False).endswith(
+        "running")
 
 
 def test_worker_table_headers_have_room_and_counts_are_singular() -> None:

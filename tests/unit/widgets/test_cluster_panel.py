@@ -232,8 +232,7 @@ def test_worker_bars_totals_dashboard_and_history(bus: EventBus, panel: ClusterP
     assert "10 %" in html and "20 %" in html
     assert "0.25 / 1.00 GiB" in html and "0.50 / 1.00 GiB" in html
     assert "2 workers" in panel.totals_html.value
-    assert 'href="http://127.0.0.1:8787/status"' in panel.header_html.value
-    assert panel.dashboard_link in panel.header_html.value
+    assert 'href="http://127.0.0.1:8787/status"' in panel.dashboard_html.value
     assert "<svg" in panel.history_html.value
     for _ in range(10):
         bus.publish(_snap(2))
@@ -322,12 +321,14 @@ def test_closing_clears_the_history_legend(bus: EventBus, panel: ClusterPanel) -
     assert "■ CPU" in panel.history_html.value
     bus.publish(ClusterSnapshot(backend="local", status="closed"))
     assert panel.history_html.value == "" and panel.totals_html.value == ""
-    assert "Dask dashboard" not in panel.header_html.value
+    assert panel.dashboard_html.value == "" and panel.header_html.value.endswith("closed")
     assert "local · closed" in panel.header_html.value
 
 
 def test_header_reads_status_then_dashboard_link(panel: ClusterPanel) -> None:
-    text = re.sub(r"<[^>]+>", "", panel.header_html.value)
+    header = panel.widget.children[0]  # the header's text, then the link beside it
+    assert header.children == (panel.header_html, panel.dashboard_html)
+    text = " ".join(re.sub(r"<[^>]+>", "", w.value) for w in header.children)
     assert text == "scalekit cluster · local · running · Dask dashboard ↗"
 
 
