@@ -43,10 +43,25 @@ def test_training_tutorial_shows_progress_loss_curve_and_accuracy(open_notebook:
     line = chart.locator("polyline").first
     points = line.get_attribute("points").split()
     assert len(points) == total, f"{len(points)} points on the loss curve for {total} epochs"
-    # one row per epoch in the epoch log
-    expect(panel.locator("table.scalekit-epoch-table tr.scalekit-epoch-row")).to_have_count(
-        total)
+    # more than max and 0 on the loss axis, and the loss chart sits on the world-size
+    # chart's x axis: same left edge and width, one above the other
+    assert chart.locator("text.scalekit-y-tick").count() >= 4
+    world = panel.locator("svg.scalekit-world-chart")
+    a, b = chart.bounding_box(), world.bounding_box()
+    assert a and b and (a["x"], a["width"]) == (b["x"], b["width"]) and a["y"] < b["y"]
+    # the throughput says what it measures; a resize or recovery would read "after epoch"
+    expect(panel.locator(".scalekit-training-stats")).to_contain_text(
+        re.compile(r"samples/s over the whole run \(start-up included\)"))
+    # the epoch log shows the last rows, the toggle all of them
+    rows = panel.locator("table.scalekit-epoch-table tr.scalekit-epoch-row")
+    expect(rows).to_have_count(min(total, 5))
     element_screenshot(nb.page, panel, "training-panel", docs=True)
+    if total > 5:
+        toggle = panel.locator(".scalekit-epoch-toggle")
+        expect(toggle).to_have_text(f"all {total} epochs")
+        toggle.click()
+        expect(rows).to_have_count(total)
+        element_screenshot(nb.page, panel, "training-panel-all-epochs")
 
     # the final accuracies are printed, and good
     table = nb.output(COMPARE).inner_text()

@@ -11,6 +11,13 @@ this kind of machine (see the README's "Browser tests" section):
   menus, as a person would, with waits on conditions (never fixed sleeps).
 - :func:`wait_for_widget` waits for a widget to render and, when it does not, saves a
   screenshot and fails with :class:`WidgetNotRendered` naming the picture.
+
+The JupyterLab extension the browser loads is *this checkout's* build
+(``extensions/labextension``, made by ``npm run build:prod`` or the install) when there
+is one: the server's own ``JUPYTER_PATH`` comes first in JupyterLab's search for
+prebuilt extensions, so a link there wins over the copy installed in the virtual
+environment, which is left untouched. ``SCALEKIT_UI_LABEXTENSION`` names another build;
+``SCALEKIT_UI_LABEXTENSION=installed`` uses the installed one.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
+LABEXTENSION = "scalekit-jupyterlab"
 ARTIFACTS = Path(os.environ.get("SCALEKIT_UI_ARTIFACTS", ROOT / "artifacts" / "ui"))
 DOC_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
@@ -55,6 +63,16 @@ def artifact_path(name: str) -> Path:
     """``artifacts/ui/<name>`` (the folder is created); CI keeps this folder."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
+
+
+def labextension_build() -> Path | None:
+    """The extension build the browser tests load: ``SCALEKIT_UI_LABEXTENSION``, else
+    this checkout's ``extensions/labextension``; ``None``: the installed one."""
+    asked = os.environ.get("SCALEKIT_UI_LABEXTENSION", "")
+    if asked == "installed":
+        return None
+    build = Path(asked) if asked else ROOT / "extensions" / "labextension"
+    return build if (build / "package.json").is_file() else None
 
 
 def free_port() -> int:
@@ -145,6 +163,12 @@ class LabServer:
                         / "notification.jupyterlab-settings")
         notification.parent.mkdir(parents=True)
         notification.write_text(json.dumps({"fetchNews": "false", "doNotDisturbMode": True}))
+        # this checkout's extension build, ahead of the one installed in the venv
+        self.labextension = labextension_build()
+        if self.labextension is not None:
+            link = self.base / "share" / "labextensions" / LABEXTENSION
+            link.parent.mkdir(parents=True)
+            link.symlink_to(self.labextension.resolve(), target_is_directory=True)
         # copies of the tutorials: JupyterLab autosaves outputs into what it opens
         self.root.mkdir()
         for nb in NOTEBOOKS.glob("*.ipynb"):
@@ -192,6 +216,21 @@ class LabServer:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             text = response.read()
         return json.loads(text) if text else None
+
+    def served_labextension(self) -> dict[str, Any]:
+        """The scalekit extension as the running server serves it (its ``load`` path
+        and the folder it comes from), read from the lab page's config."""
+        request = urllib.request.Request(f"{self.url}/lab?token={self.token}")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            page = response.read().decode()
+        found = re.search(r'<script id="jupyter-config-data" type="application/json">'
+                          r"(.*?)</script>", page, re.S)
+        assert found, "no page config in /lab"
+        config = json.loads(found.group(1))
+        for ext in config.get("federated_extensions", []):
+            if ext.get("name") == LABEXTENSION:
+                return ext
+        raise AssertionError(f"{LABEXTENSION} is not among the server's extensions")
 
     def lab_url(self, notebook: str) -> str:
         return f"{self.url}/lab/tree/{notebook}?token={self.token}&reset"
