@@ -139,6 +139,11 @@ class TrainingRun:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
 
+    def _ipython_display_(self) -> None:
+        # through the panel's display handle: when the run ends (the cluster closes)
+        # the output becomes static HTML, which a reopened notebook still shows
+        self.panel._ipython_display_()
+
     def __repr__(self) -> str:
         from scalekit.views.training_render import training_text
 

@@ -250,6 +250,11 @@ class AttachedRun:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
 
+    def _ipython_display_(self) -> None:
+        # through the panel's display handle: when the run ends (the cluster closes)
+        # the output becomes static HTML, which a reopened notebook still shows
+        self.panel._ipython_display_()
+
     def __repr__(self) -> str:
         r = self.record
         return (f"<run {self.run_id} of {r.get('owner')}: {r.get('net')} "

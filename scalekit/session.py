@@ -84,6 +84,11 @@ class ClusterSession:
         self.started_at = time.time()
         self.sampler.start()  # its first sample is immediate
         register(self)
+        # the JupyterLab sidebar and status bar show it, also without %load_ext scalekit
+        # (a no-op outside a kernel)
+        from scalekit.labext import register_current
+
+        register_current()
         return self
 
     def close(self) -> None:
@@ -214,6 +219,11 @@ class ClusterSession:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
+
+    def _ipython_display_(self) -> None:
+        # through the panel's display handle: when the run ends (the cluster closes)
+        # the output becomes static HTML, which a reopened notebook still shows
+        self.panel._ipython_display_()
 
     def __repr__(self) -> str:
         from scalekit.views.cluster_render import cluster_text

@@ -104,7 +104,8 @@ class Inbox:
                                             generation=message.generation))
                 if message.state is RankPhase.TRAINING and message.rank == 0:
                     self.on_alive(message.generation, message.world_size)
-                elif (message.state is RankPhase.FAILED and message.reached is not None
+                elif (message.state in (RankPhase.FAILED, RankPhase.ABORTED)
+                      and message.reached is not None
                       and message.generation >= self.progress_generation):
                     self._reached(message.reached)
 
