@@ -24,6 +24,7 @@ _LAZY = {
     "TrainingError": "scalekit.errors",
     "ClusterSession": "scalekit.session",
     "active_sessions": "scalekit.session",
+    "current_session": "scalekit.session",
     "close_all": "scalekit.session",
     "ClusterConfig": "scalekit.config",
     "AdaptConfig": "scalekit.config",
@@ -35,9 +36,11 @@ _LAZY = {
     "UsageError": "scalekit.errors",
 }
 
-__all__ = sorted([*_LAZY, "strategies", "load_ipython_extension", "unload_ipython_extension"])
+__all__ = sorted([*_LAZY, "callbacks", "strategies", "load_ipython_extension",
+                  "unload_ipython_extension"])
 
 if TYPE_CHECKING:
+    from scalekit import callbacks  # noqa: F401
     from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, TrainConfig  # noqa: F401
     from scalekit.errors import (  # noqa: F401
         ClusterError,
@@ -48,10 +51,16 @@ if TYPE_CHECKING:
     )
     from scalekit.events import EventBus  # noqa: F401
     from scalekit.fitting import TrainingRun, fit, train  # noqa: F401
-    from scalekit.session import ClusterSession, active_sessions, close_all, cluster  # noqa: F401
+    from scalekit.session import (  # noqa: F401
+        ClusterSession,
+        active_sessions,
+        close_all,
+        cluster,
+        current_session,
+    )
 
 
-_MODULES = {"strategies": "scalekit.training.strategies"}
+_MODULES = {"callbacks": "scalekit.callbacks", "strategies": "scalekit.training.strategies"}
 
 
 def __getattr__(name: str) -> Any:

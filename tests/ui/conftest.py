@@ -3,8 +3,8 @@ server per session.
 
 - ``browser``: headless Debian Chromium driven by Playwright (skipped with a reason when
   Chromium is missing, except under CI=true, where that is a failure).
-- ``lab_server``: ``jupyter lab`` on 127.0.0.1 with isolated config dirs; kernels inherit
-  ``SCALEKIT_SCHEDULER_FILE``, where the quickstart writes its scheduler's address.
+- ``lab_server``: ``jupyter lab`` on 127.0.0.1 with isolated config dirs (a test asks a
+  notebook's kernel where its scheduler listens with ``LabServer.kernel_value``).
 - ``open_notebook(server, name)``: a fresh browser context with the notebook open and its
   kernel idle. Afterwards (pass or fail) it saves a screenshot of a failed test, closes
   the page and deletes every session of the server, so kernels and their Dask workers
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -57,15 +56,9 @@ def browser(chromium: str) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("scheduler") / "scheduler-address"
-
-
-@pytest.fixture(scope="session")
-def lab_server(tmp_path_factory: pytest.TempPathFactory, scheduler_file: Path,
-               chromium: str) -> Iterator[LabServer]:
-    server = LabServer(tmp_path_factory.mktemp("lab"), name="main",
-                       env={"SCALEKIT_SCHEDULER_FILE": str(scheduler_file)})
+def lab_server(tmp_path_factory: pytest.TempPathFactory, chromium: str
+               ) -> Iterator[LabServer]:
+    server = LabServer(tmp_path_factory.mktemp("lab"), name="main")
     try:
         yield server.start()
     finally:

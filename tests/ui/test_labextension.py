@@ -32,7 +32,14 @@ from typing import Any
 
 import nbformat
 import pytest
-from ui_harness import ROOT, LabServer, Notebook, artifact_path, wait_until
+from ui_harness import (
+    ROOT,
+    SCHEDULER_ADDRESS,
+    LabServer,
+    Notebook,
+    artifact_path,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -291,8 +298,7 @@ def write_notebook(server: LabServer) -> None:
     cells = [
         "%load_ext scalekit",
         "%scalekit up --workers 2 --no-panel",
-        "import scalekit\n\nsession = scalekit.active_sessions()[-1]\n"
-        "session.scheduler_address",
+        "import scalekit\n\nsession = scalekit.current_session()",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
@@ -347,10 +353,8 @@ def test_status_bar_and_sidebar_show_and_steer_the_kernels_cluster(notebook: Not
     href = sidebar.locator("a.sk-dashboard").get_attribute("href")
     assert href and href.startswith("http") and "/status" in href
 
-    shown = nb.output(2).inner_text()  # the third cell shows the scheduler's address
-    found = re.search(r"tcp://[\w.:-]+", shown)
-    assert found, shown
-    address = found.group(0)
+    address = nb.server.kernel_value(NOTEBOOK, SCHEDULER_ADDRESS)  # asked of the kernel
+    assert address.startswith("tcp://127.0.0.1:"), address
     client = Client(address, timeout=60)
     try:
         # scale from the sidebar; the scheduler gets a third worker

@@ -6,7 +6,10 @@ this kind of machine (see the README's "Browser tests" section):
 - :class:`LabServer` runs ``jupyter lab`` on ``127.0.0.1`` with every Jupyter, JupyterLab,
   IPython and Dask config directory pointed at a temporary folder, on copies of the
   tutorial notebooks (JupyterLab autosaves: the repository's notebooks stay untouched),
-  and shuts it down together with every kernel and the kernels' worker processes.
+  and shuts it down together with every kernel and the kernels' worker processes. Its
+  :meth:`~LabServer.kernel_value` asks a notebook's kernel for a value through the
+  server's kernel API (e.g. where the current scalekit cluster's scheduler listens), so
+  the tutorials carry no code for the tests.
 - :class:`Notebook` opens a notebook in a Playwright page and runs its cells through the
   menus, as a person would, with waits on conditions (never fixed sleeps).
 - :func:`wait_for_widget` waits for a widget to render and, when it does not, saves a
@@ -22,6 +25,7 @@ environment, which is left untouched. ``SCALEKIT_UI_LABEXTENSION`` names another
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -34,6 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -56,6 +61,8 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 900}
 
 WIDGET_MANAGER = "@jupyter-widgets/jupyterlab-manager"
+# where the kernel's current scalekit cluster (the session registry's) has its scheduler
+SCHEDULER_ADDRESS = "__import__('scalekit').current_session().scheduler_address"
 ACTIVE_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 
@@ -231,6 +238,53 @@ class LabServer:
             if ext.get("name") == LABEXTENSION:
                 return ext
         raise AssertionError(f"{LABEXTENSION} is not among the server's extensions")
+
+    def kernel_of(self, notebook: str) -> str:
+        """The id of the kernel of the session that has ``notebook`` open."""
+        for session in self.api("GET", "/api/sessions"):
+            if Path(session.get("path") or "").name == notebook and session.get("kernel"):
+                return str(session["kernel"]["id"])
+        raise AssertionError(f"no kernel session for {notebook}")
+
+    def kernel_value(self, notebook: str, expression: str, timeout: float = 60) -> Any:
+        """Evaluate ``expression`` in the kernel of ``notebook`` and return its value.
+
+        It goes to the kernel through the server's websocket as a silent execute request
+        with a user expression, as another frontend would: the notebook shows nothing,
+        and its history and execution count stay as they are. The value comes back as
+        its ``repr``, read with :func:`ast.literal_eval` (strings, numbers, containers).
+        """
+        import websocket  # websocket-client, which jupyter_server depends on
+
+        url = (f"ws://127.0.0.1:{self.port}/api/kernels/{self.kernel_of(notebook)}/channels"
+               f"?token={self.token}")
+        msg_id = uuid.uuid4().hex
+        request = {
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "tests",
+                       "session": uuid.uuid4().hex, "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": "", "silent": True, "store_history": False,
+                        "user_expressions": {"value": expression}, "allow_stdin": False,
+                        "stop_on_error": False},
+        }
+        ws = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
+        try:
+            ws.send(json.dumps(request))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                reply = json.loads(ws.recv())
+                if (reply.get("channel") == "shell"
+                        and reply.get("parent_header", {}).get("msg_id") == msg_id):
+                    break
+            else:
+                raise AssertionError(f"no reply to {expression!r} within {timeout:g}s")
+        finally:
+            ws.close()
+        value = reply["content"]["user_expressions"]["value"]
+        if value.get("status") != "ok":
+            raise AssertionError(f"{expression!r} failed in the kernel of {notebook}: "
+                                 f"{value.get('ename')}: {value.get('evalue')}")
+        return ast.literal_eval(value["data"]["text/plain"])
 
     def lab_url(self, notebook: str) -> str:
         return f"{self.url}/lab/tree/{notebook}?token={self.token}&reset"
