@@ -10,12 +10,13 @@
 import { Widget } from '@lumino/widgets';
 
 import type { KernelLink } from './connection';
-import type { ICluster, Intent, ISnapshot } from './protocol';
+import type { ICluster, Intent, ISnapshot, IStatusLine } from './protocol';
 import type { ScalekitTracker } from './tracker';
 import {
   IBar,
   IGpuCell,
   clusterSummary,
+  messageLine,
   parseAdapt,
   parseScale,
   runRows,
@@ -38,6 +39,7 @@ function h<K extends keyof HTMLElementTagNameMap>(
   return el;
 }
 
+/** A bar with its label beside it (not on the fill: readable at any fill level). */
 function bar(b: IBar, kind: string): HTMLElement {
   const fill = h('div', {
     class: `sk-bar-fill sk-bar-${kind}${b.warn ? ' sk-mod-warn' : ''}`
@@ -45,8 +47,8 @@ function bar(b: IBar, kind: string): HTMLElement {
   fill.style.width = `${(b.fraction * 100).toFixed(1)}%`;
   return h(
     'div',
-    { class: 'sk-bar', title: b.label },
-    fill,
+    { class: 'sk-bar-wrap', title: b.label },
+    h('div', { class: 'sk-bar' }, fill),
     h('span', { class: 'sk-bar-label' }, b.label)
   );
 }
@@ -92,6 +94,9 @@ export class ScalekitSidebar extends Widget {
     this._empty = h('div', { class: 'sk-empty' });
     this._clusterHead = h('div', { class: 'sk-cluster-head' });
     this._summary = h('div', { class: 'sk-summary' });
+    this._memoryWarning = h('div', {
+      class: 'sk-memory-warning sk-level-warning'
+    });
     this._workers = h('div', { class: 'sk-workers' });
     this._scaleInput = h('input', {
       class: 'sk-scale-input jp-mod-styled',
@@ -165,6 +170,7 @@ export class ScalekitSidebar extends Widget {
       { class: 'sk-cluster' },
       this._clusterHead,
       this._summary,
+      this._memoryWarning,
       this._workers,
       controls,
       this._message
@@ -215,7 +221,7 @@ export class ScalekitSidebar extends Widget {
     if (link !== this._link) {
       this._link = link;
       this._edited = { scale: false, adapt: false };
-      this._setMessage('', 'info');
+      this._local = null;
     }
     const name = this._tracker.currentName;
     this._kernelName.textContent = name
@@ -256,7 +262,7 @@ export class ScalekitSidebar extends Widget {
       return 'Open a notebook to see its kernel’s scalekit cluster.';
     }
     if (snapshot === null) {
-      return 'This kernel has no scalekit cluster. Run `%load_ext scalekit` and `%scalekit up` in a cell.';
+      return 'No scalekit cluster in this kernel yet: start one with `sk.cluster()` or `%scalekit up` (after `%load_ext scalekit`).';
     }
     return 'No cluster is running in this kernel. Start one with `%scalekit up`.';
   }
@@ -279,12 +285,16 @@ export class ScalekitSidebar extends Widget {
             target: '_blank',
             rel: 'noopener'
           },
-          'dashboard ↗'
+          'Dask dashboard ↗'
         )
       );
     }
     this._clusterHead.replaceChildren(...head);
     this._summary.textContent = clusterSummary(c);
+    this._memoryWarning.textContent = c.view.memory_warning
+      ? `⚠ ${c.view.memory_warning}`
+      : '';
+    this._memoryWarning.hidden = !c.view.memory_warning;
 
     // a GPU worker gets a second row (the sidebar is too narrow for more columns)
     const rows: HTMLElement[] = [];
@@ -367,14 +377,13 @@ export class ScalekitSidebar extends Widget {
     for (const b of [this._scaleButton, this._adaptButton, this._closeButton]) {
       b.disabled = readOnly;
     }
-    if (c.notice !== null && c.notice.time > this._messageTime) {
-      this._setMessage(c.notice.message, c.notice.level, c.notice.time);
-    }
+    const line = messageLine(this._local, c);
+    this._message.textContent = line?.message ?? '';
+    this._message.className = `sk-message sk-level-${line?.level ?? 'info'}`;
   }
 
   private _renderRuns(snapshot: ISnapshot | null): void {
-    const now = Date.now() / 1000;
-    const items = runRows(snapshot, now).map(r => {
+    const items = runRows(snapshot).map(r => {
       const progress = h('div', { class: 'sk-bar sk-progress' });
       if (r.progress !== null) {
         const fill = h('div', {
@@ -395,6 +404,9 @@ export class ScalekitSidebar extends Widget {
         ),
         progress,
         h('div', { class: 'sk-run-headline' }, r.headline),
+        ...r.alerts.map(a =>
+          h('div', { class: `sk-run-alert sk-level-${a.level}` }, a.message)
+        ),
         ...r.details.map(d => h('div', { class: 'sk-run-detail' }, d))
       );
     });
@@ -455,8 +467,12 @@ export class ScalekitSidebar extends Widget {
     this.render();
     link
       .request(intent)
+      // done: the kernel's status line says the rest ("scaling to 3 workers" until
+      // the workers are there); refused: say why until the next action
       .then(reply =>
-        this._setMessage(reply.message || 'done', reply.ok ? 'info' : 'error')
+        reply.ok
+          ? (this._local = null)
+          : this._setMessage(reply.message || 'refused', 'error')
       )
       .catch((err: Error) => this._setMessage(err.message, 'error'))
       .finally(() => {
@@ -465,14 +481,11 @@ export class ScalekitSidebar extends Widget {
       });
   }
 
-  private _setMessage(
-    text: string,
-    level: string,
-    time = Date.now() / 1000
-  ): void {
+  /** What this view says itself, until the kernel says something newer. */
+  private _setMessage(text: string, level: string): void {
+    this._local = { message: text, level, time: Date.now() / 1000 };
     this._message.textContent = text;
     this._message.className = `sk-message sk-level-${level}`;
-    this._messageTime = time;
   }
 
   private _tracker: ScalekitTracker;
@@ -480,12 +493,13 @@ export class ScalekitSidebar extends Widget {
   private _edited = { scale: false, adapt: false };
   private _busy = false;
   private _confirming = false;
-  private _messageTime = 0;
+  private _local: IStatusLine | null = null;
   private _kernelName: HTMLElement;
   private _empty: HTMLElement;
   private _cluster: HTMLElement;
   private _clusterHead: HTMLElement;
   private _summary: HTMLElement;
+  private _memoryWarning: HTMLElement;
   private _workers: HTMLElement;
   private _scaleInput: HTMLInputElement;
   private _scaleButton: HTMLButtonElement;

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from scalekit.errors import ScalekitError, UsageError
-from scalekit.events import Event
+from scalekit.events import Event, Notice
 from scalekit.labext.intents import carry_out, check_action, intent_data
 from scalekit.views.cluster_state import ClusterState
 from scalekit.views.snapshot import cluster_dict, run_dict
@@ -30,7 +30,8 @@ from scalekit.views.training_state import TrainingState
 logger = logging.getLogger(__name__)
 
 TARGET = "scalekit"
-PROTOCOL = "scalekit/1"
+# 2: each part carries the strings the sidebar shows ("view"), the extension formats none
+PROTOCOL = "scalekit/2"
 HEARTBEAT = 5.0  # resend the last snapshot this often while there is something to show
 MAX_RUNS = 10  # past runs kept (the running ones always are)
 
@@ -158,7 +159,12 @@ class LabBridge:
     def _on_event(self, tracked: _Tracked, event: Event) -> None:
         """A bus callback (publisher's thread): fold the event in, mark dirty. Quick."""
         with self._lock:
-            if not tracked.cluster.apply(event):
+            if isinstance(event, Notice):
+                tracked.cluster.apply(event)
+                for state in self._runs.values():  # as the training panel folds them
+                    if state.running:
+                        state.apply(event)
+            elif not tracked.cluster.apply(event):
                 if getattr(event, "run_id", None) is None:
                     return  # neither a cluster nor a training event
                 self._fold_run(event)
@@ -192,9 +198,8 @@ class LabBridge:
             if current is not None and current.cluster.live:
                 view, config = current.cluster, getattr(current.session, "config", None)
                 cluster = cluster_dict(
-                    view.snapshot, cluster_id=current.id, adapt=view.adapt,  # type: ignore[arg-type]
-                    scale=view.scale, notice=view.notice,
-                    max_workers=getattr(config, "max_workers", None),
+                    view.snapshot, cluster_id=current.id,  # type: ignore[arg-type]
+                    state=view, max_workers=getattr(config, "max_workers", None),
                 )
             runs = [run_dict(s) for s in sorted(
                 self._runs.values(), key=lambda s: s.started_at or 0.0)]

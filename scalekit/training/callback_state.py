@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from scalekit.errors import UsageError
+
 # class name -> attributes to capture besides the learned scalars
 EXTRA: dict[str, tuple[str, ...]] = {
     "EarlyStopping": ("best_model_weights_",),  # load_best=True: the best weights so far
@@ -36,7 +38,7 @@ PROTOCOL = "state_dict"
 ATTRS = "attrs"
 
 
-class CallbackStateError(TypeError):
+class CallbackStateError(UsageError, TypeError):
     """A callback's ``state_dict()`` returned something a checkpoint cannot hold."""
 
 

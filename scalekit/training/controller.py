@@ -98,7 +98,7 @@ class TrainingController:
         How the model is spread over the ranks (``scalekit.strategies``).
     echo : callable(stream, text), optional
         Shows what rank 0 prints (skorch's ``PrintLog`` rows, ...), called from the
-        thread that runs :meth:`fit` (``scalekit.runs`` prints in the notebook's cell
+        thread that runs :meth:`fit` (``scalekit.fitting`` prints in the notebook's cell
         when the fit runs in the foreground). The lines are ``LogLine`` events either way.
 
     Attributes

@@ -129,7 +129,8 @@ class Inbox:
                 if message.state is RankPhase.TRAINING and message.rank == 0:
                     self.began = True
                     self.on_alive(message.generation, message.world_size)
-                elif (message.state is RankPhase.FAILED and message.reached is not None
+                elif (message.state in (RankPhase.FAILED, RankPhase.ABORTED)
+                      and message.reached is not None
                       and message.generation >= self.progress_generation):
                     self._reached(message.reached)
 

@@ -43,7 +43,8 @@ class RankPhase(StrEnum):
     RENDEZVOUS = "rendezvous"
     TRAINING = "training"
     DONE = "done"
-    FAILED = "failed"
+    FAILED = "failed"  # its own error, or it was lost
+    ABORTED = "aborted"  # it stopped because a peer went away (part of that failure)
 
 
 class Position(NamedTuple):

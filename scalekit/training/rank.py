@@ -24,6 +24,7 @@ import numpy as np
 from scalekit.errors import ScalekitError
 from scalekit.training.dist_net import RankContext, make_distributed, undo_distributed
 from scalekit.training.messages import RankPhase
+from scalekit.training.policy import is_peer_failure
 from scalekit.training.publisher import Publisher
 
 logger = logging.getLogger(__name__)
@@ -145,10 +146,13 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
         )
         try:
             return _train(spec, rank, worker.address, X, y, publish)
-        except BaseException:
+        except BaseException as exc:
             # where this rank got to: the controller counts the steps a failure cost
-            # from it (progress messages are throttled, so they may lag by an epoch)
-            publish.rank_state(RankPhase.FAILED, reached=publish.position)
+            # from it (progress messages are throttled, so they may lag by an epoch); a
+            # rank that stopped only because a peer went away says so, so that the
+            # views show one failure (the peer's) and its recovery, not one per rank
+            phase = RankPhase.ABORTED if is_peer_failure(exc) else RankPhase.FAILED
+            publish.rank_state(phase, reached=publish.position)
             raise
         finally:
             if dist.is_initialized():

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from scalekit.training.enums import StrEnum
-from scalekit.training.policy import Failure, classify, decide_membership, stalled_ranks
+from scalekit.training.policy import (
+    Failure,
+    classify,
+    decide_membership,
+    is_peer_failure,
+    stalled_ranks,
+)
 from scalekit.training.rank import (
     FIRST_IMPORTS,
     RankResult,
@@ -121,25 +127,6 @@ async def _exit_process() -> None:  # runs on a worker's event loop, not its blo
     # a coroutine: distributed's Worker.run refuses wait=False for plain functions
     # ("Combination not supported"), which left stuck ranks running
     os._exit(1)
-
-
-def is_peer_failure(exc: BaseException | None) -> bool:
-    """True when a rank failed only because another rank went away."""
-    if exc is None:
-        return True
-    if type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError",
-                              "RendezvousError"):
-        return True
-    if isinstance(exc, (BrokenPipeError, ConnectionError)):
-        return True
-    # gloo and nccl raise plain RuntimeErrors; recognise them by their own wording, not
-    # by words a user's message could contain ("timeout", "socket", ...)
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(s in text for s in (
-        "gloo/transport", "Connection closed by peer", "Connection reset by peer",
-        "NCCL error", "ProcessGroupNCCL", "ProcessGroupGloo",
-        "Socket Timeout", "Broken pipe",
-    ))
 
 
 class Round:

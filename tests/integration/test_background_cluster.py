@@ -69,6 +69,9 @@ def test_a_background_cluster_outlives_its_sessions_and_down_leaves_nothing(priv
         again = sk.cluster(connect=str(folder / "scheduler.json"))  # by scheduler file
         assert len(again.client.nthreads()) == 1  # still there, as the session left it
         again.close()
+        scaled = cli("cluster", "scale", "2", "--name", "bg")  # the magic's verbs, too
+        assert scaled.returncode == 0, scaled.stderr[-2000:]
+        assert "\n  2 workers\n" in cli("cluster", "status", "--name", "bg").stdout  # scale waited
     finally:
         down = cli("cluster", "down", "--name", "bg")
     assert down.returncode == 0, down.stderr

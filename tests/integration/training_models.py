@@ -348,3 +348,17 @@ def read_calls(folder, label):
             calls = [(hook, int(epoch)) for hook, epoch in (line.split() for line in f)]
         found.setdefault(rank, []).extend(calls)
     return found
+
+
+def detached_net_and_data(max_epochs=6, **kwargs):
+    """A small, deterministic digits fit for the detached-run tests."""
+    import torch
+    from skorch import NeuralNetClassifier
+
+    X_train, _, y_train, _ = digits()
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(WideMLP, criterion=nn.CrossEntropyLoss, lr=0.05,
+                              optimizer=torch.optim.SGD, optimizer__momentum=0.9,
+                              batch_size=64, max_epochs=max_epochs, train_split=None,
+                              verbose=0, **kwargs)
+    return net, X_train, y_train

@@ -1,6 +1,6 @@
 """Rank 0's printed lines and its loggers' state travel as typed messages; the inbox turns
 them into LogLine events, queues the lines for the fit's thread and remembers what later
-rounds need (scalekit.training.messages, .inbox; scalekit.runs prints them)."""
+rounds need (scalekit.training.messages, .inbox; scalekit.fitting prints them)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 import types
 
 from scalekit.events import EventBus, LogLine
-from scalekit.runs import TrainingRun, _print_line
+from scalekit.fitting import TrainingRun, _print_line
 from scalekit.training.inbox import Inbox
 from scalekit.training.messages import EpochDone, LogLines, RankPhase, RankUpdate, decode
 from scalekit.training.rounds import Beacons

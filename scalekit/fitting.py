@@ -19,6 +19,7 @@ from scalekit.session import ClusterSession, current_session
 if TYPE_CHECKING:
     from distributed import Client
 
+    from scalekit.remote_runs import AttachedRun
     from scalekit.widgets.training_panel import TrainingPanel
 
 logger = logging.getLogger(__name__)
@@ -145,6 +146,11 @@ class TrainingRun:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
 
+    def _ipython_display_(self) -> None:
+        # through the panel's display handle: when the run ends (the cluster closes)
+        # the output becomes static HTML, which a reopened notebook still shows
+        self.panel._ipython_display_()
+
     def __repr__(self) -> str:
         from scalekit.views.training_render import training_text
 
@@ -166,8 +172,9 @@ def fit(
     strategy: Any = "ddp",
     precision: str | None = None,
     data_on_device: bool | str | None = None,
+    detach: bool | None = None,
     **fit_params: Any,
-) -> TrainingRun:
+) -> TrainingRun | AttachedRun:
     """Fit a skorch net across the cluster's workers (synchronous data parallel).
 
     The net keeps skorch's meaning of its settings. ``batch_size`` is the **global**
@@ -218,6 +225,13 @@ def fit(
         A cuda net's ranks keep the training set on their GPU ("auto": when it takes at
         most a quarter of the GPU's free memory) instead of copying each batch there.
         Default: ``scalekit.training.data-on-device``.
+    detach : bool
+        Run the fit on the cluster, not in this kernel: it goes on when the notebook
+        closes or the kernel restarts, and any kernel follows it with
+        ``sk.attach(run.run_id)`` (``sk.runs()`` lists the runs). The call returns at
+        once with an :class:`~scalekit.remote_runs.AttachedRun`; ``net = run.wait()``
+        fetches the fitted net. Needs a cluster that outlives the kernel (``scalekit
+        cluster up`` + ``sk.cluster(connect="local")``, or a kept Kubernetes cluster).
     **fit_params :
         Passed on to the net's ``fit`` loop on every worker.
 
@@ -233,7 +247,8 @@ def fit(
     Returns
     -------
     TrainingRun
-        Shows the training panel; ``run.net`` is the fitted net.
+        Shows the training panel; ``run.net`` is the fitted net (with ``detach``: an
+        ``AttachedRun``, whose ``wait()`` returns it).
     """
     from scalekit.training.controller import TrainingController
 
@@ -241,6 +256,15 @@ def fit(
     client = session.client if session is not None else _client_for(cluster)
     config = TrainConfig.from_config(seed=seed, precision=precision,
                                      data_on_device=data_on_device)
+    if detach is None:  # `scalekit run --detach` sets it for a script's fits
+        import dask.config
+
+        detach = bool(dask.config.get("scalekit.training.detach", default=False))
+    if detach:
+        return _detached(client, session, net, X, y, config=config, show=show,
+                         options={"checkpoint": checkpoint, "resume": resume,
+                                  "max_world": max_workers, "strategy": strategy,
+                                  "fit_params": fit_params})
     bus = session.bus if session is not None else EventBus()
     controller = TrainingController(
         client, net, X, y, bus=bus, config=config, fit_params=fit_params,
@@ -248,12 +272,46 @@ def fit(
         scale_to=session.backend.resize if session is not None else None,
         strategy=strategy, echo=_print_line if wait else None,
     )
+    from scalekit.remote_runs import RunRecorder
+    from scalekit.training.run_registry import owner
+
+    RunRecorder(client, controller, bus, owner())  # other kernels and the CLI see it
     run = TrainingRun(controller, bus=bus, session=session)
     if show:
         _display(run)
     run.start(background=not wait)
     if wait and run.error is not None:
         raise run.error
+    return run
+
+
+def _detached(client: Any, session: ClusterSession | None, net: Any, X: Any, y: Any, *,
+              config: TrainConfig, show: bool, options: dict[str, Any]) -> AttachedRun:
+    """Check here, then start the fit on the cluster (see ``detach`` in :func:`fit`)."""
+    import uuid
+
+    from scalekit.config import CheckpointConfig
+    from scalekit.remote_runs import AttachedRun, check_detachable, submit
+    from scalekit.training.preflight import check_net, checked_fit_arguments, preflight
+    from scalekit.training.run_registry import owner
+    from scalekit.training.strategies import resolve
+
+    if session is not None:
+        check_detachable(session)
+    checkpoint, _, _ = checked_fit_arguments(options["checkpoint"], options["resume"],
+                                             options["max_world"])
+    resolve(options["strategy"])
+    check_net(net)
+    probe = net if getattr(net, "initialized_", False) else net.initialize()
+    preflight(probe, X, y)  # fail here, at once, not on the cluster
+    run_id = uuid.uuid4().hex[:8]
+    url = checkpoint if isinstance(checkpoint, str) else None
+    submit(client, net, X, y, run_id=run_id, owner=owner(), config=config,
+           checkpoint_config=CheckpointConfig.from_config(), options=options,
+           checkpoint_url=url)
+    run = AttachedRun(client, run_id, owner=owner())
+    if show:
+        _display(run)
     return run
 
 
