@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from scalekit.errors import TrainingError, UsageError
@@ -33,13 +34,24 @@ ENDED = ("finished", "failed", "cancelled")
 # -- the registry on the cluster ---------------------------------------------------------------
 
 
+_ENSURED: weakref.WeakSet[Any] = weakref.WeakSet()  # clients whose scheduler has it
+
+
 def ensure_registry(client: Client) -> None:
-    """Install the run registry on the cluster's scheduler, once."""
-    if _call(client, "scalekit_runs_list") is not None:
+    """Install the run registry on the cluster's scheduler, once per client: the plugin
+    is idempotent, so a scheduler that has it keeps its records. (Probing with an
+    operation the scheduler may not know would log a warning with a traceback there,
+    which a local cluster prints into the notebook.)"""
+    if client in _ENSURED:
         return
     from scalekit.training.run_registry import RunRegistry
 
-    client.register_plugin(RunRegistry())
+    try:
+        client.register_plugin(RunRegistry())
+    except Exception as exc:  # e.g. scalekit is not installed where the scheduler runs
+        logger.debug("could not install the run registry: %s", exc)
+        return
+    _ENSURED.add(client)
 
 
 def _call(client: Client, op: str, **kwargs: Any) -> Any:
@@ -76,6 +88,7 @@ class RunRecorder:
         self.run_id = controller.run_id
         self._pending: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self._send_lock = threading.Lock()
         self._done = threading.Event()
         try:
             _registry(client, "scalekit_runs_record", run={
@@ -96,15 +109,22 @@ class RunRecorder:
             self._pending.append(event.to_dict())
         if isinstance(event, RunFinished):
             self._unsubscribe()
+            # on the controller's thread, before the fit returns: a list of the cluster's
+            # runs taken right after sk.fit reads it as ended
+            self._flush()
             self._done.set()
 
-    def _forward(self) -> None:
-        while True:
-            ended = self._done.wait(POLL_S)
+    def _flush(self) -> None:
+        with self._send_lock:  # batches reach the registry in order
             with self._lock:
                 batch, self._pending = self._pending, []
             if batch:
                 _call(self.client, "scalekit_runs_log", run_id=self.run_id, events=batch)
+
+    def _forward(self) -> None:
+        while True:
+            ended = self._done.wait(POLL_S)
+            self._flush()
             if ended:
                 return
             news = _call(self.client, "scalekit_runs_events", run_id=self.run_id,

@@ -98,6 +98,7 @@ class RunRegistry(SchedulerPlugin):
     """The scheduler plugin: the records, and the handlers clients call."""
 
     name = NAME
+    idempotent = True  # registering it again keeps the scheduler's records
 
     def __init__(self) -> None:
         self.runs: dict[str, RunRecord] = {}

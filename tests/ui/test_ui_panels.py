@@ -112,6 +112,7 @@ victim = next(e.worker for e in run.events if isinstance(e, RankStatus) and e.ra
 os.kill(session.client.run(os.getpid, workers=[victim])[victim], signal.SIGKILL)
 run.wait()
 print(run.status, sum(type(e).__name__ == "Recovered" for e in run.events))
+print([e.reason for e in run.events if type(e).__name__ == "Recovered"])  # if it fails
 """,
     ])
     nb = open_notebook(lab_server, name)

@@ -151,8 +151,10 @@ def test_quickstart_panel_scales_by_keyboard_and_mouse_and_adapts(quickstart: No
     nb.run_from(SCALE_SECTION, timeout=300)
     assert "3 workers" in nb.output(find_cell(QUICKSTART, "session.wait_for_workers(3)", "code")
                                     ).inner_text()
-    expect(panel.locator(".scalekit-status-line")).to_contain_text("cluster closed",
-                                                                  timeout=60_000)
+    # closed: the panel's output became its static last state (what the saved notebook keeps)
+    closed = nb.output(UP_CELL).locator(".scalekit-cluster")
+    expect(closed).to_contain_text("cluster closed", timeout=60_000)
+    expect(nb.output(UP_CELL).locator(".scalekit-cluster-panel")).to_have_count(0)
     nb.page.screenshot(path=str(artifact_path("quickstart-done.png")), full_page=True)
 
 
