@@ -1,4 +1,9 @@
-"""skorch callbacks for ``sk.fit`` that the notebook steers while the fit runs.
+"""skorch callbacks for ``sk.fit``: where a callback runs, and one the notebook steers.
+
+:func:`on_rank_zero` marks a callback whose job is a side effect (a logger, a writer) to
+run once, on rank 0; :func:`on_every_rank` marks one that decides the training to run on
+every rank; :func:`placement` says where a callback runs and why (docs/callbacks.md has
+the rule and the table of skorch's own).
 
 :class:`PauseAt` holds every rank of a distributed fit at one chosen step until the
 notebook releases it, so that a notebook, a demo or a test can act at a known point of
@@ -28,6 +33,13 @@ from typing import Any
 from skorch.callbacks import Callback
 
 from scalekit.errors import ConfigError, UsageError
+from scalekit.training.callback_rules import (
+    Placement,
+    on_every_rank,
+    on_rank_zero,
+    placement,
+    placements,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +110,8 @@ class PauseAt(Callback):
     notice the lost peer at their next collective; a rank still held a second after its
     peer was lost is ended as stuck, and its worker restarted.
     """
+
+    rank_zero_only = False  # it holds every rank (see on_every_rank)
 
     def __init__(self, epoch: int = 1, batch: int | None = None, *,
                  world_size: int | None = None, timeout: float | None = None,
@@ -328,4 +342,5 @@ def _check_int(field: str, value: Any, minimum: int) -> None:
         raise ConfigError(field, value, f"an integer >= {minimum}")
 
 
-__all__ = ["PauseAt", "Paused"]
+__all__ = ["PauseAt", "Paused", "Placement", "on_every_rank", "on_rank_zero", "placement",
+           "placements"]

@@ -334,6 +334,24 @@ class TrainingReport(Event):
     peak_gpu_memory: tuple[int, ...] = ()
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogLine(Event):
+    """Lines rank 0 printed while it trained (skorch's ``PrintLog`` rows, ``EarlyStopping``'s
+    message, a callback's ``print``): shown once, in the notebook. ``text`` may hold
+    several lines; ``stream`` is "stdout" or "stderr"; ``epoch`` is the epoch (1-based)
+    they belong to (0 before the first)."""
+
+    run_id: str
+    text: str
+    stream: str = "stdout"
+    epoch: int = 0
+    rank: int = 0
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
+
+
 def event_from_dict(data: dict[str, Any]) -> Event:
     """The event ``Event.to_dict`` made ``data`` from (e.g. a run's log fetched from the
     cluster); lists become the tuples the fields hold.

@@ -7,12 +7,13 @@ to an event bus and, as the last expression of a cell, shows the live training p
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from scalekit.config import TrainConfig
 from scalekit.errors import TrainingError, UsageError
-from scalekit.events import Event, EventBus, Notice, RunFinished
+from scalekit.events import Event, EventBus, LogLine, Notice, RunFinished
 from scalekit.session import ClusterSession, current_session
 
 if TYPE_CHECKING:
@@ -60,6 +61,12 @@ class TrainingRun:
     def history(self) -> Any:
         """The net's skorch history (one row per epoch)."""
         return self.net.history
+
+    @property
+    def log(self) -> list[str]:
+        """What rank 0 printed during the fit (skorch's ``PrintLog`` rows, ...), line by
+        line: the same lines a foreground fit prints in the cell."""
+        return [line for e in list(self.events) if isinstance(e, LogLine) for line in e.lines]
 
     @property
     def report(self) -> Any:
@@ -228,6 +235,15 @@ def fit(
     **fit_params :
         Passed on to the net's ``fit`` loop on every worker.
 
+    Notes
+    -----
+    skorch callbacks run where docs/callbacks.md says: those that decide the training
+    (scoring, ``EarlyStopping``, LR schedulers) on every rank, those with side effects
+    (``PrintLog``, ``Checkpoint``, ``TensorBoard``, ``MlflowLogger``, ...) on rank 0 only,
+    ``LoadInitState`` once in the notebook. What rank 0 prints (the epoch table of a net
+    with ``verbose=1``) is printed once in the cell of a foreground fit, and is in
+    ``run.log`` and the panel either way.
+
     Returns
     -------
     TrainingRun
@@ -254,7 +270,7 @@ def fit(
         client, net, X, y, bus=bus, config=config, fit_params=fit_params,
         checkpoint=checkpoint, resume=resume, max_world=max_workers,
         scale_to=session.backend.resize if session is not None else None,
-        strategy=strategy,
+        strategy=strategy, echo=_print_line if wait else None,
     )
     from scalekit.remote_runs import RunRecorder
     from scalekit.training.run_registry import owner
@@ -370,6 +386,14 @@ def _client_for(cluster: Any) -> Client:
         f"cluster must be a scalekit ClusterSession or a distributed.Client, "
         f"got {type(cluster).__name__}"
     )
+
+
+def _print_line(stream: str, text: str) -> None:
+    """Rank 0's printed lines, in the cell that runs the fit: the controller calls this
+    from that cell's thread, so Jupyter shows them there (not in the cell that started
+    Dask's event loop)."""
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    print(text, file=out, flush=True)
 
 
 def _display(run: TrainingRun) -> None:

@@ -14,6 +14,7 @@ message            sent by                               becomes
 :class:`EpochDone`  rank 0, at each epoch end            ``EpochEnded``
 :class:`CheckpointDone`  the rank that committed one     ``CheckpointSaved``
 :class:`RankUpdate`  every rank, as its state changes    ``RankStatus``
+:class:`LogLines`  rank 0, when its trainer prints       ``LogLine``
 =================  ====================================  ==============================
 """
 
@@ -33,6 +34,7 @@ class MessageKind(StrEnum):
     EPOCH = "epoch"
     CHECKPOINT = "checkpoint"
     RANK = "rank"
+    LOG = "log"
 
 
 class RankPhase(StrEnum):
@@ -131,20 +133,23 @@ class BatchDone(Message):
 @dataclasses.dataclass(frozen=True)
 class EpochDone(Message):
     """Rank 0 ended epoch ``epoch`` (1-based, as skorch counts): its history row's
-    numbers."""
+    numbers, and the state of its rank-0 loggers after that epoch (a later round hands
+    it back to them: see callback_router)."""
 
     kind: ClassVar[MessageKind] = MessageKind.EPOCH
     epoch: int
     row: Mapping[str, float | bool]
     world_size: int
+    callbacks: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "row": dict(self.row)}
+        return {**super().to_dict(), "row": dict(self.row), "callbacks": dict(self.callbacks)}
 
     @classmethod
     def _fields_from(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
         return {**super()._fields_from(raw), "epoch": int(raw["epoch"]),
-                "row": dict(raw["row"]), "world_size": int(raw["world_size"])}
+                "row": dict(raw["row"]), "world_size": int(raw["world_size"]),
+                "callbacks": dict(raw.get("callbacks") or {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,8 +199,29 @@ class RankUpdate(Message):
                 "world_size": int(raw.get("world_size", 0)), "reached": reached}
 
 
+@dataclasses.dataclass(frozen=True)
+class LogLines(Message):
+    """Whole lines rank 0's training thread printed (``PrintLog``'s rows, a callback's
+    ``print``): ``stream`` is "stdout" or "stderr"; ``epoch`` the epoch they belong to;
+    ``seq`` counts the messages of the round, from 1."""
+
+    kind: ClassVar[MessageKind] = MessageKind.LOG
+    rank: int
+    stream: str
+    text: str
+    epoch: int
+    seq: int
+
+    @classmethod
+    def _fields_from(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super()._fields_from(raw), "rank": int(raw.get("rank", 0)),
+                "stream": str(raw.get("stream", "stdout")), "text": str(raw["text"]),
+                "epoch": int(raw.get("epoch", 0)), "seq": int(raw.get("seq", 0))}
+
+
 KINDS: dict[str, type[Message]] = {
-    cls.kind.value: cls for cls in (Beat, BatchDone, EpochDone, CheckpointDone, RankUpdate)
+    cls.kind.value: cls
+    for cls in (Beat, BatchDone, EpochDone, CheckpointDone, RankUpdate, LogLines)
 }
 
 

@@ -14,6 +14,7 @@ from scalekit.training.messages import (
     Beat,
     CheckpointDone,
     EpochDone,
+    LogLines,
     Message,
     Position,
     RankPhase,
@@ -41,6 +42,7 @@ class Publisher:
         self._epoch_started = time.perf_counter()
         self._epoch_samples = 0
         self._beacon_stop: threading.Event | None = None
+        self.log_messages = 0  # LogLines sent this round
 
     def send(self, message: Message) -> None:
         if self.spec.topic:
@@ -69,9 +71,17 @@ class Publisher:
         self.send(BatchDone(generation=self.spec.generation, epoch=epoch, batch=batch,
                             n_batches=n_batches, samples_per_s=rate))
 
-    def epoch(self, epoch: int, row: dict[str, Any]) -> None:
+    def epoch(self, epoch: int, row: dict[str, Any],
+              callbacks: dict[str, Any] | None = None) -> None:
         self.send(EpochDone(generation=self.spec.generation, epoch=epoch, row=row,
-                            world_size=self.spec.world_size))
+                            world_size=self.spec.world_size, callbacks=callbacks or {}))
+
+    def log(self, stream: str, text: str) -> None:
+        """Lines the training thread printed (see rank_output), for the notebook."""
+        self.log_messages += 1
+        epoch = self.position.epoch + 1 if self.position is not None else 0
+        self.send(LogLines(generation=self.spec.generation, rank=self.rank, stream=stream,
+                           text=text, epoch=epoch, seq=self.log_messages))
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         self.send(CheckpointDone(generation=self.spec.generation, epoch=info.epoch,

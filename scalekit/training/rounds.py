@@ -138,7 +138,7 @@ class Round:
                  shrink_to: Callable[[], int | None],
                  kill: Callable[[str, tuple[str, int] | None], None],
                  eligible: Callable[[list[str], list[str]], list[str]] | None = None,
-                 stall_timeout: float = 0.0) -> None:
+                 stall_timeout: float = 0.0, idle: Callable[[], None] | None = None) -> None:
         self.client = client
         self.spec = spec
         self.workers = workers
@@ -152,6 +152,7 @@ class Round:
         # (current, joining) -> the joining workers that could take a rank beside the
         # current ones (a GPU each, ...)
         self.eligible = eligible
+        self.idle = idle  # called while the round is watched (shows rank 0's printed lines)
         self.stop_requested = False
         self.next_world: tuple[str, ...] = ()
         self.warming: dict[str, Future] = {}
@@ -259,6 +260,8 @@ class Round:
             ]
             if lost or hung or stalled or errors:
                 return self._fail(futures, lost, hung, errors, stalled)
+            if self.idle is not None:
+                self.idle()
             time.sleep(POLL_S)
 
     def _maybe_resize(self, alive: set[str], stop: Any) -> None:

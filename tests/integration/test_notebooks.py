@@ -119,6 +119,13 @@ print(_probe_json.dumps({"sizes": _probe_sizes, "switched": _probe_adapt}))
 import json as _probe_json
 print(_probe_json.dumps({how: float(acc) for how, (acc, _) in results.items()}))
 """),
+        Probe("tensorboard", "EventAccumulator(logdir)", """
+import json as _probe_json
+import os as _probe_os
+print(_probe_json.dumps({"logged": logged, "epochs": len(tracked.history),
+                         "world_size": run.report.world_size,
+                         "files": sorted(_probe_os.listdir(logdir))}))
+"""),
     ],
     "03_elastic_and_checkpoints.ipynb": [
         Probe("events", None, """
@@ -251,8 +258,9 @@ def check_quickstart(nb: Any, found: dict[str, Any], default_root: Path) -> None
 
 def check_distributed_training(nb: Any, found: dict[str, Any], default_root: Path) -> None:
     """02: the accuracies agree to within a point or so, the two scalekit fits (same
-    batches) closest; its last cell trains on the GPUs where there are some, and says so
-    where not; fits without checkpoint= used (and emptied) the private default folder."""
+    batches) closest; TensorBoard got one value per metric per epoch from a two-rank fit;
+    its last cell trains on the GPUs where there are some, and says so where not; fits
+    without checkpoint= used (and emptied) the private default folder."""
     acc = found["accuracy"]
     assert len(acc) == 3, acc
     assert max(acc.values()) - min(acc.values()) <= 0.02, acc
@@ -266,6 +274,12 @@ def check_distributed_training(nb: Any, found: dict[str, Any], default_root: Pat
     expected = "GPU worker(s) in bf16" if torch.cuda.is_available() else "No GPU here"
     assert expected in said, said
     assert default_root.is_dir(), "the fits did not use the default checkpoint folder"
+    # TensorBoard from a two-rank fit: one value per epoch of each metric, steps 1..5
+    board = found["tensorboard"]
+    assert board["world_size"] == 2 and board["epochs"] == 5, board
+    losses = board["logged"].get("Loss/train_loss")
+    assert losses and [step for step, _ in losses] == [1, 2, 3, 4, 5], board
+    assert all(len(values) == 5 for values in board["logged"].values()), board
 
 
 def check_elastic(nb: Any, found: dict[str, Any], default_root: Path) -> None:
