@@ -240,7 +240,7 @@ class DeadlockOnce(Callback):
         lock.acquire()  # never returns
 
 
-# -- tests/integration/test_callbacks.py ------------------------------------------------
+# -- tests/integration/test_skorch_callbacks.py ------------------------------------------------
 
 
 def rank_of(net):
