@@ -163,6 +163,8 @@ def test_the_terminal_attaches_with_live_progress_and_the_epoch_log(background, 
 
     hold = tmp_path / "hold"
     hold.touch()
+    # an earlier test killed a worker: its nanny's new one may still be starting
+    background.wait_for_workers(2, timeout=120)
     net, X, y = detached_net_and_data(callbacks=[("hold", HoldWhileFileExists(hold))])
     run = sk.fit(net, X, y, cluster=background, detach=True, show=False, checkpoint=False)
     wait_for(lambda: Path(f"{hold}.held").exists(), 120, "the first epoch to end")

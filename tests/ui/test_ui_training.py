@@ -33,11 +33,13 @@ def test_training_tutorial_shows_progress_loss_curve_and_accuracy(open_notebook:
     # saved notebook keeps; see scalekit/widgets/view.py), not the live widget
     panel = nb.output(fit).locator(".scalekit-training")
     expect(panel).to_contain_text("finished", timeout=60_000)
+    # JupyterLab does not lay out cells far off screen (inner text, boxes): bring it in
+    panel.scroll_into_view_if_needed()
     expect(nb.output(fit).locator(".scalekit-training-panel")).to_have_count(0)
     # the progress reached the last epoch and the run finished
     progress = panel.locator(".scalekit-epoch-progress")
     expect(progress).to_contain_text(re.compile(r"epoch (\d+)/\1\b"))
-    done, total = map(int, re.search(r"epoch (\d+)/(\d+)", progress.inner_text()).groups())
+    done, total = map(int, re.search(r"epoch (\d+)/(\d+)", progress.text_content()).groups())
     assert done == total > 1
     expect(panel.locator(".scalekit-training-status")).to_contain_text("finished")
     # the loss chart is drawn: one point per epoch on a visible polyline
