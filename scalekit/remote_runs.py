@@ -14,11 +14,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
 from scalekit.errors import TrainingError, UsageError
 from scalekit.events import Event, EventBus, RunFinished, event_from_dict
+from scalekit.training import run_registry
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -34,34 +34,8 @@ ENDED = ("finished", "failed", "cancelled")
 # -- the registry on the cluster ---------------------------------------------------------------
 
 
-_ENSURED: weakref.WeakSet[Any] = weakref.WeakSet()  # clients whose scheduler has it
-
-
-def ensure_registry(client: Client) -> None:
-    """Install the run registry on the cluster's scheduler, once per client: the plugin
-    is idempotent, so a scheduler that has it keeps its records. (Probing with an
-    operation the scheduler may not know would log a warning with a traceback there,
-    which a local cluster prints into the notebook.)"""
-    if client in _ENSURED:
-        return
-    from scalekit.training.run_registry import RunRegistry
-
-    try:
-        client.register_plugin(RunRegistry())
-    except Exception as exc:  # e.g. scalekit is not installed where the scheduler runs
-        logger.debug("could not install the run registry: %s", exc)
-        return
-    _ENSURED.add(client)
-
-
-def _call(client: Client, op: str, **kwargs: Any) -> Any:
-    """``op`` on the scheduler; ``None`` where the registry is not installed (an unknown
-    operation gets no answer from a Dask scheduler)."""
-    try:
-        return client.sync(getattr(client.scheduler, op), **kwargs)
-    except Exception as exc:
-        logger.debug("%s: %s", op, exc)
-        return None
+ensure_registry = run_registry.ensure_installed
+_call = run_registry.ask
 
 
 def _registry(client: Client, op: str, **kwargs: Any) -> Any:

@@ -171,6 +171,18 @@ class ClusterSession:
         """The ``distributed.Client`` connected to this cluster."""
         return self.backend.client
 
+    def ask_registry(self, op: str, **kwargs: Any) -> Any:
+        """The answer of the cluster's run registry to ``op`` (``scalekit_runs_list``,
+        ``scalekit_runs_events``, ...), installing it first; ``None`` where there is no
+        answer. The lab sidebar lists the cluster's runs through it."""
+        from scalekit.training.run_registry import ask, ensure_installed
+
+        if self.closed:
+            return None
+        client = self.client
+        ensure_installed(client)
+        return ask(client, op, **kwargs)
+
     @property
     def closed(self) -> bool:
         return self.backend.closed

@@ -175,6 +175,15 @@ export interface IRun {
   finished_at: number | null;
   message: string;
   view: IRunView;
+  /** set on the cluster's runs that this kernel does not drive */
+  origin?: 'cluster';
+  /** who started it (`user@host`) */
+  owner?: string;
+  /** the net's class name */
+  net?: string;
+  detached?: boolean;
+  /** the code that follows it from a notebook: `sk.attach("<id>")` */
+  attach?: string;
 }
 
 export interface ISnapshot {
@@ -185,6 +194,11 @@ export interface ISnapshot {
   cluster: ICluster | null;
   clusters: number;
   runs: IRun[];
+  /**
+   * The other runs recorded on the current cluster (other kernels', the command
+   * line's, detached ones), oldest first; absent from kernels that do not send them.
+   */
+  cluster_runs?: IRun[];
 }
 
 export interface IReply {
@@ -216,6 +230,9 @@ export function isSnapshot(data: unknown): data is ISnapshot {
     typeof data.seq === 'number' &&
     Array.isArray(data.runs) &&
     data.runs.every(r => isRecord(r) && isRecord(r.view)) &&
+    (data.cluster_runs === undefined ||
+      (Array.isArray(data.cluster_runs) &&
+        data.cluster_runs.every(r => isRecord(r) && isRecord(r.view)))) &&
     (data.cluster === null ||
       (isRecord(data.cluster) && isRecord(data.cluster.view)))
   );

@@ -15,6 +15,8 @@ import type { ScalekitTracker } from './tracker';
 import {
   IBar,
   IGpuCell,
+  IRunRow,
+  clusterRunRows,
   clusterSummary,
   messageLine,
   parseAdapt,
@@ -138,6 +140,7 @@ export class ScalekitSidebar extends Widget {
     );
     this._message = h('div', { class: 'sk-message', role: 'status' });
     this._runs = h('div', { class: 'sk-run-list' });
+    this._clusterRuns = h('div', { class: 'sk-run-list' });
 
     const controls = h(
       'div',
@@ -181,6 +184,14 @@ export class ScalekitSidebar extends Widget {
       h('h3', {}, 'Training runs'),
       this._runs
     );
+    // fits on the same cluster that other kernels, the command line or a detached
+    // submission started: `sk.attach(id)` follows one from this notebook
+    this._clusterRunsSection = h(
+      'section',
+      { class: 'sk-runs sk-cluster-runs' },
+      h('h3', {}, 'Other runs on this cluster'),
+      this._clusterRuns
+    );
     this.node.append(
       h(
         'header',
@@ -190,7 +201,8 @@ export class ScalekitSidebar extends Widget {
       ),
       this._empty,
       this._cluster,
-      this._runsSection
+      this._runsSection,
+      this._clusterRunsSection
     );
 
     this._scaleButton.addEventListener('click', () => this._scale());
@@ -232,11 +244,15 @@ export class ScalekitSidebar extends Widget {
     this._empty.textContent = this._emptyText(link, snapshot);
     this._empty.hidden = cluster !== null;
     this._cluster.hidden = cluster === null;
-    this._runsSection.hidden = !snapshot || snapshot.runs.length === 0;
+    const runs = runRows(snapshot);
+    const others = clusterRunRows(snapshot);
+    this._runsSection.hidden = runs.length === 0;
+    this._clusterRunsSection.hidden = others.length === 0;
     if (cluster !== null) {
       this._renderCluster(cluster, link);
     }
-    this._renderRuns(snapshot);
+    this._runs.replaceChildren(...runs.map(runCard));
+    this._clusterRuns.replaceChildren(...others.map(runCard));
   }
 
   dispose(): void {
@@ -382,37 +398,6 @@ export class ScalekitSidebar extends Widget {
     this._message.className = `sk-message sk-level-${line?.level ?? 'info'}`;
   }
 
-  private _renderRuns(snapshot: ISnapshot | null): void {
-    const items = runRows(snapshot).map(r => {
-      const progress = h('div', { class: 'sk-bar sk-progress' });
-      if (r.progress !== null) {
-        const fill = h('div', {
-          class: `sk-bar-fill sk-bar-run sk-run-${r.status}`
-        });
-        fill.style.width = `${(r.progress * 100).toFixed(1)}%`;
-        progress.append(fill);
-        progress.title = `${Math.round(r.progress * 100)}%`;
-      }
-      return h(
-        'div',
-        { class: `sk-run sk-run-${r.status}`, 'data-run-id': r.id },
-        h(
-          'div',
-          { class: 'sk-run-head' },
-          h('span', { class: 'sk-run-id' }, r.id),
-          h('span', { class: `sk-badge sk-badge-${r.status}` }, r.status)
-        ),
-        progress,
-        h('div', { class: 'sk-run-headline' }, r.headline),
-        ...r.alerts.map(a =>
-          h('div', { class: `sk-run-alert sk-level-${a.level}` }, a.message)
-        ),
-        ...r.details.map(d => h('div', { class: 'sk-run-detail' }, d))
-      );
-    });
-    this._runs.replaceChildren(...items);
-  }
-
   private _scale(): void {
     const max = this._link?.snapshot?.cluster?.max_workers ?? null;
     const n = parseScale(this._scaleInput.value, max);
@@ -511,4 +496,35 @@ export class ScalekitSidebar extends Widget {
   private _message: HTMLElement;
   private _runsSection: HTMLElement;
   private _runs: HTMLElement;
+  private _clusterRunsSection: HTMLElement;
+  private _clusterRuns: HTMLElement;
+}
+
+/** One run's card: id and status, a progress bar, the kernel's lines about it. */
+function runCard(r: IRunRow): HTMLElement {
+  const progress = h('div', { class: 'sk-bar sk-progress' });
+  if (r.progress !== null) {
+    const fill = h('div', {
+      class: `sk-bar-fill sk-bar-run sk-run-${r.status}`
+    });
+    fill.style.width = `${(r.progress * 100).toFixed(1)}%`;
+    progress.append(fill);
+    progress.title = `${Math.round(r.progress * 100)}%`;
+  }
+  return h(
+    'div',
+    { class: `sk-run sk-run-${r.status}`, 'data-run-id': r.id },
+    h(
+      'div',
+      { class: 'sk-run-head' },
+      h('span', { class: 'sk-run-id' }, r.id),
+      h('span', { class: `sk-badge sk-badge-${r.status}` }, r.status)
+    ),
+    progress,
+    h('div', { class: 'sk-run-headline' }, r.headline),
+    ...r.alerts.map(a =>
+      h('div', { class: `sk-run-alert sk-level-${a.level}` }, a.message)
+    ),
+    ...r.details.map(d => h('div', { class: 'sk-run-detail' }, d))
+  );
 }

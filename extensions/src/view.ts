@@ -147,6 +147,17 @@ export function runRows(snapshot: ISnapshot | null): IRunRow[] {
   return [...snapshot.runs].reverse().map(runRow);
 }
 
+/**
+ * The other runs on the kernel's cluster (other kernels', the command line's, detached
+ * ones), newest first; none from a kernel that does not send them.
+ */
+export function clusterRunRows(snapshot: ISnapshot | null): IRunRow[] {
+  if (snapshot === null || !snapshot.cluster_runs) {
+    return [];
+  }
+  return [...snapshot.cluster_runs].reverse().map(runRow);
+}
+
 export type Parsed<T> = { ok: true; value: T } | { ok: false; error: string };
 
 function parseCount(text: string, what: string): Parsed<number> {

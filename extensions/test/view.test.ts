@@ -10,6 +10,7 @@ import {
   isSnapshot
 } from '../src/protocol';
 import {
+  clusterRunRows,
   clusterSummary,
   currentRun,
   messageLine,
@@ -176,6 +177,33 @@ describe('runs', () => {
       }
     ]);
     expect(runRows(null)).toEqual([]);
+  });
+});
+
+describe('other runs on the cluster', () => {
+  it('lists them with who started them and how to follow them', () => {
+    const [theirs] = clusterRunRows(kernelSnapshot);
+    expect(theirs.id).toBe('theirs');
+    expect(theirs.status).toBe('running');
+    expect(theirs.headline).toBe('epoch 2/6 · loss 0.450');
+    expect(theirs.details[0]).toBe(
+      'NeuralNetClassifier · detached · by ada@lab'
+    );
+    expect(theirs.details).toContain('follow it: sk.attach("theirs")');
+    // the kernel's own runs are not among them, nor in the status bar
+    expect(runRows(kernelSnapshot).map(r => r.id)).not.toContain('theirs');
+    expect(statusText(kernelSnapshot)).not.toMatch(/epoch 2\/6/);
+  });
+
+  it('is empty from a kernel that does not send them', () => {
+    const older = snapshot();
+    delete older.cluster_runs;
+    expect(isSnapshot(older)).toBe(true);
+    expect(clusterRunRows(older)).toEqual([]);
+    expect(clusterRunRows(null)).toEqual([]);
+    expect(isSnapshot({ ...snapshot(), cluster_runs: [{ run_id: 'x' }] })).toBe(
+      false
+    );
   });
 });
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from scalekit.errors import ScalekitError, UsageError
 from scalekit.events import Event, Notice
+from scalekit.labext.cluster_runs import ClusterRuns
 from scalekit.labext.intents import carry_out, check_action, intent_data
 from scalekit.views.cluster_state import ClusterState
 from scalekit.views.snapshot import cluster_dict, run_dict
@@ -64,11 +65,18 @@ def _active_sessions() -> list[Any]:
 class _Tracked:
     """One session the bridge listens to, and its bus's cluster events, folded."""
 
-    def __init__(self, session: Any, cluster_id: str) -> None:
+    def __init__(self, session: Any, cluster_id: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.id = cluster_id
         self.cluster = ClusterState(history=2)  # the sidebar draws no history
         self.unsubscribe: Callable[[], None] = lambda: None
+        # the runs other kernels, the command line or detached submissions started there
+        self.runs = ClusterRuns(self._ask, clock=clock)
+
+    def _ask(self, op: str, **kwargs: Any) -> Any:
+        ask = getattr(self.session, "ask_registry", None)
+        return None if ask is None else ask(op, **kwargs)
 
 
 class LabBridge:
@@ -145,7 +153,8 @@ class LabBridge:
             for tracked in gone:
                 del self._tracked[id(tracked.session)]
             for session in new:
-                self._tracked[id(session)] = _Tracked(session, f"c{next(_ids)}")
+                self._tracked[id(session)] = _Tracked(session, f"c{next(_ids)}",
+                                                      self._clock)
             if gone or new:
                 self._dirty = True
         for tracked in gone:
@@ -203,14 +212,17 @@ class LabBridge:
                 )
             runs = [run_dict(s) for s in sorted(
                 self._runs.values(), key=lambda s: s.started_at or 0.0)]
+            cluster_runs = (current.runs.runs() if current is not None
+                            and current.cluster.live else [])
             self._seq += 1
             return {"protocol": PROTOCOL, "type": "snapshot", "seq": self._seq,
                     "time": time.time(), "cluster": cluster, "clusters": len(live),
-                    "runs": runs}
+                    "runs": runs, "cluster_runs": cluster_runs}
 
     def tick(self) -> bool:
         """Send a snapshot if one is due (changed, and the last one is old enough)."""
         self.refresh()
+        self._follow_cluster_runs()
         now = self._clock()
         with self._lock:
             since = None if self._last_sent is None else now - self._last_sent
@@ -226,6 +238,24 @@ class LabBridge:
             data = self.snapshot()
         self._send(self.broadcast, data)
         return True
+
+    def _follow_cluster_runs(self) -> None:
+        """Catch up with the runs recorded on the current cluster (at most every
+        :data:`~scalekit.labext.cluster_runs.POLL_S`; the scheduler is asked outside
+        the lock)."""
+        with self._lock:
+            current = self._current_tracked()
+            own = set(self._runs)
+        if current is None or not current.cluster.live or not current.runs.due():
+            return
+        try:
+            changed = current.runs.poll(own)
+        except Exception:  # never a reason to stop the sidebar
+            logger.debug("following the cluster's runs failed", exc_info=True)
+            return
+        if changed:
+            with self._lock:
+                self._dirty = True
 
     def poke(self) -> None:
         """Something changed: send at the next allowed moment."""

@@ -26,6 +26,7 @@ from scalekit.training.dist_net import RankContext, make_distributed, undo_distr
 from scalekit.training.messages import RankPhase
 from scalekit.training.policy import is_peer_failure
 from scalekit.training.publisher import Publisher
+from scalekit.training.worker_logs import expected_failure
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,8 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
             # views show one failure (the peer's) and its recovery, not one per rank
             phase = RankPhase.ABORTED if is_peer_failure(exc) else RankPhase.FAILED
             publish.rank_state(phase, reached=publish.position)
+            if phase is RankPhase.ABORTED:  # the controller expects it: no red traceback
+                expected_failure(worker.get_current_task())
             raise
         finally:
             if dist.is_initialized():

@@ -14,8 +14,9 @@ notebook runs (:class:`~scalekit.training.controller.TrainingController`): elast
 checkpoints and recovery are the same. Its events go to the record's log, and, for a
 fit with a checkpoint folder, to ``events.jsonl`` next to its checkpoints.
 
-The handlers (``scalekit_runs_*``) take and return plain data: the kernel side is
-:mod:`scalekit.remote_runs`.
+The handlers (``scalekit_runs_*``) take and return plain data; :func:`ensure_installed`
+and :func:`ask` are how a client reaches them (:mod:`scalekit.remote_runs` builds the
+public functions on them, the lab sidebar lists the cluster's runs with them).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import logging
 import socket
 import threading
 import time
+import weakref
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -45,6 +47,36 @@ def owner() -> str:
     import os
 
     return os.environ.get("SCALEKIT_OWNER") or f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+# -- the client's side: install it, ask it --------------------------------------------------
+
+_INSTALLED: weakref.WeakSet[Any] = weakref.WeakSet()  # clients whose scheduler has it
+
+
+def ensure_installed(client: Any) -> None:
+    """Install the registry on ``client``'s scheduler, once per client: the plugin is
+    idempotent, so a scheduler that has it keeps its records. (Probing with an
+    operation the scheduler may not know would log a warning with a traceback there,
+    which a local cluster prints into the notebook.)"""
+    if client in _INSTALLED:
+        return
+    try:
+        client.register_plugin(RunRegistry())
+    except Exception as exc:  # e.g. scalekit is not installed where the scheduler runs
+        logger.debug("could not install the run registry: %s", exc)
+        return
+    _INSTALLED.add(client)
+
+
+def ask(client: Any, op: str, **kwargs: Any) -> Any:
+    """The scheduler's answer to the registry operation ``op`` (``scalekit_runs_*``);
+    ``None`` where it gave none (no registry, a scheduler going away)."""
+    try:
+        return client.sync(getattr(client.scheduler, op), **kwargs)
+    except Exception as exc:
+        logger.debug("%s: %s", op, exc)
+        return None
 
 
 @dataclasses.dataclass

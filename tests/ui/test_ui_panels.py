@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import nbformat
@@ -118,6 +119,8 @@ print([e.reason for e in run.events if type(e).__name__ == "Recovered"])  # if i
     nb = open_notebook(lab_server, name)
     nb.run_all(timeout=CLUSTER_S + 420)
     expect(nb.output(3)).to_contain_text("finished 1")
+    # the survivors' expected failures are no red tracebacks from their workers
+    assert "Compute Failed" not in nb.output(3).inner_text()
 
     panel = nb.output(2).locator(".scalekit-training")
     expect(panel).to_contain_text("finished · 40 epochs")
@@ -165,3 +168,94 @@ def test_the_sidebar_shows_a_cluster_made_by_sk_cluster(open_notebook: Any,
     element_screenshot(nb.page, sidebar, "sidebar-api-cluster")
     # tutorials 02/03 never load the extension: the session registers the bridge itself
     assert without_load_ext.startswith("⚙ 1 worker"), without_load_ext
+
+
+OTHER_KERNEL = """\
+import os, sys, time
+import numpy as np
+import scalekit as sk
+from skorch import NeuralNetClassifier
+from skorch.callbacks import Callback
+from torch import nn
+
+
+class HoldWhileFileExists(Callback):  # defined here: it travels by value
+    def __init__(self, path):
+        self.path = path
+
+    def on_epoch_begin(self, net, **kwargs):
+        while len(net.history) > 1 and os.path.exists(self.path):  # in the second epoch
+            time.sleep(0.1)
+
+
+if __name__ == "__main__":
+    address, hold = sys.argv[1:]
+    session = sk.cluster(connect=address)
+    module = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 2))
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(2048, 16)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    net = NeuralNetClassifier(module, criterion=nn.CrossEntropyLoss, max_epochs=3,
+                              train_split=None, verbose=0,
+                              callbacks=[("hold", HoldWhileFileExists(hold))])
+    run = sk.fit(net, X, y, show=False)
+    print("RUN", run.run_id, run.status, flush=True)
+    session.close()
+"""
+
+
+@pytest.mark.timeout(600)
+def test_the_sidebar_lists_the_clusters_runs_not_only_the_kernels(
+        open_notebook: Any, lab_server: LabServer, tmp_path: Any) -> None:
+    import subprocess
+    import sys
+
+    from playwright.sync_api import expect
+
+    name = write(lab_server, "cluster-runs.ipynb", [
+        "import scalekit as sk\nsession = sk.cluster(workers=2)\n"
+        "session.wait_for_workers(2, timeout=120)",
+    ])
+    nb: Notebook = open_notebook(lab_server, name)
+    nb.run_all(timeout=CLUSTER_S + 60)
+    address = lab_server.kernel_value(name, "session.scheduler_address")
+
+    # another process (a colleague's kernel, a script) fits on the same cluster, held
+    # once its first epoch is over until the test lets it go
+    script, hold = tmp_path / "other_kernel.py", tmp_path / "hold"
+    script.write_text(OTHER_KERNEL)
+    hold.write_text("")
+    other = subprocess.Popen([sys.executable, str(script), address, str(hold)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "SCALEKIT_OWNER": "ada@lab"})
+    try:
+        nb.page.locator(SIDEBAR_TAB).click()
+        others = nb.page.locator(".sk-Sidebar .sk-cluster-runs")
+        card = others.locator(".sk-run").first
+        expect(card).to_contain_text("NeuralNetClassifier · from a kernel · by ada@lab",
+                                     timeout=CLUSTER_S * 1000)
+        expect(card.locator(".sk-badge")).to_have_text("running")
+        expect(card).to_contain_text("epoch 1/3")
+        run_id = card.get_attribute("data-run-id")
+        expect(card).to_contain_text(f'follow it: sk.attach("{run_id}")')
+        element_screenshot(nb.page, nb.page.locator(".sk-Sidebar"), "sidebar-cluster-runs")
+        # the kernel's own list does not have it
+        expect(nb.page.locator(".sk-Sidebar .sk-runs:not(.sk-cluster-runs)")).to_be_hidden()
+        hold.unlink()
+        out, _ = other.communicate(timeout=180)
+        assert f"RUN {run_id} finished" in out, out[-3000:]
+        expect(card.locator(".sk-badge")).to_have_text("finished", timeout=30_000)
+        expect(card).to_contain_text("epoch 3/3")
+    except AssertionError as failure:  # say what the other process said
+        hold.unlink(missing_ok=True)
+        try:
+            out, _ = other.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            other.kill()
+            out, _ = other.communicate()
+        raise AssertionError(f"{failure}\nthe other process printed:\n{out[-3000:]}") from None
+    finally:
+        hold.unlink(missing_ok=True)
+        if other.poll() is None:
+            other.kill()
+            other.wait(30)

@@ -32,6 +32,7 @@ from scalekit.events import (
     WorkerStats,
 )
 from scalekit.labext.bridge import PROTOCOL
+from scalekit.labext.cluster_runs import ClusterRuns
 from scalekit.views.cluster_state import ClusterState
 from scalekit.views.snapshot import cluster_dict, run_dict
 from scalekit.views.training_state import TrainingState
@@ -103,11 +104,31 @@ def _recovering() -> list[Event]:
     return out
 
 
+def _detached() -> list[dict[str, Any]]:
+    """A detached run another user started on the same cluster, at epoch 2 of 6, as the
+    bridge follows it from the cluster's run registry."""
+    t = T0 - 60
+    events: list[Event] = [RunStarted(run_id="theirs", max_epochs=6, batch_size=64,
+                                      n_samples=12800, world_size=2, time=t)]
+    events += [EpochEnded(run_id="theirs", epoch=e, world_size=2, time=t + 5 * e,
+                          row={"train_loss": 0.9 / e, "dur": 5.0}) for e in (1, 2)]
+    record = {"run_id": "theirs", "owner": "ada@lab", "net": "NeuralNetClassifier",
+              "strategy": "ddp", "detached": True, "state": "running", "epoch": 2,
+              "max_epochs": 6, "world_size": 2, "started": t}
+    answers = {"scalekit_runs_list": [record],
+               "scalekit_runs_events": {"run": record, "next": len(events),
+                                        "events": [e.to_dict() for e in events]}}
+    runs = ClusterRuns(lambda op, **_: answers[op], clock=lambda: T0)
+    assert runs.poll(own={"old", "new"})
+    return runs.runs()
+
+
 def build() -> dict[str, Any]:
     return {
         "protocol": PROTOCOL, "type": "snapshot", "seq": 7, "time": T0 + 2,
         "cluster": _cluster(), "clusters": 1,
         "runs": [_run("old", _finished()), _run("new", _recovering())],
+        "cluster_runs": _detached(),
     }
 
 
