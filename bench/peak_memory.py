@@ -26,6 +26,7 @@ The Jupyter server itself is not included (it is not started here); budget about
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import sys
@@ -34,6 +35,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -129,8 +131,16 @@ def measure(path: Path, *, interval: float, timeout: float, kernel: str,
     peak = Peak(notebook=path.name)
     nb = nbformat.read(path, as_version=4)
     with tempfile.TemporaryDirectory(prefix="peak-memory-") as workdir:
+        # each cell's outputs as they were when it finished: a live panel's output is
+        # updated later (to its static last state when its cluster or run ends)
+        as_executed: dict[int, list] = {}
+
+        def keep(cell: Any, cell_index: int, **_: Any) -> None:
+            as_executed[cell_index] = copy.deepcopy(cell.get("outputs", []))
+
         client = NotebookClient(nb, kernel_name=kernel, timeout=timeout, startup_timeout=120,
-                                resources={"metadata": {"path": workdir}})
+                                resources={"metadata": {"path": workdir}},
+                                on_cell_executed=keep)
         sampler = TreeSampler(peak, interval)
         sampler.start()
         started = time.perf_counter()
@@ -145,6 +155,8 @@ def measure(path: Path, *, interval: float, timeout: float, kernel: str,
             if executed_dir is not None:  # with its outputs, for inspection
                 executed_dir.mkdir(parents=True, exist_ok=True)
                 nbformat.write(nb, executed_dir / path.name)
+                (executed_dir / f"{path.stem}.as-executed.json").write_text(
+                    json.dumps({str(i): o for i, o in sorted(as_executed.items())}))
     return peak
 
 
@@ -158,7 +170,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="fail when a notebook's peak PSS sum exceeds this")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--executed-dir", type=Path,
-                        help="save the executed notebooks (with outputs) in this folder")
+                        help="save the executed notebooks (with outputs) in this folder, and "
+                        "beside each, NAME.as-executed.json: each cell's outputs as they were "
+                        "right after it ran")
     args = parser.parse_args(argv)
 
     paths = args.notebooks or sorted((ROOT / "notebooks").glob("*.ipynb"))

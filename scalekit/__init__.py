@@ -14,14 +14,17 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "cluster": "scalekit.session",
-    "fit": "scalekit.runs",
+    "fit": "scalekit.fitting",
     "plan": "scalekit.planner",
-    "train": "scalekit.runs",
-    "TrainingRun": "scalekit.runs",
+    "train": "scalekit.fitting",
+    "runs": "scalekit.remote_runs",
+    "attach": "scalekit.remote_runs",
+    "TrainingRun": "scalekit.fitting",
     "TrainConfig": "scalekit.config",
     "TrainingError": "scalekit.errors",
     "ClusterSession": "scalekit.session",
     "active_sessions": "scalekit.session",
+    "current_session": "scalekit.session",
     "close_all": "scalekit.session",
     "ClusterConfig": "scalekit.config",
     "AdaptConfig": "scalekit.config",
@@ -33,10 +36,11 @@ _LAZY = {
     "UsageError": "scalekit.errors",
 }
 
-__all__ = sorted([*_LAZY, "data", "strategies", "load_ipython_extension",
+__all__ = sorted([*_LAZY, "callbacks", "data", "strategies", "load_ipython_extension",
                   "unload_ipython_extension"])
 
 if TYPE_CHECKING:
+    from scalekit import callbacks  # noqa: F401
     from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig, TrainConfig  # noqa: F401
     from scalekit.errors import (  # noqa: F401
         ClusterError,
@@ -46,11 +50,18 @@ if TYPE_CHECKING:
         UsageError,
     )
     from scalekit.events import EventBus  # noqa: F401
-    from scalekit.runs import TrainingRun, fit, train  # noqa: F401
-    from scalekit.session import ClusterSession, active_sessions, close_all, cluster  # noqa: F401
+    from scalekit.fitting import TrainingRun, fit, train  # noqa: F401
+    from scalekit.session import (  # noqa: F401
+        ClusterSession,
+        active_sessions,
+        close_all,
+        cluster,
+        current_session,
+    )
 
 
-_MODULES = {"strategies": "scalekit.training.strategies", "data": "scalekit.data"}
+_MODULES = {"callbacks": "scalekit.callbacks", "data": "scalekit.data",
+            "strategies": "scalekit.training.strategies"}
 
 
 def __getattr__(name: str) -> Any:

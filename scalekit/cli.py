@@ -48,11 +48,13 @@ def _parser() -> argparse.ArgumentParser:
                       help="seconds to wait for workers at each step (default 60)")
 
     clusters = commands.add_parser(
-        "cluster", help="local clusters in the background: up, down, list",
+        "cluster", help="local clusters in the background: up, scale, status, down, list",
         description="Local clusters that run in the background, outlive this terminal and "
         "any notebook, and bind 127.0.0.1 only. A notebook joins one with "
-        "sk.cluster(connect='local') (or 'local:NAME').")
-    verbs = clusters.add_subparsers(dest="verb", metavar="<up|down|list>")
+        "sk.cluster(connect='local') (or 'local:NAME'). The verbs are the %scalekit "
+        "magic's; adaptive scaling is decided where the fits run, so it is switched on "
+        "from a notebook that joined the cluster (session.adapt, %scalekit adapt).")
+    verbs = clusters.add_subparsers(dest="verb", metavar="<up|scale|status|down|list>")
     up = verbs.add_parser("up", help="start a background cluster",
                           description="Start a local cluster in the background; returns "
                           "once its workers are up (unset options come from dask.config, "
@@ -70,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     down = verbs.add_parser("down", help="end a background cluster and all its processes")
     down.add_argument("--name", default="default", help="its name (default: default)")
     verbs.add_parser("list", help="the background clusters running for this user")
+    # the magic's verbs, on a background cluster
+    scale = verbs.add_parser("scale", help="scale a background cluster to N workers "
+                             "(switches adaptive off)")
+    scale.add_argument("n", type=int, metavar="N", help="number of workers")
+    scale.add_argument("--name", default="default", help="its name (default: default)")
+    status = verbs.add_parser("status", help="a text summary of a background cluster")
+    status.add_argument("--name", default="default", help="its name (default: default)")
 
     run = commands.add_parser(
         "run", help="run a Python script whose sk.cluster()/sk.fit use a cluster started here",
@@ -90,6 +99,29 @@ def _parser() -> argparse.ArgumentParser:
                      "or an address")
     run.add_argument("--image", help="kubernetes: scheduler and worker image")
     run.add_argument("--namespace", help="kubernetes: namespace of the cluster")
+    run.add_argument("--detach", action="store_true",
+                     help="the script's fits run on the cluster, not in this process: "
+                     "the command returns once they are submitted (needs --connect: a "
+                     "cluster that outlives the command)")
+
+    def joined(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("--connect", default="local", metavar="TARGET",
+                         help="the cluster: 'local' (default), 'local:NAME', a scheduler "
+                         "file or an address")
+        return sub
+
+    joined(commands.add_parser("runs", help="the runs on a cluster (detached or not)"))
+    attach = joined(commands.add_parser(
+        "attach", help="follow a run: live progress, then its epoch log",
+        description="Follow the run RUN: a live progress bar and a line per epoch until "
+        "it ends (Ctrl-C stops following; the run goes on)."))
+    attach.add_argument("run", metavar="RUN", help="the run's id (see `scalekit runs`)")
+    cancel = joined(commands.add_parser("cancel", help="end a run for everyone"))
+    cancel.add_argument("run", metavar="RUN")
+    cancel.add_argument("--force", action="store_true",
+                        help="cancel a run that someone else started")
+    logs = joined(commands.add_parser("logs", help="a run's event log, as text"))
+    logs.add_argument("run", metavar="RUN")
     return parser
 
 
@@ -110,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _cluster(args)
     if args.command == "run":
         return _run(args)
+    if args.command in ("runs", "attach", "cancel", "logs"):
+        return _runs_command(args)
     parser.error(f"unknown command {args.command!r}")  # pragma: no cover - argparse checks
 
 
@@ -148,6 +182,8 @@ def _cluster(args: argparse.Namespace) -> int:
                 return 0
             print(f"no background cluster {args.name!r} is running", file=sys.stderr)
             return 1
+        if args.verb in ("scale", "status"):
+            return _steer(args)
         running = background.list_clusters()
         for files in running:
             print(f"{files.name}\t{files.address()}\tpid {files.pid()}")
@@ -171,6 +207,10 @@ def _run(args: argparse.Namespace) -> int:
         print(f"scalekit run: no such script: {args.script}", file=sys.stderr)
         return 2
     options: dict[str, Any] = {}
+    if args.detach and not args.connect:
+        print("scalekit run --detach: the fits must outlive this command: join a cluster "
+              "that does (--connect local, after `scalekit cluster up`)", file=sys.stderr)
+        return 2
     if args.connect:
         options["connect"] = args.connect
     else:
@@ -189,9 +229,12 @@ def _run(args: argparse.Namespace) -> int:
     argv, path = sys.argv, list(sys.path)
     sys.argv = [script, *args.args]
     sys.path.insert(0, os.path.dirname(script))
+    started = time.time()
     try:
-        with serving_scripts(session):
+        with serving_scripts(session, detach=args.detach):
             runpy.run_path(script, run_name="__main__")
+        if args.detach:
+            _print_submitted(session, since=started)
         return 0
     except SystemExit as exc:  # the script's own exit status
         code = exc.code
@@ -200,6 +243,105 @@ def _run(args: argparse.Namespace) -> int:
         sys.argv, sys.path[:] = argv, path
         unsubscribe()
         session.close()  # a joined cluster: only this connection
+
+
+def _steer(args: argparse.Namespace) -> int:
+    """``scale`` and ``status``, as the magic has them, on a background cluster
+    (through a short-lived connection). Adaptive scaling is decided where the fits run,
+    so it is switched on from a notebook (``session.adapt``, ``%scalekit adapt``)."""
+    from scalekit.session import cluster
+
+    target = "local" if args.name == "default" else f"local:{args.name}"
+    session = cluster(connect=target)
+    try:
+        if args.verb == "scale":
+            session.scale(args.n)
+            session.wait_for_workers(args.n, timeout=120)
+        print(repr(session))
+        return 0
+    finally:
+        session.close()
+
+
+def _print_submitted(session: Any, since: float) -> None:
+    from scalekit import remote_runs
+    from scalekit.training.run_registry import owner
+
+    me = owner()
+    for run in remote_runs.runs(session):
+        if run.get("detached") and run.get("owner") == me and (run.get("started") or 0) >= since:
+            print(f"detached run {run['run_id']} is training on the cluster: follow it with "
+                  f"`scalekit attach {run['run_id']}`", flush=True)
+
+
+def _runs_command(args: argparse.Namespace) -> int:
+    from scalekit import remote_runs
+    from scalekit.errors import ScalekitError
+    from scalekit.session import cluster
+
+    try:
+        session = cluster(connect=args.connect)
+    except ScalekitError as exc:
+        print(f"scalekit {args.command}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.command == "runs":
+            print(remote_runs.runs(session))
+            return 0
+        run = remote_runs.attach(args.run, session)
+        if args.command == "cancel":
+            run.cancel(force=args.force)
+            print(f"run {args.run} cancelled")
+            return 0
+        if args.command == "logs":
+            for event in run.events:
+                _print_progress(event)
+            return 0
+        return _follow(run)
+    except ScalekitError as exc:
+        print(f"scalekit {args.command}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        session.close()
+
+
+def _follow(run: Any) -> int:
+    """A live progress bar (tqdm) and a line per epoch until the run ends."""
+    from tqdm import tqdm
+
+    from scalekit.events import BatchProgress, EpochEnded, RunStarted
+
+    bar = tqdm(total=max(1, int(run.record.get("max_epochs") or 1)), unit="epoch",
+               desc=f"run {run.run_id}", file=sys.stdout, dynamic_ncols=True)
+    bar.n = int(run.record.get("epoch") or 0)
+    bar.refresh()
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, RunStarted):
+            bar.total = event.max_epochs
+        elif isinstance(event, EpochEnded):
+            bar.n = event.epoch
+            bar.refresh()
+        if isinstance(event, BatchProgress):
+            bar.set_postfix_str(f"batch {event.batch}/{event.n_batches}", refresh=True)
+        else:
+            with bar.external_write_mode(file=sys.stdout):
+                _print_progress(event)
+
+    for event in list(run.events):  # what happened before we attached
+        _print_progress(event)
+    unsubscribe = run.bus.subscribe(on_event, replay=False)
+    try:
+        while not run.done:
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print(f"\nstopped following run {run.run_id}; it goes on", flush=True)
+        return 130
+    finally:
+        unsubscribe()
+        bar.close()
+    print(f"run {run.run_id} {run.status}", flush=True)
+    return 0 if run.status == "finished" else 1
 
 
 def _print_progress(event: Any) -> None:

@@ -371,3 +371,52 @@ class TrainingReport(Event):
     transport: tuple[str, ...] = ()  # how each rank averaged: "shared memory", "gloo", ...
     # torch.cuda.max_memory_allocated per rank; empty for a run without CUDA
     peak_gpu_memory: tuple[int, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LogLine(Event):
+    """Lines rank 0 printed while it trained (skorch's ``PrintLog`` rows, ``EarlyStopping``'s
+    message, a callback's ``print``): shown once, in the notebook. ``text`` may hold
+    several lines; ``stream`` is "stdout" or "stderr"; ``epoch`` is the epoch (1-based)
+    they belong to (0 before the first)."""
+
+    run_id: str
+    text: str
+    stream: str = "stdout"
+    epoch: int = 0
+    rank: int = 0
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
+
+
+def event_from_dict(data: dict[str, Any]) -> Event:
+    """The event ``Event.to_dict`` made ``data`` from (e.g. a run's log fetched from the
+    cluster); lists become the tuples the fields hold.
+
+    Raises
+    ------
+    ValueError
+        For a type that is not one of these events.
+    """
+    kinds = {cls.__name__: cls for cls in _event_classes(Event)}
+    kind = kinds.get(str(data.get("type")))
+    if kind is None:
+        raise ValueError(f"not a scalekit event: {data.get('type')!r}")
+    values = {}
+    for field in dataclasses.fields(kind):
+        if field.name not in data:
+            continue
+        value = data[field.name]
+        if isinstance(value, list) and "tuple" in str(field.type):
+            value = tuple(tuple(v) if isinstance(v, list) else v for v in value)
+        values[field.name] = value
+    return kind(**values)
+
+
+def _event_classes(base: type) -> list[type]:
+    found = []
+    for sub in base.__subclasses__():
+        found += [sub, *_event_classes(sub)]
+    return found

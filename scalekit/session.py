@@ -84,6 +84,11 @@ class ClusterSession:
         self.started_at = time.time()
         self.sampler.start()  # its first sample is immediate
         register(self)
+        # the JupyterLab sidebar and status bar show it, also without %load_ext scalekit
+        # (a no-op outside a kernel)
+        from scalekit.labext import register_current
+
+        register_current()
         return self
 
     def close(self) -> None:
@@ -166,6 +171,18 @@ class ClusterSession:
         """The ``distributed.Client`` connected to this cluster."""
         return self.backend.client
 
+    def ask_registry(self, op: str, **kwargs: Any) -> Any:
+        """The answer of the cluster's run registry to ``op`` (``scalekit_runs_list``,
+        ``scalekit_runs_events``, ...), installing it first; ``None`` where there is no
+        answer. The lab sidebar lists the cluster's runs through it."""
+        from scalekit.training.run_registry import ask, ensure_installed
+
+        if self.closed:
+            return None
+        client = self.client
+        ensure_installed(client)
+        return ask(client, op, **kwargs)
+
     @property
     def closed(self) -> bool:
         return self.backend.closed
@@ -214,6 +231,11 @@ class ClusterSession:
 
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
+
+    def _ipython_display_(self) -> None:
+        # through the panel's display handle: when the run ends (the cluster closes)
+        # the output becomes static HTML, which a reopened notebook still shows
+        self.panel._ipython_display_()
 
     def __repr__(self) -> str:
         from scalekit.views.cluster_render import cluster_text
@@ -344,12 +366,17 @@ _SCRIPT_SESSION: list[ClusterSession] = []  # set while `scalekit run` runs a sc
 
 
 @contextlib.contextmanager
-def serving_scripts(session: ClusterSession) -> Iterator[ClusterSession]:
+def serving_scripts(session: ClusterSession, *, detach: bool = False
+                    ) -> Iterator[ClusterSession]:
     """While this is active, ``sk.cluster()`` returns ``session`` instead of starting a
-    cluster (``scalekit run``: a notebook's code as a batch job, with no edits)."""
+    cluster (``scalekit run``: a notebook's code as a batch job, with no edits); with
+    ``detach``, the script's fits run on the cluster (``scalekit.training.detach``)."""
+    import dask.config
+
     _SCRIPT_SESSION.append(session)
     try:
-        yield session
+        with dask.config.set({"scalekit.training.detach": detach}):
+            yield session
     finally:
         _SCRIPT_SESSION.remove(session)
 

@@ -10,12 +10,15 @@
 import { Widget } from '@lumino/widgets';
 
 import type { KernelLink } from './connection';
-import type { ICluster, Intent, ISnapshot } from './protocol';
+import type { ICluster, Intent, ISnapshot, IStatusLine } from './protocol';
 import type { ScalekitTracker } from './tracker';
 import {
   IBar,
   IGpuCell,
+  IRunRow,
+  clusterRunRows,
   clusterSummary,
+  messageLine,
   parseAdapt,
   parseScale,
   runRows,
@@ -38,6 +41,7 @@ function h<K extends keyof HTMLElementTagNameMap>(
   return el;
 }
 
+/** A bar with its label beside it (not on the fill: readable at any fill level). */
 function bar(b: IBar, kind: string): HTMLElement {
   const fill = h('div', {
     class: `sk-bar-fill sk-bar-${kind}${b.warn ? ' sk-mod-warn' : ''}`
@@ -45,8 +49,8 @@ function bar(b: IBar, kind: string): HTMLElement {
   fill.style.width = `${(b.fraction * 100).toFixed(1)}%`;
   return h(
     'div',
-    { class: 'sk-bar', title: b.label },
-    fill,
+    { class: 'sk-bar-wrap', title: b.label },
+    h('div', { class: 'sk-bar' }, fill),
     h('span', { class: 'sk-bar-label' }, b.label)
   );
 }
@@ -92,6 +96,9 @@ export class ScalekitSidebar extends Widget {
     this._empty = h('div', { class: 'sk-empty' });
     this._clusterHead = h('div', { class: 'sk-cluster-head' });
     this._summary = h('div', { class: 'sk-summary' });
+    this._memoryWarning = h('div', {
+      class: 'sk-memory-warning sk-level-warning'
+    });
     this._workers = h('div', { class: 'sk-workers' });
     this._scaleInput = h('input', {
       class: 'sk-scale-input jp-mod-styled',
@@ -133,6 +140,7 @@ export class ScalekitSidebar extends Widget {
     );
     this._message = h('div', { class: 'sk-message', role: 'status' });
     this._runs = h('div', { class: 'sk-run-list' });
+    this._clusterRuns = h('div', { class: 'sk-run-list' });
 
     const controls = h(
       'div',
@@ -165,6 +173,7 @@ export class ScalekitSidebar extends Widget {
       { class: 'sk-cluster' },
       this._clusterHead,
       this._summary,
+      this._memoryWarning,
       this._workers,
       controls,
       this._message
@@ -175,6 +184,14 @@ export class ScalekitSidebar extends Widget {
       h('h3', {}, 'Training runs'),
       this._runs
     );
+    // fits on the same cluster that other kernels, the command line or a detached
+    // submission started: `sk.attach(id)` follows one from this notebook
+    this._clusterRunsSection = h(
+      'section',
+      { class: 'sk-runs sk-cluster-runs' },
+      h('h3', {}, 'Other runs on this cluster'),
+      this._clusterRuns
+    );
     this.node.append(
       h(
         'header',
@@ -184,7 +201,8 @@ export class ScalekitSidebar extends Widget {
       ),
       this._empty,
       this._cluster,
-      this._runsSection
+      this._runsSection,
+      this._clusterRunsSection
     );
 
     this._scaleButton.addEventListener('click', () => this._scale());
@@ -215,7 +233,7 @@ export class ScalekitSidebar extends Widget {
     if (link !== this._link) {
       this._link = link;
       this._edited = { scale: false, adapt: false };
-      this._setMessage('', 'info');
+      this._local = null;
     }
     const name = this._tracker.currentName;
     this._kernelName.textContent = name
@@ -226,11 +244,15 @@ export class ScalekitSidebar extends Widget {
     this._empty.textContent = this._emptyText(link, snapshot);
     this._empty.hidden = cluster !== null;
     this._cluster.hidden = cluster === null;
-    this._runsSection.hidden = !snapshot || snapshot.runs.length === 0;
+    const runs = runRows(snapshot);
+    const others = clusterRunRows(snapshot);
+    this._runsSection.hidden = runs.length === 0;
+    this._clusterRunsSection.hidden = others.length === 0;
     if (cluster !== null) {
       this._renderCluster(cluster, link);
     }
-    this._renderRuns(snapshot);
+    this._runs.replaceChildren(...runs.map(runCard));
+    this._clusterRuns.replaceChildren(...others.map(runCard));
   }
 
   dispose(): void {
@@ -256,7 +278,7 @@ export class ScalekitSidebar extends Widget {
       return 'Open a notebook to see its kernel’s scalekit cluster.';
     }
     if (snapshot === null) {
-      return 'This kernel has no scalekit cluster. Run `%load_ext scalekit` and `%scalekit up` in a cell.';
+      return 'No scalekit cluster in this kernel yet: start one with `sk.cluster()` or `%scalekit up` (after `%load_ext scalekit`).';
     }
     return 'No cluster is running in this kernel. Start one with `%scalekit up`.';
   }
@@ -279,12 +301,16 @@ export class ScalekitSidebar extends Widget {
             target: '_blank',
             rel: 'noopener'
           },
-          'dashboard ↗'
+          'Dask dashboard ↗'
         )
       );
     }
     this._clusterHead.replaceChildren(...head);
     this._summary.textContent = clusterSummary(c);
+    this._memoryWarning.textContent = c.view.memory_warning
+      ? `⚠ ${c.view.memory_warning}`
+      : '';
+    this._memoryWarning.hidden = !c.view.memory_warning;
 
     // a GPU worker gets a second row (the sidebar is too narrow for more columns)
     const rows: HTMLElement[] = [];
@@ -367,38 +393,9 @@ export class ScalekitSidebar extends Widget {
     for (const b of [this._scaleButton, this._adaptButton, this._closeButton]) {
       b.disabled = readOnly;
     }
-    if (c.notice !== null && c.notice.time > this._messageTime) {
-      this._setMessage(c.notice.message, c.notice.level, c.notice.time);
-    }
-  }
-
-  private _renderRuns(snapshot: ISnapshot | null): void {
-    const now = Date.now() / 1000;
-    const items = runRows(snapshot, now).map(r => {
-      const progress = h('div', { class: 'sk-bar sk-progress' });
-      if (r.progress !== null) {
-        const fill = h('div', {
-          class: `sk-bar-fill sk-bar-run sk-run-${r.status}`
-        });
-        fill.style.width = `${(r.progress * 100).toFixed(1)}%`;
-        progress.append(fill);
-        progress.title = `${Math.round(r.progress * 100)}%`;
-      }
-      return h(
-        'div',
-        { class: `sk-run sk-run-${r.status}`, 'data-run-id': r.id },
-        h(
-          'div',
-          { class: 'sk-run-head' },
-          h('span', { class: 'sk-run-id' }, r.id),
-          h('span', { class: `sk-badge sk-badge-${r.status}` }, r.status)
-        ),
-        progress,
-        h('div', { class: 'sk-run-headline' }, r.headline),
-        ...r.details.map(d => h('div', { class: 'sk-run-detail' }, d))
-      );
-    });
-    this._runs.replaceChildren(...items);
+    const line = messageLine(this._local, c);
+    this._message.textContent = line?.message ?? '';
+    this._message.className = `sk-message sk-level-${line?.level ?? 'info'}`;
   }
 
   private _scale(): void {
@@ -455,8 +452,12 @@ export class ScalekitSidebar extends Widget {
     this.render();
     link
       .request(intent)
+      // done: the kernel's status line says the rest ("scaling to 3 workers" until
+      // the workers are there); refused: say why until the next action
       .then(reply =>
-        this._setMessage(reply.message || 'done', reply.ok ? 'info' : 'error')
+        reply.ok
+          ? (this._local = null)
+          : this._setMessage(reply.message || 'refused', 'error')
       )
       .catch((err: Error) => this._setMessage(err.message, 'error'))
       .finally(() => {
@@ -465,14 +466,11 @@ export class ScalekitSidebar extends Widget {
       });
   }
 
-  private _setMessage(
-    text: string,
-    level: string,
-    time = Date.now() / 1000
-  ): void {
+  /** What this view says itself, until the kernel says something newer. */
+  private _setMessage(text: string, level: string): void {
+    this._local = { message: text, level, time: Date.now() / 1000 };
     this._message.textContent = text;
     this._message.className = `sk-message sk-level-${level}`;
-    this._messageTime = time;
   }
 
   private _tracker: ScalekitTracker;
@@ -480,12 +478,13 @@ export class ScalekitSidebar extends Widget {
   private _edited = { scale: false, adapt: false };
   private _busy = false;
   private _confirming = false;
-  private _messageTime = 0;
+  private _local: IStatusLine | null = null;
   private _kernelName: HTMLElement;
   private _empty: HTMLElement;
   private _cluster: HTMLElement;
   private _clusterHead: HTMLElement;
   private _summary: HTMLElement;
+  private _memoryWarning: HTMLElement;
   private _workers: HTMLElement;
   private _scaleInput: HTMLInputElement;
   private _scaleButton: HTMLButtonElement;
@@ -497,4 +496,35 @@ export class ScalekitSidebar extends Widget {
   private _message: HTMLElement;
   private _runsSection: HTMLElement;
   private _runs: HTMLElement;
+  private _clusterRunsSection: HTMLElement;
+  private _clusterRuns: HTMLElement;
+}
+
+/** One run's card: id and status, a progress bar, the kernel's lines about it. */
+function runCard(r: IRunRow): HTMLElement {
+  const progress = h('div', { class: 'sk-bar sk-progress' });
+  if (r.progress !== null) {
+    const fill = h('div', {
+      class: `sk-bar-fill sk-bar-run sk-run-${r.status}`
+    });
+    fill.style.width = `${(r.progress * 100).toFixed(1)}%`;
+    progress.append(fill);
+    progress.title = `${Math.round(r.progress * 100)}%`;
+  }
+  return h(
+    'div',
+    { class: `sk-run sk-run-${r.status}`, 'data-run-id': r.id },
+    h(
+      'div',
+      { class: 'sk-run-head' },
+      h('span', { class: 'sk-run-id' }, r.id),
+      h('span', { class: `sk-badge sk-badge-${r.status}` }, r.status)
+    ),
+    progress,
+    h('div', { class: 'sk-run-headline' }, r.headline),
+    ...r.alerts.map(a =>
+      h('div', { class: `sk-run-alert sk-level-${a.level}` }, a.message)
+    ),
+    ...r.details.map(d => h('div', { class: 'sk-run-detail' }, d))
+  );
 }

@@ -73,7 +73,7 @@ function snapshot(
     type: 'snapshot',
     seq,
     time,
-    cluster: { id: 'c1', n_workers: n },
+    cluster: { id: 'c1', n_workers: n, view: {} },
     clusters: 1,
     runs: []
   };

@@ -10,159 +10,104 @@ import {
   isSnapshot
 } from '../src/protocol';
 import {
-  NVML_HINT,
+  clusterRunRows,
   clusterSummary,
-  formatLoss,
+  currentRun,
+  messageLine,
   parseAdapt,
   parseScale,
-  runRow,
   runRows,
   safeUrl,
   statusText,
+  statusTitle,
   workerRow
 } from '../src/view';
+// what the kernel sends, built by scalekit's own snapshot code:
+// tests/unit/labext/test_snapshot_fixture.py fails when the two drift apart
+import fixture from './fixtures/snapshot.json';
 
-const GIB = 2 ** 30;
-
-function cluster(over: Partial<ICluster> = {}): ICluster {
-  return {
-    id: 'c1',
-    backend: 'local',
-    status: 'running',
-    workers: [0, 1].map(i => ({
-      name: `w${i}`,
-      address: `tcp://127.0.0.1:${4000 + i}`,
-      nthreads: 1,
-      cpu: 24,
-      memory: GIB / 4,
-      memory_limit: 4 * GIB,
-      status: 'running'
-    })),
-    n_workers: 2,
-    requested: 2,
-    totals: {
-      threads: 2,
-      cpu: 24,
-      cpu_percent: 24,
-      memory: GIB / 2,
-      memory_limit: 8 * GIB
-    },
-    adaptive: null,
-    dashboard_link: 'http://127.0.0.1:8787/status',
-    scheduler_address: 'tcp://127.0.0.1:4000',
-    max_workers: 8,
-    notice: null,
-    time: 1000,
-    ...over
-  };
-}
-
-function run(over: Partial<IRun> = {}): IRun {
-  return {
-    run_id: 'run-1',
-    status: 'running',
-    epochs_done: 3,
-    max_epochs: 10,
-    start_epoch: 0,
-    batch: null,
-    progress: 0.3,
-    loss_key: 'train_loss',
-    loss: 0.41234,
-    valid_loss: null,
-    world_size: 2,
-    samples_per_s: 512.4,
-    eta_s: 70,
-    last_checkpoint: null,
-    recoveries: 0,
-    lost_steps: 0,
-    downtime_s: 0,
-    started_at: 900,
-    finished_at: null,
-    message: '',
-    ...over
-  };
-}
+const kernelSnapshot = fixture as unknown as ISnapshot;
 
 function snapshot(over: Partial<ISnapshot> = {}): ISnapshot {
-  return {
-    protocol: PROTOCOL,
-    type: 'snapshot',
-    seq: 1,
-    time: 1000,
-    cluster: cluster(),
-    clusters: 1,
-    runs: [],
-    ...over
-  };
+  return { ...structuredClone(kernelSnapshot), ...over };
 }
 
-describe('status bar text', () => {
-  it('shows workers, CPU and memory', () => {
-    expect(statusText(snapshot())).toBe(
-      '⚙ 2 workers · CPU 24% · mem 0.5/8.0 GiB'
-    );
-  });
+function cluster(over: Partial<ICluster> = {}): ICluster {
+  return { ...structuredClone(kernelSnapshot.cluster!), ...over };
+}
 
-  it('adds epoch and loss while a fit runs', () => {
-    const s = snapshot({
-      runs: [run({ status: 'finished' }), run({ run_id: 'b' })]
-    });
-    expect(statusText(s)).toBe(
-      '⚙ 2 workers · CPU 24% · mem 0.5/8.0 GiB · epoch 3/10 · loss 0.412'
+function runs(): IRun[] {
+  return structuredClone(kernelSnapshot.runs);
+}
+
+describe('the kernel’s snapshot', () => {
+  it('is a snapshot of this protocol, with its view strings', () => {
+    expect(isSnapshot(kernelSnapshot)).toBe(true);
+    expect(kernelSnapshot.protocol).toBe(PROTOCOL);
+    // an older kernel (no view strings) is not taken for one
+    const old = structuredClone(kernelSnapshot) as unknown as {
+      cluster: { view?: unknown };
+    };
+    delete old.cluster.view;
+    expect(isSnapshot(old)).toBe(false);
+    expect(isSnapshot({ ...snapshot(), protocol: 'scalekit/1' })).toBe(false);
+  });
+});
+
+describe('status bar text', () => {
+  it('joins the kernel’s words: workers, CPU, memory, and the running fit', () => {
+    expect(statusText(kernelSnapshot)).toBe(
+      '⚙ 3 workers · CPU 44% · mem 10.3/23.5 GiB · epoch 1/10 · loss 0.412'
     );
+    const done = snapshot({ runs: runs().slice(0, 1) });
+    expect(statusText(done)).toBe('⚙ 3 workers · CPU 44% · mem 10.3/23.5 GiB');
+    expect(currentRun(done)).toBeNull();
   });
 
   it('shows nothing for kernels without scalekit or without a cluster and fit', () => {
     expect(statusText(null)).toBeNull();
-    expect(statusText(snapshot({ cluster: null }))).toBeNull();
+    expect(statusText(snapshot({ cluster: null, runs: [] }))).toBeNull();
     expect(
-      statusText(
-        snapshot({ cluster: null, runs: [run({ status: 'finished' })] })
-      )
+      statusText(snapshot({ cluster: null, runs: runs().slice(0, 1) }))
     ).toBeNull();
   });
 
-  it('says one worker and memory without limits', () => {
-    const c = cluster({
-      n_workers: 1,
-      totals: {
-        threads: 1,
-        cpu: 0,
-        cpu_percent: 0,
-        memory: GIB,
-        memory_limit: 0
-      }
-    });
-    expect(statusText(snapshot({ cluster: c }))).toBe(
-      '⚙ 1 worker · CPU 0% · mem 1.0 GiB'
+  it('says what a click does', () => {
+    expect(statusTitle(kernelSnapshot)).toBe(
+      'scalekit: local cluster, running (click for the scalekit sidebar)'
     );
+    expect(statusTitle(null)).toMatch(/^scalekit: no cluster in this kernel/);
   });
 });
 
 describe('cluster view', () => {
-  it('draws per-worker bars as fractions of threads and limits', () => {
-    const row = workerRow({ ...cluster().workers[0], nthreads: 2, cpu: 150 });
-    expect(row.cpu.fraction).toBeCloseTo(0.75);
-    expect(row.cpu.label).toBe('150%');
-    expect(row.memory.fraction).toBeCloseTo(1 / 16);
-    expect(row.memory.warn).toBe(false);
-    const hot = workerRow({
-      ...cluster().workers[0],
-      cpu: 130,
-      memory: 3.5 * GIB
-    });
-    expect(hot.cpu.fraction).toBe(1);
-    expect(hot.cpu.warn).toBe(true);
-    expect(hot.memory.warn).toBe(true);
+  it('shows the kernel’s summary, with the machine’s real memory', () => {
+    expect(clusterSummary(cluster())).toBe(
+      '3 workers (requested 4) · CPU 44 % of 4 threads · memory 10.27 / 23.54 GiB ' +
+        '(this machine; limits 35.31 GiB) · 2 GPU workers · GPU 37 % (mean) · ' +
+        'GPU memory 14.00 / 140.00 GiB'
+    );
+    expect(cluster().view.memory_warning).toMatch(
+      /^memory limits add up to 35\.31 GiB, 1\.5× this machine's 23\.54 GiB: .* Give each at most 7\.5GiB: /
+    );
   });
 
-  it('summarises requested size and adaptive bounds', () => {
-    expect(clusterSummary(cluster({ requested: 3 }))).toBe(
-      '2 workers (requested 3) · 2 threads · CPU 24% · mem 0.5/8.0 GiB'
-    );
-    expect(
-      clusterSummary(cluster({ adaptive: { minimum: 1, maximum: 4 } }))
-    ).toMatch(/^2 workers · adaptive 1\.\.4 · /);
+  it('draws the kernel’s bars: fractions, labels, warnings', () => {
+    const [w0, w1, w2] = cluster().workers.map(workerRow);
+    expect(w0.cpu).toEqual({ fraction: 0.95, label: '95 %', warn: false });
+    expect(w0.title).toBe('tcp://127.0.0.1:40001 · 1 thread');
+    expect(w1.memory).toEqual({
+      fraction: 0.8411,
+      label: '9.90 / 11.77 GiB',
+      warn: true
+    });
+    expect(w1.title).toBe('tcp://127.0.0.1:40002 · 2 threads');
+    expect(w0.gpu).toBeNull();
+    expect(w1.gpu!.tag).toBe('GPU=1');
+    expect(w1.gpu!.utilization!.label).toBe('37 %');
+    expect(w1.gpu!.memory!.label).toBe('14.00 / 140.00 GiB');
+    expect(w2.gpu!.hint).toBe('utilisation needs nvidia-ml-py');
+    expect(w2.gpu!.title).toContain("pip install 'scalekit[gpu]'");
   });
 
   it('links only to http(s) dashboards', () => {
@@ -174,143 +119,90 @@ describe('cluster view', () => {
   });
 });
 
-describe('GPU workers', () => {
-  // shaped as scalekit/labext.py's worker_dict and cluster_dict send them
-  const h200 = {
-    name: 'NVIDIA H200',
-    resource: 1,
-    monitored: true,
-    utilization: 37,
-    memory: 14 * GIB,
-    memory_total: 140 * GIB
-  };
-
-  it('draws utilisation and memory bars with the device and its resource', () => {
-    const row = workerRow({ ...cluster().workers[0], gpu: h200 });
-    expect(row.gpu).not.toBeNull();
-    expect(row.gpu!.label).toBe('NVIDIA H200 · GPU=1');
-    expect(row.gpu!.tag).toBe('GPU=1');
-    expect(row.gpu!.hint).toBeNull();
-    expect(row.gpu!.utilization).toEqual({
-      fraction: 0.37,
-      label: '37%',
-      warn: false
+describe('message line', () => {
+  it('shows the kernel’s line while it holds, and what this view said when newer', () => {
+    const c = cluster();
+    expect(messageLine(null, c)).toEqual({
+      level: 'info',
+      message: 'scaling to 4 workers',
+      time: 1750000001
     });
-    expect(row.gpu!.memory!.fraction).toBeCloseTo(0.1);
-    expect(row.gpu!.memory!.label).toBe('14.0/140.0 GiB');
-    const full = workerRow({
-      ...cluster().workers[0],
-      gpu: { ...h200, memory: 135 * GIB, utilization: null }
-    });
-    expect(full.gpu!.memory!.warn).toBe(true);
-    expect(full.gpu!.utilization!.label).toBe('–');
+    const refused = {
+      level: 'error',
+      message: 'workers: choose 1..8',
+      time: 1750000005
+    };
+    expect(messageLine(refused, c)).toBe(refused);
+    const older = { ...refused, time: 1750000000 };
+    expect(messageLine(older, c)!.message).toBe('scaling to 4 workers');
   });
 
-  it('marks a GPU worker without NVML numbers with the nvidia-ml-py hint', () => {
-    const row = workerRow({
-      ...cluster().workers[0],
-      gpu: {
-        name: '',
-        resource: 1,
-        monitored: false,
-        utilization: null,
-        memory: null,
-        memory_total: null
-      }
-    });
-    expect(row.gpu!.label).toBe('GPU=1');
-    expect(row.gpu!.tag).toBe('GPU=1');
-    expect(row.gpu!.hint).toBe(NVML_HINT);
-    expect(row.gpu!.utilization).toBeNull();
-    expect(row.gpu!.title).toContain("pip install 'scalekit[gpu]'");
-  });
-
-  it('adds GPU totals to the summary, and GPU cells, only with GPUs', () => {
-    const cpu = cluster();
-    expect(workerRow(cpu.workers[0]).gpu).toBeNull();
-    expect(clusterSummary(cpu)).toBe(
-      '2 workers · 2 threads · CPU 24% · mem 0.5/8.0 GiB'
-    );
-    const gpu = cluster({
-      workers: cpu.workers.map(w => ({ ...w, gpu: h200 })),
-      totals: {
-        ...cpu.totals,
-        gpu: {
-          workers: 2,
-          monitored: true,
-          utilization: 40.4,
-          memory: 28 * GIB,
-          memory_total: 280 * GIB
-        }
-      }
-    });
-    expect(clusterSummary(gpu)).toBe(
-      '2 workers · 2 threads · CPU 24% · mem 0.5/8.0 GiB' +
-        ' · 2 GPU workers · GPU 40% · GPU mem 28.0/280.0 GiB'
-    );
-    const blind = cluster({
-      totals: {
-        ...cpu.totals,
-        gpu: {
-          workers: 1,
-          monitored: false,
-          utilization: null,
-          memory: null,
-          memory_total: null
-        }
-      }
-    });
-    expect(clusterSummary(blind)).toMatch(
-      / · 1 GPU worker \(utilisation needs nvidia-ml-py\)$/
-    );
-  });
-
-  it('shows a CUDA run’s peak GPU memory per rank, and nothing for a CPU run', () => {
-    const gpuRun = runRow(
-      run({ status: 'finished', peak_gpu_memory: [3.5 * GIB, 3.25 * GIB] }),
-      1000
-    );
-    expect(gpuRun.details).toContain('peak GPU memory per rank 3.5, 3.3 GiB');
-    const cpuRun = runRow(run({ peak_gpu_memory: [] }), 1000);
-    expect(cpuRun.details.some(d => d.includes('GPU'))).toBe(false);
+  it('is empty once the kernel’s line stopped holding (the workers arrived)', () => {
+    const settled = cluster();
+    settled.view = { ...settled.view, status_line: null };
+    expect(messageLine(null, settled)).toBeNull();
+    expect(messageLine(null, null)).toBeNull();
   });
 });
 
 describe('runs', () => {
-  it('lists runs newest first with checkpoint and recoveries', () => {
-    const s = snapshot({
-      runs: [
-        run({ run_id: 'old', status: 'finished', progress: 1 }),
-        run({
-          run_id: 'new',
-          batch: [3, 5, 10],
-          recoveries: 2,
-          lost_steps: 7,
-          downtime_s: 4,
-          last_checkpoint: { epoch: 3, step: 0, url: 'file:///ck/3', time: 990 }
-        })
-      ]
-    });
-    const rows = runRows(s, 1000);
-    expect(rows.map(r => r.id)).toEqual(['new', 'old']);
-    expect(rows[0].headline).toBe('epoch 3/10 · loss 0.412');
-    expect(rows[0].details).toContain('batch 5/10 of epoch 4');
-    expect(rows[0].details).toContain(
-      'checkpoint: epoch 3 · 10 s ago · file:///ck/3'
+  it('lists runs newest first with the kernel’s headline and details', () => {
+    const [recovering, old] = runRows(kernelSnapshot);
+    expect([recovering.id, old.id]).toEqual(['new', 'old']);
+    expect(recovering.headline).toBe('epoch 1/10 · loss 0.412 · valid 0.500');
+    // measured from the events: not the rank's 64e9, with a thousands separator
+    expect(recovering.details).toContain(
+      '16,000 samples/s (last 2 s) · world size 3 · ETA 33s'
     );
-    expect(rows[0].details).toContain(
-      '2 recoveries · 7 steps redone · 4 s down'
+    expect(recovering.details.join(' ')).not.toMatch(/64000000000/);
+    expect(old.progress).toBe(1);
+    expect(old.details[0]).toBe(
+      '1,200 samples/s over the whole run (start-up included) · world size 2 · took 16s'
     );
-    expect(rows[1].progress).toBe(1);
-    expect(rows[1].details).toContain('no checkpoint yet');
+    expect(old.details).toContain('no recoveries');
   });
 
-  it('formats losses for a narrow space', () => {
-    expect(formatLoss(0.000012)).toBe('1.20e-5');
-    expect(formatLoss(1.5)).toBe('1.50');
-    expect(formatLoss(null)).toBe('–');
-    expect(runRow(run({ valid_loss: 0.5 }), 0).headline).toBe(
-      'epoch 3/10 · loss 0.412 · valid 0.500'
+  it('shows one failure for a lost worker, and the recovery under way', () => {
+    const [recovering] = runRows(kernelSnapshot);
+    expect(recovering.alerts).toEqual([
+      {
+        level: 'error',
+        message:
+          'rank 1 on tcp://127.0.0.1:40002 lost (generation 0) · ranks 0, 2 stopped with it'
+      },
+      {
+        level: 'warning',
+        message:
+          'recovering: rank 1 lost on tcp://127.0.0.1:40002; restoring on 2 worker(s)'
+      }
+    ]);
+    expect(runRows(null)).toEqual([]);
+  });
+});
+
+describe('other runs on the cluster', () => {
+  it('lists them with who started them and how to follow them', () => {
+    const [theirs] = clusterRunRows(kernelSnapshot);
+    expect(theirs.id).toBe('theirs');
+    expect(theirs.status).toBe('running');
+    expect(theirs.headline).toBe('epoch 2/6 · loss 0.450');
+    expect(theirs.details[0]).toBe(
+      'NeuralNetClassifier · detached · by ada@lab'
+    );
+    expect(theirs.details).toContain('follow it: sk.attach("theirs")');
+    // the kernel's own runs are not among them, nor in the status bar
+    expect(runRows(kernelSnapshot).map(r => r.id)).not.toContain('theirs');
+    expect(statusText(kernelSnapshot)).not.toMatch(/epoch 2\/6/);
+  });
+
+  it('is empty from a kernel that does not send them', () => {
+    const older = snapshot();
+    delete older.cluster_runs;
+    expect(isSnapshot(older)).toBe(true);
+    expect(clusterRunRows(older)).toEqual([]);
+    expect(clusterRunRows(null)).toEqual([]);
+    expect(isSnapshot({ ...snapshot(), cluster_runs: [{ run_id: 'x' }] })).toBe(
+      false
     );
   });
 });
@@ -343,9 +235,7 @@ describe('controls', () => {
 });
 
 describe('protocol', () => {
-  it('recognises snapshots and replies', () => {
-    expect(isSnapshot(snapshot())).toBe(true);
-    expect(isSnapshot({ ...snapshot(), protocol: 'other/1' })).toBe(false);
+  it('recognises replies', () => {
     expect(isSnapshot({ method: 'update', state: {} })).toBe(false);
     expect(
       isReply({ protocol: PROTOCOL, type: 'reply', ok: true, request_id: 'r1' })

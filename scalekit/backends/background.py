@@ -300,8 +300,12 @@ def connected_config(address: str, *, timeout: float = 10.0) -> ClusterConfig | 
     except OSError as exc:
         raise ClusterError(f"no Dask scheduler answers at {address}: {exc}") from exc
     try:
-        found = client.sync(client.scheduler.scalekit_info)
-    except Exception as exc:  # not ours: its scheduler has no such handler
+        # asked first, not tried: a scheduler logs a warning with a traceback for an
+        # operation it does not know, which a notebook whose kernel runs it would show
+        ours = client.run_on_scheduler(
+            lambda dask_scheduler: "scalekit_info" in dask_scheduler.handlers)
+        found = client.sync(client.scheduler.scalekit_info) if ours else None
+    except Exception as exc:  # not ours, or not willing to say
         logger.debug("no scalekit_info at %s: %s", address, exc)
         return None
     finally:

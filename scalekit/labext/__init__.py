@@ -29,13 +29,22 @@ Jupyter server. scalekit's clusters live in the kernel, so the JupyterLab extens
 
 Message shapes (``protocol`` is :data:`PROTOCOL` on every message)::
 
-    {"protocol": "scalekit/1", "type": "snapshot", "seq": 7, "time": 1.7e9,
-     "cluster": {"id", "backend", "status", "workers": [...], "n_workers", "requested",
-                 "totals": {..., "gpu"?}, "adaptive": {"minimum", "maximum"} | None,
-                 "dashboard_link", "max_workers", "notice": {...} | None} | None,
+    {"protocol": "scalekit/2", "type": "snapshot", "seq": 7, "time": 1.7e9,
+     "cluster": {"id", "backend", "status", "workers": [{..., "view"}], "n_workers",
+                 "requested", "totals": {..., "gpu"?}, "adaptive": {...} | None,
+                 "dashboard_link", "max_workers", "notice": {...} | None,
+                 "view": {"summary", "status_bar", "memory_warning",
+                          "status_line": {...} | None}} | None,
      "clusters": 1,
      "runs": [{"run_id", "status", "epochs_done", "max_epochs", "progress", "loss",
-               "loss_key", "last_checkpoint": {...} | None, "recoveries", ...}, ...]}
+               "loss_key", "last_checkpoint": {...} | None, "recoveries", ...,
+               "view": {"headline", "status_bar", "details": [...], "alerts": [...]}},
+              ...]}
+
+The ``view`` parts are what the sidebar and the status bar show, word for word: made by
+:mod:`scalekit.views.lab_text` with the notebook panels' own formatting, so the views
+agree (and the TypeScript formats no numbers). A worker's ``view`` has its ``cpu`` and
+``memory`` bars (``fraction``, ``label``, ``warn``), its tooltip and its GPU row.
 
 A worker with a GPU also carries ``"gpu": {"name", "resource", "monitored",
 "utilization", "memory", "memory_total"}`` (``monitored`` false: no NVML numbers, as
@@ -51,13 +60,15 @@ neither torch, ``distributed`` nor ipywidgets: sessions are found through
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from scalekit.labext.bridge import HEARTBEAT, PROTOCOL, TARGET, LabBridge
 
-__all__ = ["HEARTBEAT", "PROTOCOL", "TARGET", "LabBridge", "bridge", "register"]
+__all__ = ["HEARTBEAT", "PROTOCOL", "TARGET", "LabBridge", "bridge", "register",
+           "register_current"]
 
 _BRIDGE: LabBridge | None = None
 _REGISTER = threading.Lock()
@@ -91,6 +102,20 @@ def register(shell: Any, *, manager: Any = None,
         manager.register_target(TARGET, bridge.attach)
         _BRIDGE = bridge
     return bridge.start()
+
+
+def register_current() -> LabBridge | None:
+    """:func:`register` in the IPython kernel this process runs, if any.
+
+    For the code that starts a cluster (``sk.cluster()``): the sidebar then shows API
+    clusters without ``%load_ext scalekit``. Outside a kernel (a script, plain Python,
+    IPython in a terminal) it does nothing and returns ``None``; it never imports
+    IPython itself (no IPython module loaded: no kernel to register in).
+    """
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return register(shell) if shell is not None else None
 
 
 def bridge() -> LabBridge | None:

@@ -21,7 +21,8 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from scalekit.errors import ScalekitError, UsageError
-from scalekit.events import Event
+from scalekit.events import Event, Notice
+from scalekit.labext.cluster_runs import ClusterRuns
 from scalekit.labext.intents import carry_out, check_action, intent_data
 from scalekit.views.cluster_state import ClusterState
 from scalekit.views.snapshot import cluster_dict, run_dict
@@ -30,7 +31,8 @@ from scalekit.views.training_state import TrainingState
 logger = logging.getLogger(__name__)
 
 TARGET = "scalekit"
-PROTOCOL = "scalekit/1"
+# 2: each part carries the strings the sidebar shows ("view"), the extension formats none
+PROTOCOL = "scalekit/2"
 HEARTBEAT = 5.0  # resend the last snapshot this often while there is something to show
 MAX_RUNS = 10  # past runs kept (the running ones always are)
 
@@ -63,11 +65,18 @@ def _active_sessions() -> list[Any]:
 class _Tracked:
     """One session the bridge listens to, and its bus's cluster events, folded."""
 
-    def __init__(self, session: Any, cluster_id: str) -> None:
+    def __init__(self, session: Any, cluster_id: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.session = session
         self.id = cluster_id
         self.cluster = ClusterState(history=2)  # the sidebar draws no history
         self.unsubscribe: Callable[[], None] = lambda: None
+        # the runs other kernels, the command line or detached submissions started there
+        self.runs = ClusterRuns(self._ask, clock=clock)
+
+    def _ask(self, op: str, **kwargs: Any) -> Any:
+        ask = getattr(self.session, "ask_registry", None)
+        return None if ask is None else ask(op, **kwargs)
 
 
 class LabBridge:
@@ -144,7 +153,8 @@ class LabBridge:
             for tracked in gone:
                 del self._tracked[id(tracked.session)]
             for session in new:
-                self._tracked[id(session)] = _Tracked(session, f"c{next(_ids)}")
+                self._tracked[id(session)] = _Tracked(session, f"c{next(_ids)}",
+                                                      self._clock)
             if gone or new:
                 self._dirty = True
         for tracked in gone:
@@ -158,7 +168,12 @@ class LabBridge:
     def _on_event(self, tracked: _Tracked, event: Event) -> None:
         """A bus callback (publisher's thread): fold the event in, mark dirty. Quick."""
         with self._lock:
-            if not tracked.cluster.apply(event):
+            if isinstance(event, Notice):
+                tracked.cluster.apply(event)
+                for state in self._runs.values():  # as the training panel folds them
+                    if state.running:
+                        state.apply(event)
+            elif not tracked.cluster.apply(event):
                 if getattr(event, "run_id", None) is None:
                     return  # neither a cluster nor a training event
                 self._fold_run(event)
@@ -192,20 +207,22 @@ class LabBridge:
             if current is not None and current.cluster.live:
                 view, config = current.cluster, getattr(current.session, "config", None)
                 cluster = cluster_dict(
-                    view.snapshot, cluster_id=current.id, adapt=view.adapt,  # type: ignore[arg-type]
-                    scale=view.scale, notice=view.notice,
-                    max_workers=getattr(config, "max_workers", None),
+                    view.snapshot, cluster_id=current.id,  # type: ignore[arg-type]
+                    state=view, max_workers=getattr(config, "max_workers", None),
                 )
             runs = [run_dict(s) for s in sorted(
                 self._runs.values(), key=lambda s: s.started_at or 0.0)]
+            cluster_runs = (current.runs.runs() if current is not None
+                            and current.cluster.live else [])
             self._seq += 1
             return {"protocol": PROTOCOL, "type": "snapshot", "seq": self._seq,
                     "time": time.time(), "cluster": cluster, "clusters": len(live),
-                    "runs": runs}
+                    "runs": runs, "cluster_runs": cluster_runs}
 
     def tick(self) -> bool:
         """Send a snapshot if one is due (changed, and the last one is old enough)."""
         self.refresh()
+        self._follow_cluster_runs()
         now = self._clock()
         with self._lock:
             since = None if self._last_sent is None else now - self._last_sent
@@ -221,6 +238,24 @@ class LabBridge:
             data = self.snapshot()
         self._send(self.broadcast, data)
         return True
+
+    def _follow_cluster_runs(self) -> None:
+        """Catch up with the runs recorded on the current cluster (at most every
+        :data:`~scalekit.labext.cluster_runs.POLL_S`; the scheduler is asked outside
+        the lock)."""
+        with self._lock:
+            current = self._current_tracked()
+            own = set(self._runs)
+        if current is None or not current.cluster.live or not current.runs.due():
+            return
+        try:
+            changed = current.runs.poll(own)
+        except Exception:  # never a reason to stop the sidebar
+            logger.debug("following the cluster's runs failed", exc_info=True)
+            return
+        if changed:
+            with self._lock:
+                self._dirty = True
 
     def poke(self) -> None:
         """Something changed: send at the next allowed moment."""

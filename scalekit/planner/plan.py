@@ -129,8 +129,8 @@ class Plan:
         -------
         TrainingRun
         """
+        from scalekit.fitting import fit
         from scalekit.planner.probe import warm, warm_up_fit
-        from scalekit.runs import fit
 
         for key in ("strategy", "max_workers", "cluster"):
             if key in fit_kwargs:

@@ -270,7 +270,7 @@ def warm_up_fit(session: Any, net: Any, X: Any, y: Any = None, *, strategy: Any 
     """A throw-away one-epoch fit of a copy of ``net`` on two batches of ``X`` over
     ``workers`` workers: a cluster's first fit pays for its first rendezvous, process
     group, strategy set-up and checkpoint write, which the fits after it do not."""
-    from scalekit.runs import fit
+    from scalekit.fitting import fit
     from scalekit.training.preflight import batch_size
 
     rows = np.arange(min(_len(X), 2 * batch_size(net)))
@@ -316,7 +316,7 @@ def send_rate(client: Any, X: Any, y: Any = None, *, block: int = SEND_BLOCK,
 def _probe_one(session: Any, net: Any, X: Any, y: Any, c: ProbeConfig, *, epochs: int,
                seed: int, timeout: float, folder: str, send_rate: float = 0.0) -> Observed:
     from scalekit.events import EpochEnded
-    from scalekit.runs import fit
+    from scalekit.fitting import fit
 
     copy = probe_net(net, epochs=epochs, gpus=c.gpus)
     strategy = _strategy_of(c)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skorch.callbacks import Callback
+
+if TYPE_CHECKING:
+    from scalekit.training.callback_router import CallbackRouter
 
 
 class RoundStopped(KeyboardInterrupt):
@@ -21,21 +24,33 @@ class RoundControl(Callback):
     Parameters
     ----------
     rank : int
-    report : callable(epoch, row)
-        Sends a finished epoch's numbers to the notebook (rank 0 only).
+    report : callable(epoch, row, loggers)
+        Sends a finished epoch's numbers, and the state of the rank-0 loggers after it,
+        to the notebook (rank 0 only).
     save : callable(net, epoch) or None
         Saves a checkpoint at an epoch boundary if one is due (given to rank 0, or to
         every rank when each writes its own shard).
     stop_requested : callable() -> bool, or None
         Asked on rank 0 at each epoch end.
+    max_epochs : int, optional
+    state : dict, optional
+        The training state the round started from (LR schedulers' and callbacks'
+        state are put back from it).
+    router : CallbackRouter, optional
+        Which callbacks run on this rank (callback_router); it learns from here when
+        the round stops for a resize.
     """
 
-    def __init__(self, rank: int, report: Callable[[int, dict[str, Any]], None],
+    def __init__(self, rank: int, report: Callable[[int, dict[str, Any], dict[str, Any]], None],
                  save: Callable[[Any, int], None] | None = None,
                  stop_requested: Callable[[], bool] | None = None,
                  max_epochs: int | None = None,
-                 state: dict[str, Any] | None = None) -> None:
+                 state: dict[str, Any] | None = None,
+                 router: CallbackRouter | None = None) -> None:
         self.rank = rank
+        self.router = router
+        if router is not None:
+            router.resizing = lambda: self.stopped
         self.max_epochs = max_epochs
         self.state = state
         self.report = report
@@ -45,10 +60,20 @@ class RoundControl(Callback):
         self.stopped = False
 
     def on_train_begin(self, net: Any, **kwargs: Any) -> None:
-        # runs after the user's callbacks made their LR schedulers: restore them
+        # runs after the user's callbacks made their LR schedulers and reset what they
+        # learned: put both back, as the fit had them
+        from scalekit.training import callback_state
         from scalekit.training.state import restore_schedulers
 
         restore_schedulers(net, self.state)
+        router = self.router
+        if router is None:
+            return
+        saved = (self.state or {}).get("callbacks")
+        callback_state.restore(net, saved, router.names(net, loggers=False))
+        if router.plan.begun:  # loggers continue from the last epoch they reported
+            callback_state.restore(net, dict(router.plan.logger_states),
+                                   router.names(net, loggers=True))
 
     def on_epoch_end(self, net: Any, **kwargs: Any) -> None:
         par = getattr(net, "_sk_par", None)
@@ -77,7 +102,13 @@ class RoundControl(Callback):
             for k, v in row.items()
             if k != "batches" and isinstance(v, (numbers.Number, bool))
         }
-        self.report(int(row.get("epoch", len(net.history))), scalars)
+        loggers: dict[str, Any] = {}
+        if self.router is not None:
+            from scalekit.training import callback_state
+
+            loggers = callback_state.capture(net, self.router.names(net, loggers=True),
+                                             json_safe=True)
+        self.report(int(row.get("epoch", len(net.history))), scalars, loggers)
 
     def _agree(self, ask: Callable[[], bool]) -> bool:
         import torch

@@ -14,6 +14,7 @@ move publishes its events; the ranks' messages arrive through the :mod:`.inbox`.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import uuid
@@ -31,8 +32,9 @@ from scalekit.events import (
     RunStarted,
     TrainingReport,
 )
-from scalekit.training import devices
+from scalekit.training import callback_state, devices
 from scalekit.training import state as training_state
+from scalekit.training.callback_prep import prepare_in_notebook
 from scalekit.training.checkpoint import CheckpointStore
 from scalekit.training.fit_store import FitCheckpoints, run_config
 from scalekit.training.inbox import Inbox
@@ -100,6 +102,10 @@ class TrainingController:
     transformers : object, optional
         A pipeline's steps before the net (sharded data): fitted partition-wise on the
         cluster before training, then applied by the ranks to each window they read.
+    echo : callable(stream, text), optional
+        Shows what rank 0 prints (skorch's ``PrintLog`` rows, ...), called from the
+        thread that runs :meth:`fit` (``scalekit.fitting`` prints in the notebook's cell
+        when the fit runs in the foreground). The lines are ``LogLine`` events either way.
 
     Attributes
     ----------
@@ -114,6 +120,7 @@ class TrainingController:
         checkpoint_config: CheckpointConfig | None = None, resume: bool = False,
         max_world: int | None = None, scale_to: Callable[[int], None] | None = None,
         strategy: Any = "ddp", sampling: str | None = None, transformers: Any = None,
+        echo: Callable[[str, str], None] | None = None,
     ) -> None:
         from scalekit.data.inputs import resolve_sampling
         from scalekit.training.strategies import resolve
@@ -130,6 +137,8 @@ class TrainingController:
         self.ckpt_config = checkpoint_config or CheckpointConfig.from_config()
         self.fit_params = fit_params or {}
         self.run_id = run_id or uuid.uuid4().hex[:8]
+        self.echo = echo
+        self.cwd = os.getcwd()  # relative folders of side-effect callbacks start here
         self.topic = f"scalekit-run-{self.run_id}"
         self.resume = resume
         self.max_world = max_world or 10_000
@@ -170,6 +179,7 @@ class TrainingController:
             try:
                 self._loop()
             finally:
+                self._show_lines()  # also a failed fit's last words
                 self.client.unsubscribe_topic(self.topic)
                 self.data.release()
             return self._finish()
@@ -257,6 +267,7 @@ class TrainingController:
         with devices.on_cpu(net):
             if not getattr(net, "warm_start", False) or not getattr(net, "initialized_", False):
                 net.initialize()  # as skorch's fit does; before the probe, so seeds match
+            prepare_in_notebook(net, self.X, self.y)  # LoadInitState, ...: callback_prep
             if isinstance(self.data, WorkerData):
                 preflight(net, self.X, self.y)
         # skorch's meaning: a fit runs max_epochs (more, under warm_start); a resumed fit
@@ -284,6 +295,8 @@ class TrainingController:
     def _finish(self) -> Any:
         """-> FINISHED: the user's net gets the final state, as skorch's fit leaves it."""
         training_state.restore(self.net, self._newest)
+        # what the callbacks learned, as skorch's fit leaves them (rank 0's copies)
+        callback_state.restore(self.net, (self._newest or {}).get("callbacks"))
         devices.to_user_device(self.net)
         self.checkpoints.drop_default()
         self._enter(RunState.FINISHED, self.report(), RunFinished(
@@ -320,6 +333,9 @@ class TrainingController:
                     run_id=self.run_id, old=old, new=len(workers),
                     epoch=position_of(self._newest)[0], reason=reason))
             outcome = self._round(workers)
+            if outcome.results:  # rank 0's last lines may trail its result
+                self.inbox.await_lines(self.generation - 1, outcome.results[0].log_messages)
+                self._show_lines()
             if outcome.kind is OutcomeKind.FINISHED:
                 self.results = outcome.results
                 self._newest = outcome.results[0].state
@@ -346,7 +362,8 @@ class TrainingController:
             stop_event=f"scalekit-stop-{self.run_id}-g{self.generation}",
             checkpoint=self.checkpoints.store, checkpoint_epochs=ckpt.every_epochs,
             checkpoint_seconds=ckpt.every_seconds, fit_params=self.fit_params,
-            strategy=self.strategy, run_config=run_config(
+            strategy=self.strategy, callbacks=self.inbox.round_callbacks(self.cwd),
+            run_config=run_config(
                 self.net, max_epochs=self.max_epochs, strategy=self.strategy.name,
                 config=config, checkpoint=ckpt),
         )
@@ -358,6 +375,7 @@ class TrainingController:
             shrink_to=lambda: self._shrink_to,
             kill=lambda address, where: _kill(self.client, address, where),
             eligible=self.workers.joinable, stall_timeout=config.stall_timeout,
+            idle=self._show_lines,
         )
         if self._cancelled:
             self._current.cancelled.set()
@@ -365,6 +383,10 @@ class TrainingController:
             return self._current.run()
         finally:
             self.generation += 1
+
+    def _show_lines(self) -> None:
+        """Hand what rank 0 printed to ``echo``, in this (the fit's) thread."""
+        self.inbox.show_lines(self.echo)
 
     def _after_resize(self, workers: list[str], outcome: RoundOutcome) -> None:
         """RUNNING -> RESIZING: the state moves on in memory; shrink the cluster first

@@ -53,6 +53,7 @@ class RankContext:
     data_on_device: bool | str = "auto"  # keep the training set on the GPU: auto/True/False
     device_data: dict[int, Any] = dataclasses.field(default_factory=dict)  # its copies
     shards: Any = None  # a shard_feed.ShardFeed in the sharded mode (None: exact)
+    router: Any = None  # a callback_router.CallbackRouter: which callbacks a hook reaches
 
     @property
     def on_gpu(self) -> bool:
@@ -166,7 +167,11 @@ class DistributedNetMixin:
             # clipping and gradient-reading callbacks see true gradients
             for name in self._optimizers:  # type: ignore[attr-defined]
                 scaler.unscale_(getattr(self, name + "_"))
-        super().notify(method_name, **cb_kwargs)  # type: ignore[misc]
+        router = self._sk_ctx.router
+        if router is None:
+            super().notify(method_name, **cb_kwargs)  # type: ignore[misc]
+        else:  # side-effect callbacks on rank 0 only; one on_train_end per fit
+            router.notify(self, method_name, cb_kwargs)
 
     # -- epochs --------------------------------------------------------------------------
     def run_single_epoch(

@@ -15,6 +15,7 @@ message            sent by                               becomes
 :class:`CheckpointDone`  the rank that committed one     ``CheckpointSaved``
 :class:`RankUpdate`  every rank, as its state changes    ``RankStatus``
 :class:`DataRead`  every rank (sharded data), throttled  ``ShardProgress``
+:class:`LogLines`  rank 0, when its trainer prints       ``LogLine``
 =================  ====================================  ==============================
 """
 
@@ -35,6 +36,7 @@ class MessageKind(StrEnum):
     CHECKPOINT = "checkpoint"
     RANK = "rank"
     DATA = "data"
+    LOG = "log"
 
 
 class RankPhase(StrEnum):
@@ -43,7 +45,8 @@ class RankPhase(StrEnum):
     RENDEZVOUS = "rendezvous"
     TRAINING = "training"
     DONE = "done"
-    FAILED = "failed"
+    FAILED = "failed"  # its own error, or it was lost
+    ABORTED = "aborted"  # it stopped because a peer went away (part of that failure)
 
 
 class Position(NamedTuple):
@@ -132,20 +135,23 @@ class BatchDone(Message):
 @dataclasses.dataclass(frozen=True)
 class EpochDone(Message):
     """Rank 0 ended epoch ``epoch`` (1-based, as skorch counts): its history row's
-    numbers."""
+    numbers, and the state of its rank-0 loggers after that epoch (a later round hands
+    it back to them: see callback_router)."""
 
     kind: ClassVar[MessageKind] = MessageKind.EPOCH
     epoch: int
     row: Mapping[str, float | bool]
     world_size: int
+    callbacks: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {**super().to_dict(), "row": dict(self.row)}
+        return {**super().to_dict(), "row": dict(self.row), "callbacks": dict(self.callbacks)}
 
     @classmethod
     def _fields_from(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
         return {**super()._fields_from(raw), "epoch": int(raw["epoch"]),
-                "row": dict(raw["row"]), "world_size": int(raw["world_size"])}
+                "row": dict(raw["row"]), "world_size": int(raw["world_size"]),
+                "callbacks": dict(raw.get("callbacks") or {})}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,9 +227,29 @@ class DataRead(Message):
                 **{k: int(raw.get(k, 0)) for k in ints}}
 
 
+@dataclasses.dataclass(frozen=True)
+class LogLines(Message):
+    """Whole lines rank 0's training thread printed (``PrintLog``'s rows, a callback's
+    ``print``): ``stream`` is "stdout" or "stderr"; ``epoch`` the epoch they belong to;
+    ``seq`` counts the messages of the round, from 1."""
+
+    kind: ClassVar[MessageKind] = MessageKind.LOG
+    rank: int
+    stream: str
+    text: str
+    epoch: int
+    seq: int
+
+    @classmethod
+    def _fields_from(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        return {**super()._fields_from(raw), "rank": int(raw.get("rank", 0)),
+                "stream": str(raw.get("stream", "stdout")), "text": str(raw["text"]),
+                "epoch": int(raw.get("epoch", 0)), "seq": int(raw.get("seq", 0))}
+
+
 KINDS: dict[str, type[Message]] = {
     cls.kind.value: cls
-    for cls in (Beat, BatchDone, EpochDone, CheckpointDone, RankUpdate, DataRead)
+    for cls in (Beat, BatchDone, EpochDone, CheckpointDone, RankUpdate, DataRead, LogLines)
 }
 
 

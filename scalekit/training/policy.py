@@ -216,3 +216,22 @@ def useful_world_size(n_samples: int, batch_size: int, *, min_per_rank: int = 8,
     of each global batch (beyond it, ranks mostly wait on each other)."""
     per_batch = min(batch_size, max(n_samples, 1))
     return max(1, min(max_workers, per_batch // max(min_per_rank, 1)))
+
+
+def is_peer_failure(exc: BaseException | None) -> bool:
+    """True when a rank failed only because another rank went away."""
+    if exc is None:
+        return True
+    if type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError",
+                              "RendezvousError"):
+        return True
+    if isinstance(exc, (BrokenPipeError, ConnectionError)):
+        return True
+    # gloo and nccl raise plain RuntimeErrors; recognise them by their own wording, not
+    # by words a user's message could contain ("timeout", "socket", ...)
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(s in text for s in (
+        "gloo/transport", "Connection closed by peer", "Connection reset by peer",
+        "NCCL error", "ProcessGroupNCCL", "ProcessGroupGloo",
+        "Socket Timeout", "Broken pipe",
+    ))

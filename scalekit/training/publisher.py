@@ -15,6 +15,7 @@ from scalekit.training.messages import (
     CheckpointDone,
     DataRead,
     EpochDone,
+    LogLines,
     Message,
     Position,
     RankPhase,
@@ -38,8 +39,11 @@ class Publisher:
         self.position: Position | None = None  # the last step done
         self.peak_rss = 0
         self._last_batch = 0.0
+        self._epoch = -1  # the epoch the rate below is measured in
         self._epoch_started = time.perf_counter()
+        self._epoch_samples = 0
         self._beacon_stop: threading.Event | None = None
+        self.log_messages = 0  # LogLines sent this round
 
     def send(self, message: Message) -> None:
         if self.spec.topic:
@@ -55,18 +59,30 @@ class Publisher:
         if self.rank != 0:
             return  # rank 0 speaks for the synchronous world
         now = time.perf_counter()
-        if batch == 1:
-            self._epoch_started = now
+        if batch == 1 or self._epoch != epoch:  # a new epoch, or one resumed mid-way
+            self._epoch, self._epoch_started, self._epoch_samples = epoch, now, samples
         if now - self._last_batch < self.spec.progress_interval and batch != n_batches:
             return
         self._last_batch = now
-        elapsed = max(now - self._epoch_started, 1e-9)
+        # over the steps since the epoch's first one here (0 while there are none: a
+        # rate over no time is no rate; the views compute their own from the positions)
+        elapsed = now - self._epoch_started
+        done = samples - self._epoch_samples
+        rate = done / elapsed if elapsed > 1e-3 and done > 0 else 0.0
         self.send(BatchDone(generation=self.spec.generation, epoch=epoch, batch=batch,
-                            n_batches=n_batches, samples_per_s=samples / elapsed))
+                            n_batches=n_batches, samples_per_s=rate))
 
-    def epoch(self, epoch: int, row: dict[str, Any]) -> None:
+    def epoch(self, epoch: int, row: dict[str, Any],
+              callbacks: dict[str, Any] | None = None) -> None:
         self.send(EpochDone(generation=self.spec.generation, epoch=epoch, row=row,
-                            world_size=self.spec.world_size))
+                            world_size=self.spec.world_size, callbacks=callbacks or {}))
+
+    def log(self, stream: str, text: str) -> None:
+        """Lines the training thread printed (see rank_output), for the notebook."""
+        self.log_messages += 1
+        epoch = self.position.epoch + 1 if self.position is not None else 0
+        self.send(LogLines(generation=self.spec.generation, rank=self.rank, stream=stream,
+                           text=text, epoch=epoch, seq=self.log_messages))
 
     def data(self, progress: Any) -> None:
         """This rank's progress through its shards (a ``stream.StreamProgress``)."""

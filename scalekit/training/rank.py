@@ -24,7 +24,9 @@ import numpy as np
 from scalekit.errors import ScalekitError
 from scalekit.training.dist_net import RankContext, make_distributed, undo_distributed
 from scalekit.training.messages import RankPhase
+from scalekit.training.policy import is_peer_failure
 from scalekit.training.publisher import Publisher
+from scalekit.training.worker_logs import expected_failure
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ class RankSpec:
     checkpoint_epochs: int = 1  # save every n epochs (0: never at epoch ends)
     checkpoint_seconds: float = 0.0  # also save mid-epoch every m seconds (0: never)
     strategy: Any = None  # a scalekit.training.strategies object (None: DDP)
+    callbacks: Any = None  # a callback_router.RoundCallbacks: the fit's callbacks so far
     run_config: dict[str, Any] = dataclasses.field(default_factory=dict)  # saved in states
     fit_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -102,14 +105,17 @@ def _spec_from(fields: dict[str, Any], net: bytes) -> RankSpec:
 
 
 def dumps_by_value(net: Any) -> bytes:
-    """``cloudpickle.dumps(net)``, also for the parts skorch pickles itself."""
+    """``cloudpickle.dumps(net)``, also for the parts skorch pickles itself (and
+    TensorBoard writers as their recipe: see tracking)."""
     import cloudpickle
     import skorch.net
+
+    from scalekit.training.tracking import dumps_by_value as dumps
 
     original = skorch.net.pickle
     skorch.net.pickle = cloudpickle  # its output loads with the stdlib unpickler
     try:
-        return cloudpickle.dumps(net)
+        return dumps(net)
     finally:
         skorch.net.pickle = original
 
@@ -126,6 +132,7 @@ class RankResult:
     peak_rss: int = 0  # bytes, highest resident memory of the rank's process seen
     state_bytes: int = 0  # bytes of parameters, gradients and optimizer state it held
     transport: str = ""  # how it averaged: "shared memory", "gloo", "nccl"
+    log_messages: int = 0  # LogLines messages rank 0 sent (the controller waits for them)
     peak_gpu_memory: int = 0  # bytes, torch.cuda.max_memory_allocated on its GPU
     state: dict[str, Any] | None = None
 
@@ -159,10 +166,15 @@ def run_rank(spec: RankSpec, rank: int, X: Any, y: Any = None) -> RankResult:
         )
         try:
             return _train(spec, rank, worker.address, X, y, publish)
-        except BaseException:
+        except BaseException as exc:
             # where this rank got to: the controller counts the steps a failure cost
-            # from it (progress messages are throttled, so they may lag by an epoch)
-            publish.rank_state(RankPhase.FAILED, reached=publish.position)
+            # from it (progress messages are throttled, so they may lag by an epoch); a
+            # rank that stopped only because a peer went away says so, so that the
+            # views show one failure (the peer's) and its recovery, not one per rank
+            phase = RankPhase.ABORTED if is_peer_failure(exc) else RankPhase.FAILED
+            publish.rank_state(phase, reached=publish.position)
+            if phase is RankPhase.ABORTED:  # the controller expects it: no red traceback
+                expected_failure(worker.get_current_task())
             raise
         finally:
             if dist.is_initialized():
@@ -175,8 +187,10 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Pub
            ) -> RankResult:
     import torch
 
+    from scalekit.training.callback_router import CallbackRouter
     from scalekit.training.callbacks import RoundControl
     from scalekit.training.devices import autocast_dtype
+    from scalekit.training.rank_output import printing_to_notebook
     from scalekit.training.saver import Saver
     from scalekit.training.shard_feed import fit_inputs
     from scalekit.training.strategies import DDP, RankSetup
@@ -188,7 +202,8 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Pub
     ctx = RankContext(rank=rank, world_size=spec.world_size, seed=spec.seed,
                       on_batch=publish.batch, device=device,
                       autocast=autocast_dtype(spec.precision),
-                      data_on_device=spec.data_on_device)
+                      data_on_device=spec.data_on_device,
+                      router=CallbackRouter(rank, spec.callbacks))
     state = spec.state
     if state is not None:
         partial = strategy.restore(net, state)
@@ -219,20 +234,23 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Pub
         started = time.perf_counter()
         publish.start_beacon(ctx)
         try:  # from here on the beacon runs: whatever fails, it stops
+            ctx.router.prepare(net, address)  # rank 0: can its side effects write?
             make_distributed(net, ctx, par)
             control = RoundControl(
                 rank, publish.epoch,
                 save=saver.at_epoch_end if saver is not None else None,
                 stop_requested=_stop_flag(spec.stop_event) if spec.stop_event else None,
-                max_epochs=spec.max_epochs, state=state,
+                max_epochs=spec.max_epochs, state=state, router=ctx.router,
             )
             net.callbacks_.append(("scalekit_round", control))
             publish.rank_state(RankPhase.TRAINING)
             with fit_inputs(net, ctx, X, y, world_size=spec.world_size, rank=rank,
                             seed=spec.seed, state=state, publish=publish,
-                            progress_interval=spec.progress_interval) as (X, y):
+                            progress_interval=spec.progress_interval) as (X, y), \
+                    printing_to_notebook(rank, publish.log):
                 net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
         finally:
+            ctx.router.close(net)
             publish.stop_beacon()
             net.callbacks_ = [(n, cb) for n, cb in net.callbacks_ if n != "scalekit_round"]
             undo_distributed(net)
@@ -256,7 +274,8 @@ def _result(spec: RankSpec, rank: int, address: str, net: Any, par: Any, elapsed
                         samples_per_s=samples / elapsed if elapsed else 0.0,
                         peak_rss=publish.sample_rss(),
                         state_bytes=par.local_state_bytes(net.optimizer_),
-                        transport=par.transport, peak_gpu_memory=_peak_gpu_memory(spec))
+                        transport=par.transport, peak_gpu_memory=_peak_gpu_memory(spec),
+                        log_messages=publish.log_messages)
     # every rank calls it (a collective for sharded strategies); rank 0 gets the state
     result.state = par.strategy.state_dict(
         par, rank=rank, epoch=len(rows), step=0,

@@ -17,7 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from scalekit.training.enums import StrEnum
-from scalekit.training.policy import Failure, classify, decide_membership, stalled_ranks
+from scalekit.training.policy import (
+    Failure,
+    classify,
+    decide_membership,
+    is_peer_failure,
+    stalled_ranks,
+)
 from scalekit.training.rank import (
     FIRST_IMPORTS,
     RankResult,
@@ -123,25 +129,6 @@ async def _exit_process() -> None:  # runs on a worker's event loop, not its blo
     os._exit(1)
 
 
-def is_peer_failure(exc: BaseException | None) -> bool:
-    """True when a rank failed only because another rank went away."""
-    if exc is None:
-        return True
-    if type(exc).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError",
-                              "RendezvousError"):
-        return True
-    if isinstance(exc, (BrokenPipeError, ConnectionError)):
-        return True
-    # gloo and nccl raise plain RuntimeErrors; recognise them by their own wording, not
-    # by words a user's message could contain ("timeout", "socket", ...)
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and any(s in text for s in (
-        "gloo/transport", "Connection closed by peer", "Connection reset by peer",
-        "NCCL error", "ProcessGroupNCCL", "ProcessGroupGloo",
-        "Socket Timeout", "Broken pipe",
-    ))
-
-
 class Round:
     """Submit the ranks of one generation and watch them."""
 
@@ -151,7 +138,7 @@ class Round:
                  shrink_to: Callable[[], int | None],
                  kill: Callable[[str, tuple[str, int] | None], None],
                  eligible: Callable[[list[str], list[str]], list[str]] | None = None,
-                 stall_timeout: float = 0.0) -> None:
+                 stall_timeout: float = 0.0, idle: Callable[[], None] | None = None) -> None:
         self.client = client
         self.spec = spec
         self.workers = workers
@@ -165,6 +152,7 @@ class Round:
         # (current, joining) -> the joining workers that could take a rank beside the
         # current ones (a GPU each, ...)
         self.eligible = eligible
+        self.idle = idle  # called while the round is watched (shows rank 0's printed lines)
         self.stop_requested = False
         self.next_world: tuple[str, ...] = ()
         self.warming: dict[str, Future] = {}
@@ -272,6 +260,8 @@ class Round:
             ]
             if lost or hung or stalled or errors:
                 return self._fail(futures, lost, hung, errors, stalled)
+            if self.idle is not None:
+                self.idle()
             time.sleep(POLL_S)
 
     def _maybe_resize(self, alive: set[str], stop: Any) -> None:

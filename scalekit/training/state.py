@@ -8,6 +8,7 @@ One plain dict (tensors, numbers, strings, lists, dicts: loadable with
      "step": 120,       # steps completed in epoch 5 (0 at an epoch boundary)
      "world_size": 2, "seed": 0, "run_id": "...",
      "lr_schedulers": {...},  # skorch LRScheduler callbacks, by callback name
+     "callbacks": {...},  # what the callbacks learned, by name (callback_state)
      "rng": <torch RNG state>, "config": {...},  # the run's settings
      "grad_scaler": {...},  # fp16 runs: the loss scale reached (else None)
      "data": {...}}  # sharded data inside an epoch: that epoch's deal (else None)
@@ -24,6 +25,8 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from scalekit.training import callback_state
 
 FORMAT = 1
 
@@ -65,6 +68,7 @@ def capture_meta(net: Any, *, epoch: int, step: int, world_size: int, seed: int,
         "step": int(step), "world_size": int(world_size), "seed": int(seed),
         "run_id": str(run_id),
         "lr_schedulers": _scheduler_states(net),
+        "callbacks": callback_state.capture(net),
         "rng": torch.get_rng_state(),
         "config": plain(dict(config or {})),
         "grad_scaler": _scaler_state(net),

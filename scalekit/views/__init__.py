@@ -7,16 +7,22 @@ magic's ``status``), and above :mod:`scalekit.events`; it imports only events, c
 and errors, never ipywidgets, torch, ``distributed`` or the training runtime.
 
 State (folds of events)
-    :mod:`~scalekit.views.cluster_state` (:class:`ClusterState`),
-    :mod:`~scalekit.views.training_state` (:class:`TrainingState`),
-    :mod:`~scalekit.views.timeline` (a run's timeline entries).
+    :mod:`~scalekit.views.cluster_state` (:class:`ClusterState`, and how long a notice
+    holds), :mod:`~scalekit.views.training_state` (:class:`TrainingState`),
+    :mod:`~scalekit.views.timeline` (a run's timeline entries),
+    :mod:`~scalekit.views.incidents` (failed ranks as one incident per process group),
+    :mod:`~scalekit.views.throughput` (samples/s, defined once),
+    :mod:`~scalekit.views.memory` (memory against the machine's),
+    :mod:`~scalekit.views.columns` (the epoch log's columns).
 Formatting
     :mod:`~scalekit.views.fmt` (numbers as text), :mod:`~scalekit.views.html` (the
-    HTML helpers: escaping, colours, bars), :mod:`~scalekit.views.charts` (SVG).
+    HTML helpers: escaping, colours, bars), :mod:`~scalekit.views.bars` (a worker's
+    bars), :mod:`~scalekit.views.axes` and :mod:`~scalekit.views.charts` (SVG).
 Renderers
     :mod:`~scalekit.views.cluster_render`, :mod:`~scalekit.views.gpu_render`,
     :mod:`~scalekit.views.training_render`, :mod:`~scalekit.views.timeline_render`
-    (text and HTML), :mod:`~scalekit.views.snapshot` (the sidebar's JSON).
+    (text and HTML), :mod:`~scalekit.views.snapshot` (the sidebar's JSON) and
+    :mod:`~scalekit.views.lab_text` (the strings in it: the extension formats none).
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 :func:`line_chart_svg` draws the epoch curves (losses, scores) of the training panel;
 :func:`step_chart_svg` draws a value that holds until it changes (the world size over
-epochs) with markers at events and ticks on the x axis. Every name and title is escaped.
+epochs) with markers at events and ticks on the x axis. Both draw their axes with
+:mod:`scalekit.views.axes`: round tick values, and one x axis for charts stacked with
+the same width and range. Every name and title is escaped.
 """
 
 from __future__ import annotations
@@ -11,76 +13,29 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 
+from scalekit.views.axes import Frame, fmt_tick, log_ticks, nice_ticks
 from scalekit.views.html import PALETTE, escape
 
 __all__ = ["PALETTE", "Marker", "line_chart_svg", "step_chart_svg"]
 
 
-def _tick(value: float) -> str:
-    return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.2e}"
-
-
-def _y_bounds(values: Sequence[float], y_range: tuple[float, float] | None) -> tuple[float, float]:
+def _y_bounds(values: Sequence[float], y_range: tuple[float, float] | None
+              ) -> tuple[float, float]:
     if y_range is not None:
         return float(y_range[0]), float(y_range[1])
     lo, hi = min(values), max(values)
     if hi - lo < 1e-12:
         pad = abs(hi) * 0.1 or 1.0
         return lo - pad, hi + pad
-    pad = (hi - lo) * 0.05
     # losses and scores are not negative: keep the axis from dipping below zero
-    return (max(lo - pad, 0.0) if lo >= 0 else lo - pad), hi + pad
+    return (max(lo, 0.0) if lo >= 0 else lo), hi
 
 
-@dataclasses.dataclass(frozen=True)
-class _Frame:
-    """The picture both charts share: an ``<svg>`` head, a plot area inside margins
-    that leave room for the y labels (left), the legend (top) and the x labels (bottom)."""
-
-    width: float
-    height: float
-    css_class: str
-    left: float = 44.0
-    right: float = 8.0
-    top: float = 16.0
-    bottom: float = 18.0
-
-    @property
-    def plot_w(self) -> float:
-        return max(self.width - self.left - self.right, 1.0)
-
-    @property
-    def plot_h(self) -> float:
-        return max(self.height - self.top - self.bottom, 1.0)
-
-    @property
-    def head(self) -> str:
-        w, h = int(self.width), int(self.height)
-        return (f'<svg class="{escape(self.css_class)}" xmlns="http://www.w3.org/2000/svg" '
-                f'width="{w}" height="{h}" viewBox="0 0 {w} {h}" '
-                'style="background:#fafafa;border:1px solid #ddd;font:10px sans-serif">')
-
-    def waiting(self, text: str, before: str = "") -> str:
-        """The whole picture while there is nothing to draw yet."""
-        return (f'{self.head}{before}<text x="{self.width / 2:.0f}" y="{self.height / 2:.0f}" '
-                f'text-anchor="middle" fill="#888">{escape(text)}</text></svg>')
-
-    def axes(self, y_hi: str, y_lo: str, x_first: str, x_last: str | None,
-             x_label: str) -> list[str]:
-        """Base line and the labels: y range on the left, x range and name below."""
-        left, top = self.left, self.top
-        base, right, y = top + self.plot_h, left + self.plot_w, self.height - 4
-        parts = [
-            f'<line x1="{left}" y1="{base}" x2="{right}" y2="{base}" stroke="#bbb"/>',
-            f'<text x="{left - 3}" y="{top + 4}" text-anchor="end" fill="#555">{y_hi}</text>',
-            f'<text x="{left - 3}" y="{base}" text-anchor="end" fill="#555">{y_lo}</text>',
-            f'<text x="{left}" y="{y}" fill="#555">{x_first}</text>',
-            f'<text x="{left + self.plot_w / 2}" y="{y}" text-anchor="middle" fill="#888">'
-            f"{escape(x_label)}</text>",
-        ]
-        if x_last is not None:
-            parts.append(f'<text x="{right}" y="{y}" text-anchor="end" fill="#555">{x_last}</text>')
-        return parts
+def _log_bounds(values: Sequence[float]) -> tuple[float, float]:
+    lo, hi = min(values), max(values)
+    if hi / lo < 1.5:  # less than a factor: widen to a readable range
+        return lo / 1.5, hi * 1.5
+    return lo / 1.1, hi * 1.1
 
 
 def line_chart_svg(
@@ -91,24 +46,38 @@ def line_chart_svg(
     y_range: tuple[float, float] | None = None,
     colors: Mapping[str, str] | None = None,
     x_start: int = 1,
+    x_range: tuple[float, float] | None = None,
+    log: bool = False,
+    x_labels: bool = True,
     css_class: str = "scalekit-line-chart",
     x_label: str = "epoch",
 ) -> str:
-    """An inline SVG line chart: one ``<polyline>`` per series, legend and axis labels.
+    """An inline SVG line chart: one ``<polyline>`` per series, legend, ticked axes.
 
     Parameters
     ----------
     series : mapping of str to sequence of float or None
-        Name to values, one per x position (epoch); ``None`` or NaN values are skipped,
-        so a series has as many points as finite values. Series without any are left out.
+        Name to values, one per x position (epoch ``x_start``, ``x_start + 1``, ...);
+        ``None`` or NaN values are skipped (and, on a log axis, values <= 0), so a
+        series has as many points as such values. Series without any are left out.
     width, height : int
         Size of the picture in pixels.
     y_range : (float, float), optional
-        Fixed y axis (e.g. ``(0, 1)`` for accuracies); by default the data's range.
+        Fixed y axis (e.g. ``(0, 1)`` for accuracies); by default round values around
+        the data's range.
     colors : mapping of str to str, optional
         CSS colour per series name; others take the next colour of :data:`PALETTE`.
     x_start : int
-        The x value of the first position (the axis shows first and last).
+        The x value of the first position.
+    x_range : (float, float), optional
+        The x axis; by default the positions'. Give charts stacked in one panel the
+        same range (and width) and their x axes line up.
+    log : bool
+        A logarithmic y axis (ticks at 1, 2, 5 x 10^k): losses that fall by orders of
+        magnitude stay readable after the first epochs.
+    x_labels : bool
+        Write the x ticks' values and the axis name (off for a chart whose x axis is
+        labelled by the chart below it).
     css_class : str
         Class of the ``<svg>`` element.
     x_label : str
@@ -117,51 +86,75 @@ def line_chart_svg(
     Returns
     -------
     str
-        An ``<svg>`` element (names and labels escaped).
+        An ``<svg>`` element (names and labels escaped); it carries ``data-scale``
+        (``linear`` or ``log``).
     """
-    frame = _Frame(width, height, css_class)
+    frame = Frame(width, height, css_class)
     left, top, plot_w, plot_h = frame.left, frame.top, frame.plot_w, frame.plot_h
     finite = {
-        name: [(i, float(v)) for i, v in enumerate(values)
-               if v is not None and math.isfinite(float(v))]
+        name: [(x_start + i, float(v)) for i, v in enumerate(values)
+               if v is not None and math.isfinite(float(v)) and (not log or float(v) > 0)]
         for name, values in series.items()
     }
     finite = {name: pts for name, pts in finite.items() if pts}
-    n = max((len(values) for values in series.values()), default=0)
     if not finite:
         return frame.waiting("waiting for the first epoch")
-    lo, hi = _y_bounds([v for pts in finite.values() for _, v in pts], y_range)
+    values = [v for pts in finite.values() for _, v in pts]
+    xs = [x for pts in finite.values() for x, _ in pts]
+    x0, x1 = x_range if x_range is not None else (min(xs), max(xs))
+    if x1 <= x0:
+        x0, x1 = x0 - 0.5, x0 + 0.5
+    if log:
+        lo, hi = _log_bounds(values)
+        y_ticks = log_ticks(lo, hi)
+        to_y = math.log10
+    else:
+        y_ticks = nice_ticks(*_y_bounds(values, y_range), 6)
+        lo, hi = (y_range if y_range is not None else (y_ticks[0], y_ticks[-1]))
+        y_ticks = [t for t in y_ticks if lo <= t <= hi]
 
-    def xy(i: int, v: float) -> str:
-        x = left + (i / (n - 1) * plot_w if n > 1 else plot_w / 2)
-        frac = (min(max(v, lo), hi) - lo) / (hi - lo) if hi > lo else 0.5
-        return f"{x:.1f},{top + plot_h - frac * plot_h:.1f}"
+        def to_y(v: float) -> float:
+            return v
+    y_lo, y_hi = to_y(lo), to_y(hi)
+
+    def px(x: float) -> float:
+        return left + (min(max(x, x0), x1) - x0) / (x1 - x0) * plot_w
+
+    def py(v: float) -> float:
+        frac = (min(max(to_y(v), y_lo), y_hi) - y_lo) / (y_hi - y_lo) if y_hi > y_lo else 0.5
+        return top + plot_h - frac * plot_h
 
     parts = [
-        f'<line x1="{left}" y1="{top}" x2="{left + plot_w}" y2="{top}" stroke="#e0e0e0"/>',
-        *frame.axes(_tick(hi), _tick(lo), str(int(x_start)),
-                    str(int(x_start) + n - 1) if n > 1 else None, x_label),
+        *frame.y_axis(y_ticks, py),
+        *frame.x_axis(nice_ticks(x0, x1, 6, integer=True), px, x_label, labels=x_labels),
     ]
     legend_x = left
     for k, (name, pts) in enumerate(finite.items()):
         color = escape((colors or {}).get(name, PALETTE[k % len(PALETTE)]))
-        points = " ".join(xy(i, v) for i, v in pts)
+        points = " ".join(f"{px(x):.1f},{py(v):.1f}" for x, v in pts)
         parts.append(
             f'<polyline class="scalekit-series" data-series="{escape(name)}" fill="none" '
             f'stroke="{color}" stroke-width="1.5" points="{points}">'
-            f"<title>{escape(name)}: {_tick(pts[-1][1])}</title></polyline>"
+            f"<title>{escape(name)}: {fmt_tick(pts[-1][1])}</title></polyline>"
         )
         if len(pts) == 1:
-            x, y = xy(*pts[0]).split(",")
-            parts.append(f'<circle cx="{x}" cy="{y}" r="2.5" fill="{color}"/>')
+            parts.append(f'<circle cx="{px(pts[0][0]):.1f}" cy="{py(pts[0][1]):.1f}" r="2.5" '
+                         f'fill="{color}"/>')
         parts.append(f'<text x="{legend_x:.0f}" y="11" fill="{color}">■ {escape(name)}</text>')
         legend_x += 6.5 * len(name) + 22
-    return f'{frame.head}{"".join(parts)}</svg>'
+    scale = "log" if log else "linear"
+    if log:
+        parts.append(f'<text x="{left + plot_w}" y="11" text-anchor="end" fill="#888">'
+                     "log scale</text>")
+    head = frame.head.replace(" xmlns=", f' data-scale="{scale}" xmlns=', 1)
+    return f'{head}{"".join(parts)}</svg>'
 
 
-def _num(value: float) -> str:
-    """Whole numbers in full (``1000``, not ``1e+03``), others as :func:`_tick`."""
-    return f"{value:.0f}" if float(value).is_integer() else _tick(value)
+def _count_ticks(hi: float) -> list[float]:
+    """0, the top and round counts between (every count up to 4)."""
+    if hi <= 4:
+        return [float(n) for n in range(int(hi) + 1)]
+    return sorted({0.0, float(hi), *(t for t in nice_ticks(0.0, hi, 3, integer=True) if t < hi)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,7 +215,7 @@ def step_chart_svg(
     str
         An ``<svg>`` element (titles and labels escaped).
     """
-    frame = _Frame(width, height, css_class)
+    frame = Frame(width, height, css_class)
     left, top, plot_w, plot_h = frame.left, frame.top, frame.plot_w, frame.plot_h
     legend = f'<text x="{left}" y="11" fill="#555">{escape(title)}</text>' if title else ""
     if not steps:
@@ -249,10 +242,11 @@ def step_chart_svg(
     points.append(f"{px(end):.1f},{py(last):.1f}")
     parts = [
         legend,
-        *frame.axes(_num(hi), "0", _num(x0), _num(x1), x_label),
+        *frame.y_axis(_count_ticks(hi), py),
+        *frame.x_axis(nice_ticks(x0, x1, 6, integer=True), px, x_label),
         f'<polyline class="scalekit-step-line" fill="none" stroke="{escape(color)}" '
         f'stroke-width="1.5" points="{" ".join(points)}"><title>{escape(title)}: '
-        f"{_num(last)}</title></polyline>",
+        f"{fmt_tick(last)}</title></polyline>",
     ]
     if planned and end < x1:
         parts.append(

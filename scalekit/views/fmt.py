@@ -8,11 +8,13 @@ view.
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 __all__ = [
     "GIB",
     "fmt_bytes",
+    "fmt_clock",
     "fmt_duration",
     "fmt_rate",
     "fmt_seconds",
@@ -97,5 +99,18 @@ def plural(n: int, word: str) -> str:
 
 
 def where(epoch: int, step: int) -> str:
-    """``"epoch 3"`` at a boundary, ``"epoch 3 (step 12)"`` inside the next epoch."""
-    return f"epoch {epoch}" + (f" (step {step})" if step else "")
+    """Where training stood, in the words every view uses.
+
+    ``epoch`` counts the epochs completed and ``step`` the batches completed in the next
+    one (the checkpoint convention): ``"after epoch 3"`` at a boundary, ``"in epoch 4
+    (step 12)"`` inside the next epoch. A resize after 18 epochs reads "after epoch 18"
+    in the panel, the timeline, the sidebar and the tutorials' own printouts alike.
+    """
+    if step:
+        return f"in epoch {epoch + 1} (step {step})"
+    return f"after epoch {epoch}"
+
+
+def fmt_clock(when: float) -> str:
+    """A wall-clock time of day, ``"12:03:04"`` (local time): no age that goes stale."""
+    return time.strftime("%H:%M:%S", time.localtime(when))

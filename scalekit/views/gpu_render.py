@@ -10,7 +10,10 @@ workers with :data:`NVML_HINT`. No ipywidgets here; every value reaching HTML is
 
 from __future__ import annotations
 
+from typing import Any
+
 from scalekit.events import ClusterSnapshot, WorkerStats
+from scalekit.views.bars import Bar
 from scalekit.views.fmt import gib
 from scalekit.views.html import WARN_COLOR, escape, percent_bar
 
@@ -19,6 +22,7 @@ __all__ = [
     "GPU_MEMORY_COLOR",
     "NVML_HINT",
     "NVML_HINT_LONG",
+    "gpu_cell",
     "gpu_cell_html",
     "gpu_label",
     "gpu_text",
@@ -96,6 +100,25 @@ def gpu_cell_html(w: WorkerStats) -> str:
     tag = (f'<span class="scalekit-gpu-tag" style="font-size:0.8em">{escape(_resource(w))}'
            "</span> " if w.gpus > 0 else "")
     return f'<span class="scalekit-gpu" title="{label}">{tag}{util_bar} {mem_bar}</span>'
+
+
+def gpu_cell(w: WorkerStats) -> dict[str, Any] | None:
+    """The sidebar's GPU row of a worker, as JSON (``None`` for a worker without one):
+    ``tag`` (``GPU=1``), ``title``, ``utilization`` and ``memory`` bars, or ``hint``."""
+    if not w.has_gpu:
+        return None
+    label = gpu_label(w)
+    cell: dict[str, Any] = {"tag": _resource(w) or "GPU", "title": label,
+                            "utilization": None, "memory": None, "hint": None}
+    if not w.gpu_monitored:
+        cell.update(hint=NVML_HINT, title=f"{label}: {NVML_HINT_LONG}")
+        return cell
+    util = w.gpu_utilization
+    total, used = w.gpu_memory_total or 0, w.gpu_memory or 0
+    cell["utilization"] = Bar.of((util or 0.0) / 100.0, _utilization(w)).to_dict()
+    cell["memory"] = Bar.of(used / total if total > 0 else 0.0,
+                            _memory(w.gpu_memory, w.gpu_memory_total), warn_at=0.9).to_dict()
+    return cell
 
 
 def gpu_totals_text(snapshot: ClusterSnapshot) -> str:

@@ -51,14 +51,17 @@ def safe_url(url: str | None) -> str | None:
 def percent_bar(
     fraction: float, label: str = "", *, color: str = CPU_COLOR, width: str = "10em"
 ) -> str:
-    """A horizontal bar filled to ``fraction`` (clamped to 0..1) with a text label.
+    """A horizontal bar filled to ``fraction`` (clamped to 0..1), its label beside it.
+
+    The label sits right of the bar, not on its fill, so it reads on any fill colour
+    and at any fill level.
 
     Parameters
     ----------
     fraction : float
         How full the bar is; values above 1 draw a full bar in the danger colour.
     label : str
-        Text drawn on the bar (escaped).
+        Text beside the bar (escaped).
     color : str
         CSS colour of the filled part.
     width : str
@@ -67,13 +70,15 @@ def percent_bar(
     fill = min(max(float(fraction), 0.0), 1.0)
     if fraction > 1.0:
         color = DANGER_COLOR
+    text = (f'<span class="scalekit-bar-label" style="font-size:0.8em;margin-left:0.4em;'
+            f'white-space:nowrap">{escape(label)}</span>' if label else "")
     return (
-        f'<div class="scalekit-bar" style="position:relative;width:{escape(width)};'
-        'height:1.1em;background:#e6e6e6;border-radius:2px;overflow:hidden;'
-        'display:inline-block;vertical-align:middle">'
-        f'<div style="width:{fill * 100:.1f}%;height:100%;background:{escape(color)}"></div>'
-        '<span style="position:absolute;left:0.3em;top:0;font-size:0.8em;'
-        f'line-height:1.4em;color:#000">{escape(label)}</span></div>'
+        '<span class="scalekit-bar-wrap" style="display:inline-flex;align-items:center;'
+        'vertical-align:middle">'
+        f'<span class="scalekit-bar" style="display:inline-block;width:{escape(width)};'
+        'height:0.9em;background:#e6e6e6;border-radius:2px;overflow:hidden">'
+        f'<span style="display:block;width:{fill * 100:.1f}%;height:100%;'
+        f'background:{escape(color)}"></span></span>{text}</span>'
     )
 
 

@@ -5,6 +5,10 @@ cluster part from a :class:`~scalekit.views.cluster_state.ClusterState`'s events
 part per run from a :class:`~scalekit.views.training_state.TrainingState`, the same
 folds the notebook panels draw. Everything returned is strict JSON (no NaN); message
 shapes are described in :mod:`scalekit.labext` and ``extensions/src/protocol.ts``.
+
+Besides the raw figures, each part carries a ``view``: the strings and bars the
+sidebar and the status bar show, made by :mod:`scalekit.views.lab_text` with the
+panels' own formatting. The extension formats no numbers itself.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from scalekit.events import AdaptChanged, ClusterSnapshot, Notice, ScaleRequested, WorkerStats
 from scalekit.views.cluster_state import ClusterState, cpu_percent
 from scalekit.views.fmt import is_number
+from scalekit.views.lab_text import cluster_view, run_view, worker_view
 from scalekit.views.training_state import TrainingState
 
 __all__ = ["MAX_WORKERS_SHOWN", "cluster_dict", "run_dict", "worker_dict"]
@@ -31,11 +36,13 @@ def _bytes(value: int | None) -> int | None:
 
 
 def worker_dict(w: WorkerStats) -> dict[str, Any]:
-    """One worker; ``"gpu"`` only for a worker that has one (CPU workers as before)."""
+    """One worker and its ``view`` (bars, tooltip); ``"gpu"`` only for a worker that
+    has one (CPU workers as before)."""
     d: dict[str, Any] = {
         "name": w.name, "address": w.address, "nthreads": w.nthreads,
         "cpu": _number(w.cpu) or 0.0, "memory": int(w.memory),
         "memory_limit": int(w.memory_limit), "status": w.status,
+        "view": worker_view(w),
     }
     if w.has_gpu:
         d["gpu"] = {
@@ -68,15 +75,22 @@ def cluster_dict(
     notice: Notice | None = None,
     max_workers: int | None = None,
     max_shown: int = MAX_WORKERS_SHOWN,
+    state: ClusterState | None = None,
+    machine: int | None = None,
 ) -> dict[str, Any]:
     """The cluster part of a snapshot.
 
     ``adapt`` and ``scale`` are the latest intents: when newer than ``snapshot`` they
     say what the cluster is about to become (adaptive bounds, requested size), so the
     views follow a click at once instead of at the next sample
-    (:attr:`ClusterState.adaptive`, :attr:`ClusterState.requested`).
+    (:attr:`ClusterState.adaptive`, :attr:`ClusterState.requested`). A folded
+    ``state`` (the bridge's) replaces those four, and also knows when a notice stopped
+    holding. ``machine`` is the machine's memory in bytes (by default this machine's,
+    for workers that run here: :func:`~scalekit.views.cluster_render.machine_memory`).
     """
-    view = ClusterState(snapshot=snapshot, adapt=adapt, scale=scale, notice=notice)
+    view = state if state is not None else ClusterState(
+        snapshot=snapshot, adapt=adapt, scale=scale, notice=notice)
+    notice = view.notice
     adaptive = view.adaptive
     totals: dict[str, Any] = {
         "threads": snapshot.total_threads,
@@ -108,6 +122,7 @@ def cluster_dict(
             else {"level": notice.level, "message": notice.message, "time": notice.time}
         ),
         "time": snapshot.time,
+        "view": cluster_view(view, machine),
     }
 
 
@@ -152,4 +167,5 @@ def run_dict(state: TrainingState) -> dict[str, Any]:
         "started_at": state.started_at,
         "finished_at": state.finished_at,
         "message": message,
+        "view": run_view(state),
     }

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from scalekit.events import Event, ShardProgress
 from scalekit.views.charts import line_chart_svg
-from scalekit.views.fmt import fmt_bytes, fmt_duration, fmt_rate, fmt_value
+from scalekit.views.fmt import fmt_bytes, fmt_duration, fmt_value, plural
 from scalekit.views.html import (
     CPU_COLOR,
     DANGER_COLOR,
@@ -24,10 +24,12 @@ from scalekit.views.html import (
     notice_html,
     percent_bar,
 )
-from scalekit.views.timeline_render import events_html, events_lines
+from scalekit.views.timeline_render import epoch_axis, events_html, events_lines
 from scalekit.views.training_state import TrainingState
 
 __all__ = [
+    "LOSS_SCALES",
+    "TABLE_ROWS",
     "batch_text",
     "charts_html",
     "data_html",
@@ -44,15 +46,19 @@ __all__ = [
     "status_html",
     "training_html",
     "training_text",
+    "use_log_scale",
+    "world_text",
 ]
 
 RANK_COLORS = {
     "rendezvous": WARN_COLOR, "training": CPU_COLOR, "done": MEMORY_COLOR,
-    "failed": DANGER_COLOR,
+    "failed": DANGER_COLOR, "aborted": "#999",
 }
 STATUS_COLORS = {"finished": MEMORY_COLOR, "failed": DANGER_COLOR, "cancelled": WARN_COLOR}
 LOSS_COLORS = {"train_loss": "#1f77b4", "valid_loss": "#ff7f0e"}
-MAX_TABLE_ROWS = 100
+MAX_TABLE_ROWS = 100  # the whole log, expanded, up to this many rows
+TABLE_ROWS = 5  # the last epochs shown before the log is expanded
+LOSS_SCALES = ("auto", "linear", "log")
 BEST_STYLE = "font-weight:bold;color:#2ca02c"
 CELL_STYLE = "text-align:right;padding:0 0.6em"
 
@@ -80,13 +86,14 @@ def batch_text(state: TrainingState) -> str:
 
 
 def world_text(state: TrainingState) -> str:
-    """``"world size 3 (2 → 3 at epoch 5)"``."""
+    """``"world size 3 (2 → 3 after epoch 18)"``: a change is placed after the last
+    epoch trained at the old size, as the timeline and ``Resized.epoch`` place it."""
     if state.world_size is None:
         return "world size –"
     text = f"world size {state.world_size}"
     changes = state.world_size_changes
     if changes:
-        text += " (" + ", ".join(f"{a} → {b} at epoch {e}" for e, a, b in changes) + ")"
+        text += " (" + ", ".join(f"{a} → {b} after epoch {e - 1}" for e, a, b in changes) + ")"
     return text
 
 
@@ -99,8 +106,9 @@ def gpu_memory_text(state: TrainingState) -> str:
 
 
 def stats_text(state: TrainingState) -> str:
-    """Throughput and world size on one line (and peak GPU memory after a CUDA run)."""
-    text = f"{fmt_rate(state.samples_per_s)} · {world_text(state)}"
+    """Throughput (saying what it measures) and world size on one line (and peak GPU
+    memory after a CUDA run)."""
+    text = f"{state.throughput_text} · {world_text(state)}"
     gpu = gpu_memory_text(state)
     return f"{text} · {gpu}" if gpu else text
 
@@ -141,8 +149,7 @@ def _status_lines(state: TrainingState) -> list[str]:
         first, *rest = state.message.splitlines()
         lines.append(f"{state.status}: {first}")
         lines += [f"    {line}" for line in rest]
-    for f in state.failures:
-        lines.append(f"rank {f.rank} on {f.worker} failed (generation {f.generation})")
+    lines += [incident.text for incident in state.incidents.open]
     if state.notice is not None:
         lines.append(f"[{state.notice[0]}] {state.notice[1]}")
     return lines
@@ -186,14 +193,15 @@ def state_text(state: TrainingState) -> str:
 
 
 def rank_chips_html(state: TrainingState) -> str:
-    """One coloured chip per rank of the current group, titled with its worker."""
+    """One coloured chip per rank of the current group, titled with its worker; a rank
+    that only stopped because a peer failed says ``aborted`` (grey), not ``failed``."""
     chips = "".join(
-        f'<span class="scalekit-rank scalekit-rank-{escape(r.state)}" '
+        f'<span class="scalekit-rank scalekit-rank-{escape(st)}" '
         f'title="{escape(r.worker)} · generation {r.generation}" style="display:inline-block;'
         f"margin:0 0.3em 0.2em 0;padding:0 0.5em;border-radius:0.8em;font-size:0.85em;"
-        f'color:#fff;background:{RANK_COLORS.get(r.state, "#888")}">'
-        f"rank {r.rank} · {escape(r.state)}</span>"
-        for _, r in sorted(state.ranks.items())
+        f'color:#fff;background:{RANK_COLORS.get(st, "#888")}">'
+        f"rank {r.rank} · {escape(st)}</span>"
+        for r, st in ((r, state.rank_state(r)) for _, r in sorted(state.ranks.items()))
     )
     return f'<div class="scalekit-rank-chips">{chips}</div>' if chips else ""
 
@@ -216,14 +224,32 @@ def data_html(state: TrainingState) -> str:
     return (f'<div class="scalekit-data"><div{title}>{escape(head)}</div>{bars}</div>')
 
 
-def charts_html(state: TrainingState) -> str:
-    """The loss chart and, when the rows hold other scores, a smaller score chart."""
+def use_log_scale(state: TrainingState, scale: str = "auto") -> bool:
+    """Whether the loss chart is logarithmic: ``"log"``, ``"linear"``, or ``"auto"``:
+    log once the losses span a factor of 10 or more (on a linear axis every epoch after
+    the first few would sit on the baseline)."""
+    if scale != "auto":
+        return scale == "log"
+    values = [v for k in state.loss_keys for v in state.series(k) if v is not None]
+    positive = [v for v in values if v > 0]
+    return len(positive) == len(values) > 1 and max(positive) >= 10 * min(positive)
+
+
+def charts_html(state: TrainingState, scale: str = "auto") -> str:
+    """The loss chart and, when the rows hold other scores, a smaller score chart.
+
+    The loss chart has the world-size chart's x axis (:func:`~scalekit.views.
+    timeline_render.epoch_axis`, same width): drawn above it, epochs line up, and the
+    world-size chart below labels them. ``scale`` is ``auto``, ``linear`` or ``log``.
+    """
     if not state.rows:
         return ""
     x_start = int(state.rows[0]["epoch"])
+    axis = epoch_axis(state)
     charts = [line_chart_svg(
         {k: state.series(k) for k in state.loss_keys}, colors=LOSS_COLORS,
-        x_start=x_start, css_class="scalekit-loss-chart",
+        x_start=x_start, x_range=axis, log=use_log_scale(state, scale),
+        css_class="scalekit-loss-chart", x_labels=False,
     )]
     scores = {k: state.series(k) for k in state.score_keys}
     if scores:
@@ -231,16 +257,39 @@ def charts_html(state: TrainingState) -> str:
         unit = all(0.0 <= v <= 1.0 for v in values)
         charts.append(line_chart_svg(
             scores, width=260, y_range=(0.0, 1.0) if unit else None, x_start=x_start,
-            css_class="scalekit-score-chart",
+            x_range=axis, css_class="scalekit-score-chart",
         ))
     return ('<div class="scalekit-charts" style="display:flex;gap:0.5em;flex-wrap:wrap">'
             f'{"".join(charts)}</div>')
 
 
-def epoch_table_html(state: TrainingState, max_rows: int = MAX_TABLE_ROWS) -> str:
-    """The epoch log (skorch's columns); best values bold green with class ``scalekit-best``."""
+def epoch_table_html(state: TrainingState, max_rows: int | None = TABLE_ROWS, *,
+                     expander: bool = True) -> str:
+    """The epoch log (skorch's columns); best values bold green with class ``scalekit-best``.
+
+    Parameters
+    ----------
+    state : TrainingState
+        The run.
+    max_rows : int or None
+        The last rows shown (``None``: all, up to :data:`MAX_TABLE_ROWS`): a 60-epoch
+        fit must not make the panel screens tall.
+    expander : bool
+        Below a shortened table, a ``<details>`` with the whole log (class
+        ``scalekit-epoch-more``): the static HTML's expander. The live panel has a
+        button instead and passes ``False``.
+    """
     if not state.rows:
         return ""
+    short = _table(state, max_rows if max_rows is not None else MAX_TABLE_ROWS)
+    if not expander or max_rows is None or len(state.rows) <= max_rows:
+        return short
+    return (f'{short}<details class="scalekit-epoch-more"><summary style="cursor:pointer;'
+            f'font-size:0.85em;color:#555">all {plural(len(state.rows), "epoch")}</summary>'
+            f"{_table(state, MAX_TABLE_ROWS)}</details>")
+
+
+def _table(state: TrainingState, max_rows: int) -> str:
     keys = state.table_keys
     head = "".join(f'<th style="{CELL_STYLE}">{escape(k)}</th>' for k in keys)
     rows = state.rows[-max_rows:]
@@ -260,7 +309,7 @@ def epoch_table_html(state: TrainingState, max_rows: int = MAX_TABLE_ROWS) -> st
         body.append(f'<tr class="scalekit-epoch-row">{"".join(cells)}</tr>')
     return (
         '<table class="scalekit-epoch-table" style="border-collapse:collapse;'
-        'font-size:0.85em;font-family:monospace">'
+        'font-size:0.85em;font-family:monospace;line-height:1.35">'
         f'<thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
     )
 
@@ -281,9 +330,9 @@ def status_html(state: TrainingState) -> str:
         if state.status == "finished":
             text += f" · {state.epochs_done} epochs in {fmt_duration(state.elapsed_s())}"
         parts.append(f'<div style="color:{color}">{escape(text)}</div>')
-    for f in state.failures:
-        parts.append(f'<div style="color:{DANGER_COLOR}">rank {f.rank} on '
-                     f"{escape(f.worker)} failed (generation {f.generation})</div>")
+    for incident in state.incidents.open:  # a recovered one is in the timeline
+        parts.append(f'<div class="scalekit-incident" style="color:{DANGER_COLOR}">'
+                     f"{escape(incident.text)}</div>")
     if state.notice is not None:
         parts.append(notice_html(*state.notice))
     return "".join(parts)

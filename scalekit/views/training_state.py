@@ -7,6 +7,9 @@ timestamps (and ``time.time()`` for the elapsed time of a run still going).
 Besides the epoch log it keeps the run's timeline: resizes, failures, recoveries and
 checkpoints (:mod:`scalekit.views.timeline`), the world size per epoch, the totals
 of the recoveries and, on sharded data, each rank's progress through its shards.
+Failed ranks are folded into one incident per process group
+(:mod:`scalekit.views.incidents`), the throughput is measured from the progress
+events (:mod:`scalekit.views.throughput`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from scalekit.events import (
     ShardProgress,
     TrainingReport,
 )
+from scalekit.views.columns import EpochColumns
 from scalekit.views.fmt import is_number
+from scalekit.views.incidents import Incident, Incidents, RankInfo
+from scalekit.views.throughput import Throughput, throughput_text
 from scalekit.views.timeline import (
     TimelineEntry,
     checkpoint_entry,
@@ -41,31 +47,9 @@ from scalekit.views.timeline import (
 
 __all__ = ["RankInfo", "TimelineEntry", "TrainingState"]
 
-# Row keys that are not scores: drawn elsewhere (throughput, duration) or not at all.
-NOT_SCORES = frozenset({"epoch", "dur", "batches", "train_samples_per_s"})
-
-
-def _shown_key(key: str) -> bool:
-    """skorch's ``filter_log_keys``: no ``*_best``, ``*_batch_count`` or ``event_*``."""
-    return not (
-        key in NOT_SCORES
-        or key.endswith(("_best", "_batch_count"))
-        or key.startswith("event_")
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class RankInfo:
-    """One rank as its last :class:`~scalekit.events.RankStatus` described it."""
-
-    rank: int
-    worker: str
-    state: str
-    generation: int = 0
-
 
 @dataclasses.dataclass
-class TrainingState:
+class TrainingState(EpochColumns):
     """Everything known about one training run, folded from its events.
 
     Attributes
@@ -91,19 +75,23 @@ class TrainingState:
         :class:`~scalekit.events.Recovered`. A rollback forgets the redone epochs' sizes.
     ranks : dict of int to RankInfo
         The ranks of the newest generation (process group).
-    failures : list of RankInfo
-        Every rank that reported ``failed``, any generation.
+    incidents : Incidents
+        The ranks that stopped, one incident per generation: the rank that failed
+        and those that stopped with it.
+    throughput : Throughput
+        The progress reports, for :attr:`samples_per_s`.
     batch : (int, int, int) or None
         ``(epoch_index, batch, n_batches)`` of the epoch in progress (0-based index).
-    samples_per_s : float or None
-        The latest throughput (from a batch or an epoch row).
     message : str
         Why the run ended, when it failed.
     notice : (str, str) or None
-        ``(level, message)`` of the latest :class:`~scalekit.events.Notice`.
+        ``(level, message)`` of the latest :class:`~scalekit.events.Notice` while it
+        still holds: a warning (``recovering: ...``, ``waiting for workers``) is
+        dropped once training goes on after it (a rank trains, a recovery or resize
+        is reported, the run finishes).
     timeline : list of TimelineEntry
-        Resizes, recoveries, checkpoints and failures (failed ranks, a failed run) in
-        the order they arrived; a rollback keeps them (they happened).
+        Resizes, recoveries, checkpoints and failures (one entry per incident, a failed
+        run) in the order they arrived; a rollback keeps them (they happened).
     last_checkpoint : CheckpointSaved or None
         The newest checkpoint saved (the event itself).
     recoveries, lost_steps, downtime_s : int, int, float
@@ -137,11 +125,12 @@ class TrainingState:
     world_sizes: list[tuple[int, int]] = dataclasses.field(default_factory=list)
     ranks: dict[int, RankInfo] = dataclasses.field(default_factory=dict)
     generation: int = 0
-    failures: list[RankInfo] = dataclasses.field(default_factory=list)
+    incidents: Incidents = dataclasses.field(default_factory=Incidents)
+    throughput: Throughput = dataclasses.field(default_factory=Throughput)
     batch: tuple[int, int, int] | None = None
-    samples_per_s: float | None = None
     message: str = ""
     notice: tuple[str, str] | None = None
+    notice_time: float = 0.0
     started_at: float | None = None
     finished_at: float | None = None
     timeline: list[TimelineEntry] = dataclasses.field(default_factory=list)
@@ -159,6 +148,7 @@ class TrainingState:
     version: int = 0
     events_version: int = 0
     numeric_keys: dict[str, None] = dataclasses.field(default_factory=dict)
+    _incident_entries: dict[int, int] = dataclasses.field(default_factory=dict, repr=False)
 
     # -- folding -------------------------------------------------------------------------
     @classmethod
@@ -184,7 +174,7 @@ class TrainingState:
     def apply(self, event: Event) -> bool:
         """Fold one event in; return whether it concerned this run (and changed it)."""
         if isinstance(event, Notice):
-            self.notice = (event.level, event.message)
+            self._notice(event)
             return True
         run_id = getattr(event, "run_id", None)
         if run_id is None:
@@ -200,7 +190,7 @@ class TrainingState:
         elif isinstance(event, BatchProgress):
             self._begin(event.time)
             self.batch = (event.epoch, event.batch, event.n_batches)
-            self.samples_per_s = float(event.samples_per_s)
+            self.throughput.progress(event)
             if event.n_batches > 0:
                 self.n_batches = int(event.n_batches)
         elif isinstance(event, RankStatus):
@@ -215,6 +205,8 @@ class TrainingState:
             self._begin(event.time)
             self._note(resize_entry(event))
             self._world(event.epoch + 1, event.new)  # the first epoch at the new size
+            self.throughput.restart()  # the pause between the rounds is no training
+            self._went_on(event.time)
         elif isinstance(event, Recovered):
             self._recovered(event)
         elif isinstance(event, RunFinished):
@@ -238,6 +230,7 @@ class TrainingState:
         self.batch_size, self.n_samples = e.batch_size, e.n_samples
         self.sampling, self.n_shards = e.sampling, int(e.n_shards)
         self.data_bytes, self.source = int(e.data_bytes), e.source
+        self.throughput.started(e)
         self.events_version += 1
         self._world(e.start_epoch, e.world_size)
 
@@ -252,8 +245,6 @@ class TrainingState:
         self._world(e.epoch, e.world_size)
         if self.batch is not None and self.batch[0] + 1 <= e.epoch:
             self.batch = None  # that epoch is over
-        if is_number(row.get("train_samples_per_s")):
-            self.samples_per_s = float(row["train_samples_per_s"])
 
     def _world(self, epoch: int, size: int | None) -> None:
         if size is None or size <= 0:
@@ -270,11 +261,9 @@ class TrainingState:
     def _rank(self, e: RankStatus) -> None:
         self._begin(e.time)
         info = RankInfo(rank=e.rank, worker=e.worker, state=e.state, generation=e.generation)
-        if e.state == "failed" and info not in self.failures:
-            self.failures.append(info)
-            self._note(failure_entry(
-                f"rank {e.rank} on {e.worker} failed (generation {e.generation})",
-                *self.position, e.time))
+        self._incident(self.incidents.rank(e, self.position))
+        if e.state == "training":
+            self._went_on(e.time)
         if e.generation < self.generation:
             return  # a group that no longer exists
         if e.generation > self.generation:
@@ -292,8 +281,36 @@ class TrainingState:
             self.shards = {}  # a new epoch's deal (or a new group's): start afresh
         self.shards[e.rank] = e
 
+    def _incident(self, incident: Incident | None) -> None:
+        """One timeline entry per incident, redrawn in place as more ranks report."""
+        if incident is None:
+            return
+        entry = failure_entry(incident.text, incident.epoch, incident.step, incident.time)
+        index = self._incident_entries.get(incident.generation)
+        if index is None:
+            self._incident_entries[incident.generation] = len(self.timeline)
+            self._note(entry)
+        elif self.timeline[index] != entry:
+            self.timeline[index] = entry
+            self.events_version += 1
+
+    def _notice(self, e: Notice) -> None:
+        self.notice, self.notice_time = (e.level, e.message), e.time
+        if self.run_id is not None:
+            self._incident(self.incidents.notice(e.message, self.generation, self.position,
+                                                 e.time))
+
+    def _went_on(self, when: float) -> None:
+        """Training goes on: a warning older than this no longer holds."""
+        if self.notice is not None and self.notice[0] == "warning" and \
+                self.notice_time <= when:
+            self.notice = None
+
     def _recovered(self, e: Recovered) -> None:
         self._begin(e.time)
+        self.incidents.resolve()
+        self.throughput.restart()
+        self._went_on(e.time)
         self.recoveries += 1
         self.lost_steps += max(int(e.lost_steps), 0)
         self.downtime_s += max(float(e.downtime_s), 0.0)
@@ -314,6 +331,9 @@ class TrainingState:
                                      *self.position, e.time))
         self.status, self.message = e.status, e.message
         self.finished_at, self.batch = e.time, None
+        if e.status == "finished":
+            self.incidents.resolve()
+            self._went_on(e.time)
 
     def _note(self, entry: TimelineEntry) -> None:
         self.timeline.append(entry)
@@ -333,6 +353,26 @@ class TrainingState:
     def world_size(self) -> int | None:
         """The current number of ranks."""
         return self.world_sizes[-1][1] if self.world_sizes else None
+
+    @property
+    def samples_per_s(self) -> float | None:
+        """The throughput shown (:mod:`scalekit.views.throughput`): over the last
+        seconds of progress while running, over the whole run once it is over."""
+        if self.running:
+            return self.throughput.rate
+        return self.throughput.overall(self.epochs_done - self.start_epoch, self.elapsed_s())
+
+    @property
+    def throughput_text(self) -> str:
+        """:attr:`samples_per_s` in words that say what it measures."""
+        return throughput_text(self.throughput, running=self.running,
+                               epochs_trained=self.epochs_done - self.start_epoch,
+                               elapsed_s=self.elapsed_s())
+
+    def rank_state(self, info: RankInfo) -> str:
+        """What a rank chip says: a rank that only stopped with a failed peer is
+        ``aborted``, not ``failed``."""
+        return self.incidents.state_of(info)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -386,36 +426,3 @@ class TrainingState:
             return None
         end = self.finished_at if self.finished_at is not None else (now or time.time())
         return max(end - self.started_at, 0.0)
-
-    def _keys(self) -> list[str]:
-        return [k for k in self.numeric_keys if _shown_key(k)]
-
-    @property
-    def loss_keys(self) -> list[str]:
-        """Row keys ending in ``_loss`` (train first, then valid, then the rest)."""
-        keys = [k for k in self._keys() if k.endswith("_loss")]
-        order = {"train_loss": 0, "valid_loss": 1}
-        return sorted(keys, key=lambda k: (order.get(k, 2), k))
-
-    @property
-    def score_keys(self) -> list[str]:
-        """Other numeric scores in the rows (``valid_acc``, ...), sorted."""
-        return sorted(k for k in self._keys() if not k.endswith("_loss"))
-
-    @property
-    def table_keys(self) -> list[str]:
-        """Columns as skorch's ``PrintLog`` orders them: epoch, sorted keys, dur."""
-        keys = ["epoch", *sorted(self._keys())]
-        keys += sorted(k for k in self.numeric_keys if k.startswith("event_"))
-        if "dur" in self.numeric_keys:
-            keys.append("dur")
-        return keys
-
-    def series(self, key: str) -> list[float | None]:
-        """``key``'s value in each row (``None`` where a row lacks it)."""
-        return [float(r[key]) if is_number(r.get(key)) else None for r in self.rows]
-
-    @staticmethod
-    def is_best(row: dict[str, Any], key: str) -> bool:
-        """Whether ``row`` marks ``key`` as the best so far (skorch's ``<key>_best``)."""
-        return bool(row.get(f"{key}_best"))

@@ -29,10 +29,16 @@ import ipywidgets as widgets
 from scalekit.events import AdaptChanged, ClusterSnapshot, Event, EventBus, Notice, ScaleRequested
 from scalekit.views import cluster_render
 from scalekit.views.cluster_state import ClusterState
-from scalekit.views.html import escape, notice_html
+from scalekit.views.html import notice_html
 from scalekit.widgets.view import WIDGET_VIEW, EventView  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
+
+
+def _track_width(max_workers: int) -> str:
+    """A slider's width: about 24 px a worker past its label, 280-520 px in all (the
+    default track gave 16 workers 124 px)."""
+    return f"{min(max(100 + 24 * max_workers, 280), 520)}px"
 
 
 def _default_bounds(max_workers: int) -> tuple[int, int]:
@@ -64,7 +70,9 @@ class ClusterPanel(EventView):
     on_stop_adapt : callable
         ``on_stop_adapt()``: the user switched adaptive scaling off.
     max_workers : int
-        Upper end of the worker slider and of the adaptive bounds.
+        Upper end of the worker slider and of the adaptive bounds: the configured
+        ``scalekit.cluster.max-workers``. The sliders' tracks grow with it, so that
+        each worker is a step a mouse can hit.
     history : int
         How many snapshots the CPU/memory picture keeps.
 
@@ -79,7 +87,10 @@ class ClusterPanel(EventView):
     adaptive_range : ipywidgets.IntRangeSlider
         Adaptive ``(minimum, maximum)``.
     header_html, dashboard_html, totals_html, workers_html, history_html, status_html
-        The read-only parts (``ipywidgets.HTML``).
+        The read-only parts (``ipywidgets.HTML``); the header ends with a separator
+        when the dashboard link follows it, the totals hold a warning when the memory
+        limits overcommit the machine, the status line the latest notice while it holds
+        (:attr:`ClusterState.status_line`).
     """
 
     def __init__(
@@ -92,6 +103,7 @@ class ClusterPanel(EventView):
         max_workers: int = 16,
         history: int = 120,
     ) -> None:
+        super().__init__()
         self.bus = bus
         self.max_workers = max(int(max_workers), 1)
         self._on_scale = on_scale
@@ -105,11 +117,13 @@ class ClusterPanel(EventView):
         self.cluster_closed = False
         self.disposed = False
 
-        self.header_html = widgets.HTML("<b>scalekit cluster</b>")
+        self.header_html = widgets.HTML(cluster_render.header_html(None))
         self.dashboard_html = widgets.HTML("")
+        track = _track_width(self.max_workers)
         self.workers_slider = widgets.IntSlider(
             value=1, min=1, max=self.max_workers, step=1, description="Workers",
             continuous_update=False, tooltip="Requested number of workers",
+            layout=widgets.Layout(width=track),
         )
         self.adaptive_toggle = widgets.ToggleButton(
             value=False, description="Adaptive", icon="magic",
@@ -118,6 +132,7 @@ class ClusterPanel(EventView):
         self.adaptive_range = widgets.IntRangeSlider(
             value=_default_bounds(self.max_workers), min=0, max=self.max_workers, step=1,
             description="min / max", continuous_update=False,
+            layout=widgets.Layout(width=track),
         )
         self.totals_html = widgets.HTML("")
         self.workers_html = widgets.HTML("")
@@ -125,9 +140,11 @@ class ClusterPanel(EventView):
         self.status_html = widgets.HTML("")
         self.widget = widgets.VBox([
             widgets.HBox([self.header_html, self.dashboard_html]),
-            widgets.HBox([self.workers_slider, self.adaptive_toggle, self.adaptive_range]),
+            widgets.HBox([self.workers_slider, self.adaptive_toggle, self.adaptive_range],
+                         layout=widgets.Layout(flex_flow="row wrap")),
             self.totals_html,
-            widgets.HBox([self.workers_html, self.history_html]),
+            widgets.HBox([self.workers_html, self.history_html],
+                         layout=widgets.Layout(flex_flow="row wrap", grid_gap="1em")),
             self.status_html,
         ])
         for w, css in (
@@ -147,11 +164,12 @@ class ClusterPanel(EventView):
     # -- display ---------------------------------------------------------------------
     def _fallbacks(self) -> dict[str, str]:
         snapshot = self.snapshot
+        status = ("info", "cluster closed") if self.cluster_closed else self.state.status_line
         return {
             "text/plain": cluster_render.cluster_text(snapshot) if snapshot else repr(self),
             "text/html": (
-                cluster_render.cluster_html(snapshot) if snapshot
-                else "<div><b>scalekit cluster</b> · waiting for the first snapshot</div>"
+                cluster_render.cluster_html(snapshot, status=status) if snapshot
+                else f"<div>{cluster_render.header_html(None)}</div>"
             ),
         }
 
@@ -182,14 +200,17 @@ class ClusterPanel(EventView):
         elif isinstance(event, AdaptChanged):
             self._intent_time = max(self._intent_time, event.time)
             self._show_adaptive(event.enabled, event.minimum, event.maximum)
-        elif isinstance(event, Notice):
-            self._push(self.status_html, "value", notice_html(event.level, event.message))
+        if not self.cluster_closed:
+            self._show_status()
+
+    def _show_status(self) -> None:
+        """The notice while it holds: "scaling to 3" goes once the 3 workers are there,
+        a run's "recovering" once it trains again; an error stays until the next one."""
+        line = self.state.status_line
+        self._push(self.status_html, "value", notice_html(*line) if line else "")
 
     def _show_snapshot(self, s: ClusterSnapshot) -> None:
-        self._push(
-            self.header_html, "value",
-            f"<b>scalekit cluster</b> · {escape(s.backend)} · {escape(s.status)}",
-        )
+        self._push(self.header_html, "value", cluster_render.header_html(s, link=False))
         if s.status == "closed":
             self._shut()
             return
@@ -198,10 +219,13 @@ class ClusterPanel(EventView):
             self._follow(s.n_workers)  # adaptive decides: show what is there
         elif s.requested is not None and s.time >= self._intent_time:
             self._follow(s.requested)
-        history = (self.state.cpu_history, self.state.memory_history)
-        self._push(self.totals_html, "value", cluster_render.totals_html(s))
+        state = self.state
+        history = cluster_render.history_html(state.cpu_history, state.memory_history,
+                                              span_s=state.history_span_s)
+        totals = cluster_render.totals_html(s) + cluster_render.memory_warning_html(s)
+        self._push(self.totals_html, "value", totals)
         self._push(self.workers_html, "value", cluster_render.workers_html(s))
-        self._push(self.history_html, "value", cluster_render.history_html(*history))
+        self._push(self.history_html, "value", history)
         self._push(self.dashboard_html, "value", cluster_render.dashboard_html(s.dashboard_link))
 
     def _show_adaptive(self, enabled: bool, lo: int | None, hi: int | None) -> None:
@@ -233,9 +257,11 @@ class ClusterPanel(EventView):
             self._push(control, "disabled", True)
         self._push(self.totals_html, "value", "")
         self._push(self.workers_html, "value", "")
+        self._push(self.history_html, "value", "")  # no stale CPU figure in a legend
         self._push(self.dashboard_html, "value", "")
         self._push(self.status_html, "value", notice_html("info", "cluster closed"))
         self._stop_listening()
+        self.finalize()  # saved notebooks keep this last state as static HTML
 
     # -- user changes (kernel thread) -------------------------------------------------
     def _user_scaled(self, change: dict[str, Any]) -> None:
@@ -277,8 +303,9 @@ class ClusterPanel(EventView):
             callback(*args)
         except Exception as exc:  # the running cluster stays as it was
             logger.warning("panel action failed: %s", exc, exc_info=True)
-            message = str(exc) or type(exc).__name__
-            self._push(self.status_html, "value", notice_html("error", message))
+            # an error holds until the next notice, like the session's own
+            self.state.apply(Notice(level="error", message=str(exc) or type(exc).__name__))
+            self._show_status()
             return False
         return True
 

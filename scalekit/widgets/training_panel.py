@@ -15,6 +15,10 @@ run, the end of an epoch, a resize, a recovery and a failed rank redraw at once 
 saved checkpoint waits like batch progress); the table and charts are rebuilt only when
 the epoch rows changed, the world-size chart and timeline only when they did. Training
 runs on the workers and never waits for the panel.
+
+Once the run is over the panel draws its last state and :meth:`~scalekit.widgets.view.
+EventView.finalize` turns its outputs into static HTML, so a saved notebook shows the
+run when reopened (see :mod:`scalekit.widgets.view`).
 """
 
 from __future__ import annotations
@@ -76,8 +80,15 @@ class TrainingPanel(EventView):
         Finished epochs of ``max_epochs``; batches of the epoch in progress.
     epoch_label, batch_label, header_html, stats_html, ranks_html, charts_html,
     events_html, table_html, status_html : ipywidgets.HTML
-        The read-only parts; ``events_html`` holds the world-size chart, the last
-        checkpoint, the recoveries and the timeline.
+        The read-only parts; ``events_html`` holds the world-size chart (right under
+        the loss chart, on the same x axis), the last checkpoint, the recoveries and
+        the timeline.
+    loss_scale : ipywidgets.ToggleButtons
+        The loss chart's y axis: ``auto`` (log once the loss fell tenfold), ``linear``
+        or ``log``.
+    table_toggle : ipywidgets.ToggleButton
+        Shows the whole epoch log; the last :data:`~scalekit.views.training_render.
+        TABLE_ROWS` epochs otherwise (hidden while there are no more).
     renders : int
         How many redraws happened (for tests and benchmarks).
     """
@@ -86,6 +97,7 @@ class TrainingPanel(EventView):
         self, bus: EventBus, *, run_id: str, events: Iterable[Event] = (),
         min_interval: float = MIN_REFRESH_S,
     ) -> None:
+        super().__init__()
         self.bus = bus
         self.run_id = run_id
         self.min_interval = float(min_interval)
@@ -114,6 +126,7 @@ class TrainingPanel(EventView):
         self._render()
         if finished:
             self._stop_listening()
+            self.finalize()
 
     def _build(self) -> None:
         self.header_html = widgets.HTML(self._header())
@@ -129,12 +142,18 @@ class TrainingPanel(EventView):
         self.events_html = widgets.HTML("")
         self.table_html = widgets.HTML("")
         self.status_html = widgets.HTML("")
+        self.loss_scale = widgets.ToggleButtons(
+            options=list(training_render.LOSS_SCALES), value="auto", description="loss axis",
+            tooltips=["log once the loss fell tenfold", "linear", "logarithmic"],
+            style={"button_width": "4.5em"})
+        self.table_toggle = widgets.ToggleButton(value=False, description="all epochs",
+                                                 layout=widgets.Layout(display="none"))
         self.epoch_box = widgets.HBox([self.epoch_bar, self.epoch_label])
         self.batch_box = widgets.HBox([self.batch_bar, self.batch_label])
         self.widget = widgets.VBox([
             self.header_html, self.epoch_box, self.batch_box, self.stats_html,
-            self.ranks_html, self.data_html, self.charts_html, self.events_html, self.table_html,
-            self.status_html,
+            self.ranks_html, self.data_html, self.loss_scale, self.charts_html,
+            self.events_html, self.table_html, self.table_toggle, self.status_html,
         ])
         for w, css in (
             (self.widget, "scalekit-training-panel"),
@@ -147,8 +166,18 @@ class TrainingPanel(EventView):
             (self.events_html, "scalekit-training-timeline"),
             (self.table_html, "scalekit-epoch-log"),
             (self.status_html, "scalekit-training-status"),
+            (self.loss_scale, "scalekit-loss-scale"),
+            (self.table_toggle, "scalekit-epoch-toggle"),
         ):
             w.add_class(css)
+        self.loss_scale.observe(self._redraw_rows, names="value")
+        self.table_toggle.observe(self._redraw_rows, names="value")
+
+    def _redraw_rows(self, _change: dict[str, Any]) -> None:
+        """The user changed the loss axis or the table's length: redraw those now."""
+        with self._lock:
+            self._drawn_version = -1
+        self._render()
 
     # -- display ---------------------------------------------------------------------
     def _fallbacks(self) -> dict[str, str]:
@@ -178,11 +207,12 @@ class TrainingPanel(EventView):
                 return  # already folded in from ``events``
             self.state.apply(event)
         urgent = isinstance(event, URGENT) or (
-            isinstance(event, RankStatus) and event.state == "failed"
+            isinstance(event, RankStatus) and event.state in ("failed", "aborted")
         )
         self.request_render(urgent=urgent)
         if isinstance(event, RunFinished):
             self._stop_listening()
+            self.finalize()  # drawn at once above: the outputs keep this last state
 
     def request_render(self, *, urgent: bool = False) -> None:
         """Redraw now if the last redraw is old enough, else once the interval is over.
@@ -261,9 +291,17 @@ class TrainingPanel(EventView):
         ]
         if s.version != self._drawn_version:  # a new epoch row: table and charts
             self._drawn_version = s.version
+            rows, short = len(s.rows), training_render.TABLE_ROWS
+            every = self.table_toggle.value
             values += [
-                (self.charts_html, "value", training_render.charts_html(s)),
-                (self.table_html, "value", training_render.epoch_table_html(s)),
+                (self.charts_html, "value",
+                 training_render.charts_html(s, self.loss_scale.value)),
+                (self.table_html, "value", training_render.epoch_table_html(
+                    s, None if every else short, expander=False)),
+                (self.table_toggle, "description",
+                 f"last {short} epochs" if every else f"all {rows} epochs"),
+                (self.table_toggle.layout, "display", "flex" if rows > short else "none"),
+                (self.loss_scale.layout, "display", "flex" if rows else "none"),
             ]
         events_key = (s.version, s.events_version, s.status)
         if events_key != self._drawn_events:  # world sizes, timeline or progress changed

@@ -5,6 +5,7 @@ leaves it running, and `scalekit cluster down` ends it and every process it star
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def test_a_background_cluster_outlives_its_sessions_and_down_leaves_nothing(priv
         again = sk.cluster(connect=str(folder / "scheduler.json"))  # by scheduler file
         assert len(again.client.nthreads()) == 1  # still there, as the session left it
         again.close()
+        scaled = cli("cluster", "scale", "2", "--name", "bg")  # the magic's verbs, too
+        assert scaled.returncode == 0, scaled.stderr[-2000:]
+        assert "\n  2 workers\n" in cli("cluster", "status", "--name", "bg").stdout  # scale waited
     finally:
         down = cli("cluster", "down", "--name", "bg")
     assert down.returncode == 0, down.stderr
@@ -91,12 +95,16 @@ def test_connect_takes_the_clusters_own_settings(private_cache):
         sk.cluster(connect="local", workers=3)
 
 
-def test_a_dask_scheduler_scalekit_did_not_start_is_trained_on_not_scaled(private_cache):
+def test_a_dask_scheduler_scalekit_did_not_start_is_trained_on_not_scaled(private_cache,
+                                                                          caplog):
     from distributed import LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, protocol="tcp",
                       host="127.0.0.1", dashboard_address=None) as plain:
-        session = sk.cluster(connect=plain.scheduler_address)
+        # its scheduler runs in this process: what it logs, a notebook running it shows
+        with caplog.at_level(logging.WARNING, logger="distributed"):
+            session = sk.cluster(connect=plain.scheduler_address)
+        assert not [r.getMessage() for r in caplog.records if "scalekit" in r.getMessage()]
         try:
             assert len(session.client.nthreads()) == 1
             with pytest.raises(UsageError, match="did not start, so it cannot scale"):

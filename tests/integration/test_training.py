@@ -7,6 +7,7 @@ end a worker process, gets a cluster of its own.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import sys
 import time
@@ -201,6 +202,15 @@ def test_fit_in_the_background(session):
     assert run.status == "finished" and run.error is None
     assert len(net.history) == 3
     assert net.score(X_TEST, Y_TEST) > 0.7
+
+
+def test_a_fit_is_recorded_on_the_cluster_without_a_scheduler_warning(session, caplog):
+    # the scheduler runs in this process: what it logs is what a notebook would show
+    with caplog.at_level(logging.WARNING, logger="distributed"):
+        run = sk.fit(make_net(max_epochs=1), X_TRAIN, Y_TRAIN, cluster=session, show=False)
+        listed = {r["run_id"]: r for r in sk.runs(session)}
+    assert listed[run.run_id]["state"] == "finished"
+    assert not [r.getMessage() for r in caplog.records if "scalekit" in r.getMessage()]
 
 
 def test_progress_events_on_the_session_bus(session):

@@ -238,3 +238,127 @@ class DeadlockOnce(Callback):
         lock = threading.Lock()
         lock.acquire()
         lock.acquire()  # never returns
+
+
+# -- tests/integration/test_skorch_callbacks.py ------------------------------------------------
+
+
+def rank_of(net):
+    """The rank a callback runs on (``"notebook"`` outside a round)."""
+    ctx = getattr(net, "_sk_ctx", None)
+    return "notebook" if ctx is None else ctx.rank
+
+
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+
+
+def _record(folder, label, net, method):
+    with open(os.path.join(folder, f"{label}.{rank_of(net)}.{os.getpid()}"), "a") as f:
+        f.write(f"{method} {len(net.history)}\n")
+
+
+def counted(cls):
+    """``cls`` (a skorch callback class) that also writes each hook call, one line
+    "<hook> <epoch>", to ``<folder>/<label>.<rank>.<pid>`` (``folder`` and ``label`` are
+    the first two arguments; the others go to ``cls``)."""
+
+    def __init__(self, folder, label, *args, **kwargs):
+        cls.__init__(self, *args, **kwargs)
+        # trailing "_": LRScheduler passes its other attributes on to the scheduler
+        vars(self).update(folder_=str(folder), label_=label)
+
+    def hook(method):
+        def call(self, net, *args, **kwargs):
+            _record(self.folder_, self.label_, net, method)
+            return getattr(cls, method)(self, net, *args, **kwargs)
+        return call
+
+    name = f"Counted{cls.__name__}"
+    body = {"__init__": __init__, "__module__": __name__, "__qualname__": name}
+    body.update({m: hook(m) for m in HOOKS})
+    return type(name, (cls,), body)
+
+
+def _counted_classes():
+    from skorch import callbacks as cbs
+
+    return {c.__name__: counted(c) for c in (
+        cbs.PrintLog, cbs.Checkpoint, cbs.TensorBoard, cbs.EarlyStopping, cbs.LRScheduler,
+        cbs.EpochScoring, cbs.GradientNormClipping, cbs.Callback)}
+
+
+globals().update({f"Counted{k}": v for k, v in _counted_classes().items()})
+
+FAKE_SCORES = (5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8, 3.9, 4.0, 4.1, 4.2, 4.3, 4.4, 4.5)
+
+
+class FakeScore(Callback):
+    """Records ``FAKE_SCORES[epoch - 1]`` as batch value ``"fake"`` of each training
+    batch (``PassthroughScoring(name="fake", on_train=True)`` makes it the epoch's
+    ``fake`` and ``fake_best``): a score that improves for 3 epochs and then gets worse,
+    whatever the model learns, on every rank alike."""
+
+    def on_batch_end(self, net, training=False, **kwargs):
+        if training:
+            net.history.record_batch("fake", FAKE_SCORES[len(net.history) - 1])
+
+
+class RaiseOnRank(Callback):
+    """Raises at the end of epoch ``epoch`` on rank ``rank`` only."""
+
+    def __init__(self, rank=1, epoch=2):
+        self.rank, self.epoch = rank, epoch
+
+    def on_epoch_end(self, net, **kwargs):
+        if rank_of(net) == self.rank and len(net.history) == self.epoch:
+            raise RuntimeError(f"callback failed on rank {self.rank} in epoch {self.epoch}")
+
+
+def _checkpoint_class():
+    from skorch.callbacks import Checkpoint
+
+    class SaveCountingCheckpoint(Checkpoint):
+        """skorch's Checkpoint that also writes "save <epoch>" to
+        ``<folder>/saves.<rank>.<pid>`` each time it saves."""
+
+        def __init__(self, folder, **kwargs):
+            super().__init__(**kwargs)
+            vars(self)["folder"] = str(folder)
+
+        def save_model(self, net):
+            _record(self.folder, "saves", net, "save")
+            return super().save_model(net)
+
+    SaveCountingCheckpoint.__module__ = __name__
+    SaveCountingCheckpoint.__qualname__ = "SaveCountingCheckpoint"  # importable by name
+    return SaveCountingCheckpoint
+
+
+SaveCountingCheckpoint = _checkpoint_class()
+
+
+def read_calls(folder, label):
+    """{rank: [(hook, epoch), ...]} from the files of ``counted`` callbacks."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        got_label, rank, _pid = name.rsplit(".", 2)
+        if got_label != label:
+            continue
+        with open(os.path.join(folder, name)) as f:
+            calls = [(hook, int(epoch)) for hook, epoch in (line.split() for line in f)]
+        found.setdefault(rank, []).extend(calls)
+    return found
+
+
+def detached_net_and_data(max_epochs=6, **kwargs):
+    """A small, deterministic digits fit for the detached-run tests."""
+    import torch
+    from skorch import NeuralNetClassifier
+
+    X_train, _, y_train, _ = digits()
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(WideMLP, criterion=nn.CrossEntropyLoss, lr=0.05,
+                              optimizer=torch.optim.SGD, optimizer__momentum=0.9,
+                              batch_size=64, max_epochs=max_epochs, train_split=None,
+                              verbose=0, **kwargs)
+    return net, X_train, y_train

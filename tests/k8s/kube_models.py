@@ -79,3 +79,18 @@ class SlowEpochsWhileFileExists(Callback):
         if os.path.exists(self.path) and dist.is_initialized() and (
                 dist.get_world_size() == self.world):
             time.sleep(self.seconds)
+
+
+def detached_net_and_data(max_epochs=6):
+    """A small digits fit for the detached-run test (importable by the pods)."""
+    import torch
+    from skorch import NeuralNetClassifier
+    from torch import nn
+
+    X_train, _, y_train, _ = digits(copies=1)
+    torch.manual_seed(0)
+    net = NeuralNetClassifier(DigitsMLP, criterion=nn.CrossEntropyLoss, lr=0.1,
+                              optimizer=torch.optim.SGD, optimizer__momentum=0.9,
+                              batch_size=64, max_epochs=max_epochs, train_split=None,
+                              verbose=0)
+    return net, X_train, y_train

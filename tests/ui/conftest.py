@@ -1,9 +1,10 @@
-"""Fixtures of the browser tests: one Chromium and one JupyterLab server per session.
+"""Fixtures of the browser tests: one Chromium per test module, one JupyterLab
+server per session.
 
 - ``browser``: headless Debian Chromium driven by Playwright (skipped with a reason when
   Chromium is missing, except under CI=true, where that is a failure).
-- ``lab_server``: ``jupyter lab`` on 127.0.0.1 with isolated config dirs; kernels inherit
-  ``SCALEKIT_SCHEDULER_FILE``, where the quickstart writes its scheduler's address.
+- ``lab_server``: ``jupyter lab`` on 127.0.0.1 with isolated config dirs (a test asks a
+  notebook's kernel where its scheduler listens with ``LabServer.kernel_value``).
 - ``open_notebook(server, name)``: a fresh browser context with the notebook open and its
   kernel idle. Afterwards (pass or fail) it saves a screenshot of a failed test, closes
   the page and deletes every session of the server, so kernels and their Dask workers
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,34 +29,36 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[Any]:
+def chromium() -> str:
+    """The Chromium the browser tests drive, or a skip (a failure under CI=true)."""
     if not os.access(CHROMIUM, os.X_OK):
         message = (f"{CHROMIUM} not found: `make test` installs Debian's chromium "
                    "(apt-get install -y chromium), or set SCALEKIT_CHROMIUM")
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+    return CHROMIUM
+
+
+# Module scope, not session: while Playwright's sync API is open it keeps an asyncio loop
+# marked as running in the main thread, so any later test's asyncio.run() would fail.
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True,
+        launched = pw.chromium.launch(executable_path=chromium, headless=True,
                                       args=CHROMIUM_ARGS)
         try:
-            yield chromium
+            yield launched
         finally:
-            chromium.close()
+            launched.close()
 
 
 @pytest.fixture(scope="session")
-def scheduler_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("scheduler") / "scheduler-address"
-
-
-@pytest.fixture(scope="session")
-def lab_server(tmp_path_factory: pytest.TempPathFactory, scheduler_file: Path,
-               browser: Any) -> Iterator[LabServer]:
-    server = LabServer(tmp_path_factory.mktemp("lab"), name="main",
-                       env={"SCALEKIT_SCHEDULER_FILE": str(scheduler_file)})
+def lab_server(tmp_path_factory: pytest.TempPathFactory, chromium: str
+               ) -> Iterator[LabServer]:
+    server = LabServer(tmp_path_factory.mktemp("lab"), name="main")
     try:
         yield server.start()
     finally:

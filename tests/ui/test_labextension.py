@@ -32,13 +32,20 @@ from typing import Any
 
 import nbformat
 import pytest
-from ui_harness import ROOT, LabServer, Notebook, artifact_path, wait_until
+from ui_harness import (
+    ROOT,
+    SCHEDULER_ADDRESS,
+    LabServer,
+    Notebook,
+    artifact_path,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
 EXTENSION = ROOT / "extensions"
 DOC_SCREENSHOT = ROOT / "docs" / "screenshots" / "jupyterlab-extension.png"
-PROTOCOL = "scalekit/1"
+PROTOCOL = "scalekit/2"
 CLUSTER_S = 120  # a cluster start or resize on a busy 2-core machine
 STATUS = re.compile(r"⚙ (\d+) workers? · CPU \d+% · mem \d+\.\d(/\d+\.\d)? GiB")
 SIDEBAR_TAB = ".jp-SideBar .lm-TabBar-tab[data-id='scalekit-sidebar']"
@@ -71,6 +78,18 @@ def test_typescript_lint_and_view_unit_tests() -> None:
     tests = npm("test")
     assert tests.returncode == 0, tests.stdout[-3000:] + tests.stderr[-3000:]
     assert re.search(r"Tests\s+\d+ passed", tests.stdout), tests.stdout[-2000:]
+
+
+def test_the_browser_tests_load_this_checkouts_build(lab_server: LabServer) -> None:
+    """The UI tests check the extension as built from these sources, not whatever the
+    virtual environment had installed (the venv is left untouched)."""
+    from ui_harness import labextension_build
+
+    build = labextension_build()
+    if build is None:
+        pytest.skip("no extensions/labextension build here: the installed one is used")
+    served = lab_server.served_labextension()
+    assert (build / served["load"]).is_file(), (served, build)
 
 
 def test_the_prebuilt_extension_is_installed_where_jupyterlab_looks() -> None:
@@ -202,6 +221,11 @@ def test_kernel_broadcasts_snapshots_and_takes_intents_on_its_comm(kernel) -> No
     cluster = k.last_cluster()
     assert cluster["backend"] == "local" and cluster["status"] == "running"
     assert len(cluster["workers"]) == 2 and cluster["dashboard_link"].startswith("http")
+    # the sidebar's words come made: the real machine's memory, singular counts
+    view = cluster["view"]
+    assert re.fullmatch(r"2 workers · CPU \d+% · mem \d+\.\d/\d+\.\d GiB", view["status_bar"])
+    assert " of 2 threads · memory " in view["summary"]
+    assert cluster["workers"][0]["view"]["title"].endswith(" · 1 thread")
 
     # snapshots flow while a cell runs, at most twice a second
     before = len(k.snapshots)
@@ -274,8 +298,7 @@ def write_notebook(server: LabServer) -> None:
     cells = [
         "%load_ext scalekit",
         "%scalekit up --workers 2 --no-panel",
-        "import scalekit\n\nsession = scalekit.active_sessions()[-1]\n"
-        "session.scheduler_address",
+        "import scalekit\n\nsession = scalekit.current_session()",
     ]
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
@@ -330,20 +353,26 @@ def test_status_bar_and_sidebar_show_and_steer_the_kernels_cluster(notebook: Not
     href = sidebar.locator("a.sk-dashboard").get_attribute("href")
     assert href and href.startswith("http") and "/status" in href
 
-    shown = nb.output(2).inner_text()  # the third cell shows the scheduler's address
-    found = re.search(r"tcp://[\w.:-]+", shown)
-    assert found, shown
-    address = found.group(0)
+    address = nb.server.kernel_value(NOTEBOOK, SCHEDULER_ADDRESS)  # asked of the kernel
+    assert address.startswith("tcp://127.0.0.1:"), address
     client = Client(address, timeout=60)
     try:
         # scale from the sidebar; the scheduler gets a third worker
         sidebar.locator(".sk-scale-input").fill("3")
         sidebar.locator(".sk-scale-button").click()
-        expect(sidebar.locator(".sk-message")).to_have_text("scaling to 3 workers",
-                                                            timeout=60_000)
         wait_until(lambda: len(client.nthreads()) == 3, CLUSTER_S,
                    "3 workers on the scheduler", interval=0.5)
         expect(sidebar.locator(".sk-worker")).to_have_count(3, timeout=30_000)
+        # "scaling to 3 workers" said what was under way: gone once they are there
+        expect(sidebar.locator(".sk-message")).to_have_text("", timeout=30_000)
+        # bar labels off the fill: beside the bar, or under it when the sidebar is narrow
+        for wrap in sidebar.locator(".sk-worker .sk-bar-wrap").all():
+            bar = wrap.locator(".sk-bar").bounding_box()
+            label = wrap.locator(".sk-bar-label").bounding_box()
+            assert bar and label, "bars not laid out"
+            beside = label["x"] >= bar["x"] + bar["width"]
+            under = label["y"] >= bar["y"] + bar["height"]
+            assert beside or under, (bar, label)
         wait_until(lambda: status_text(page).startswith("⚙ 3 workers"), 30,
                    "the status bar to say 3 workers")
 
@@ -355,13 +384,24 @@ def test_status_bar_and_sidebar_show_and_steer_the_kernels_cluster(notebook: Not
         run = sidebar.locator(".sk-run").first
         expect(run.locator(".sk-badge")).to_have_text("running")
         expect(run).to_contain_text("world size", timeout=60_000)
-        expect(run).to_contain_text("checkpoint: epoch", timeout=60_000)
+        expect(run).to_contain_text("last checkpoint: after epoch", timeout=60_000)
+        # measured by the kernel over recent steps, said so, thousands separated
+        expect(run).to_contain_text(
+            re.compile(r"(\d{1,3}(,\d{3})*|–) samples/s \((last \d+ s|measuring)\)"))
+        try:  # for the picture: a measured figure (the fit may be over first)
+            expect(run).to_contain_text(re.compile(r"\d samples/s \(last \d+ s\)"),
+                                        timeout=20_000)
+        except AssertionError:
+            pass
         shot = artifact_path("jupyterlab-extension.png")
         page.screenshot(path=str(shot))
         expect(run.locator(".sk-badge")).to_have_text("finished", timeout=300_000)
         expect(run.locator(".sk-run-headline")).to_contain_text("epoch 12/12 · loss")
-        expect(run).to_contain_text("checkpoint: epoch 12")
+        expect(run).to_contain_text("last checkpoint: after epoch 12")
         expect(run).to_contain_text("no recoveries")
+        expect(run).to_contain_text(re.compile(
+            r"\d{1,3}(,\d{3})* samples/s over the whole run \(start-up included\)"))
+        expect(run.locator(".sk-run-alert")).to_have_count(0)
         wait_until(lambda: "epoch" not in status_text(page), 30,
                    "the status bar to drop the finished fit")
 

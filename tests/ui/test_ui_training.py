@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 import pytest
-from ui_harness import element_screenshot, find_cell, wait_for_widget
+from ui_harness import element_screenshot, find_cell
 
 pytestmark = pytest.mark.slow
 
@@ -29,12 +29,17 @@ def test_training_tutorial_shows_progress_loss_curve_and_accuracy(open_notebook:
     nb.run_all(timeout=480)
 
     fit = last_fit_cell()
-    panel = wait_for_widget(nb.output(fit), ".scalekit-training-panel", page=nb.page,
-                            name="training-panel", timeout=60)
+    # the run is over, so its output is the panel's last state as static HTML (what the
+    # saved notebook keeps; see scalekit/widgets/view.py), not the live widget
+    panel = nb.output(fit).locator(".scalekit-training")
+    expect(panel).to_contain_text("finished", timeout=60_000)
+    # JupyterLab does not lay out cells far off screen (inner text, boxes): bring it in
+    panel.scroll_into_view_if_needed()
+    expect(nb.output(fit).locator(".scalekit-training-panel")).to_have_count(0)
     # the progress reached the last epoch and the run finished
     progress = panel.locator(".scalekit-epoch-progress")
     expect(progress).to_contain_text(re.compile(r"epoch (\d+)/\1\b"))
-    done, total = map(int, re.search(r"epoch (\d+)/(\d+)", progress.inner_text()).groups())
+    done, total = map(int, re.search(r"epoch (\d+)/(\d+)", progress.text_content()).groups())
     assert done == total > 1
     expect(panel.locator(".scalekit-training-status")).to_contain_text("finished")
     # the loss chart is drawn: one point per epoch on a visible polyline
@@ -43,10 +48,28 @@ def test_training_tutorial_shows_progress_loss_curve_and_accuracy(open_notebook:
     line = chart.locator("polyline").first
     points = line.get_attribute("points").split()
     assert len(points) == total, f"{len(points)} points on the loss curve for {total} epochs"
-    # one row per epoch in the epoch log
-    expect(panel.locator("table.scalekit-epoch-table tr.scalekit-epoch-row")).to_have_count(
-        total)
+    # more than max and 0 on the loss axis, and the loss chart sits on the world-size
+    # chart's x axis: same left edge and width, one above the other
+    assert chart.locator("text.scalekit-y-tick").count() >= 4
+    world = panel.locator("svg.scalekit-world-chart")
+    a, b = chart.bounding_box(), world.bounding_box()
+    assert a and b and (a["x"], a["width"]) == (b["x"], b["width"]) and a["y"] < b["y"]
+    # the throughput says what it measures; a resize or recovery would read "after epoch"
+    expect(panel.locator(".scalekit-training-stats")).to_contain_text(
+        re.compile(r"samples/s over the whole run \(start-up included\)"))
+    # the epoch log shows the last rows; "all N epochs" opens the whole log
+    tables = panel.locator("table.scalekit-epoch-table")
+    expect(tables.first.locator("tr.scalekit-epoch-row")).to_have_count(min(total, 5))
     element_screenshot(nb.page, panel, "training-panel", docs=True)
+    if total > 5:
+        more = panel.locator("details.scalekit-epoch-more")
+        expect(more.locator("summary")).to_have_text(f"all {total} epochs")
+        full = more.locator("tr.scalekit-epoch-row")
+        expect(full.first).to_be_hidden()
+        more.locator("summary").click()
+        expect(full).to_have_count(total)
+        expect(full.last).to_be_visible()
+        element_screenshot(nb.page, panel, "training-panel-all-epochs")
 
     # the final accuracies are printed, and good
     table = nb.output(COMPARE).inner_text()

@@ -24,7 +24,7 @@ UP_CELL = find_cell(QUICKSTART, "%scalekit up", "code")
 
 
 @pytest.fixture(scope="module")
-def lab_without_widgets(tmp_path_factory: pytest.TempPathFactory, browser: Any
+def lab_without_widgets(tmp_path_factory: pytest.TempPathFactory, chromium: str
                         ) -> Iterator[LabServer]:
     base = tmp_path_factory.mktemp("lab-no-widgets")
     server = LabServer(base, name="no-widgets", disabled_extensions=[WIDGET_MANAGER])

@@ -6,15 +6,26 @@ this kind of machine (see the README's "Browser tests" section):
 - :class:`LabServer` runs ``jupyter lab`` on ``127.0.0.1`` with every Jupyter, JupyterLab,
   IPython and Dask config directory pointed at a temporary folder, on copies of the
   tutorial notebooks (JupyterLab autosaves: the repository's notebooks stay untouched),
-  and shuts it down together with every kernel and the kernels' worker processes.
+  and shuts it down together with every kernel and the kernels' worker processes. Its
+  :meth:`~LabServer.kernel_value` asks a notebook's kernel for a value through the
+  server's kernel API (e.g. where the current scalekit cluster's scheduler listens), so
+  the tutorials carry no code for the tests.
 - :class:`Notebook` opens a notebook in a Playwright page and runs its cells through the
   menus, as a person would, with waits on conditions (never fixed sleeps).
 - :func:`wait_for_widget` waits for a widget to render and, when it does not, saves a
   screenshot and fails with :class:`WidgetNotRendered` naming the picture.
+
+The JupyterLab extension the browser loads is *this checkout's* build
+(``extensions/labextension``, made by ``npm run build:prod`` or the install) when there
+is one: the server's own ``JUPYTER_PATH`` comes first in JupyterLab's search for
+prebuilt extensions, so a link there wins over the copy installed in the virtual
+environment, which is left untouched. ``SCALEKIT_UI_LABEXTENSION`` names another build;
+``SCALEKIT_UI_LABEXTENSION=installed`` uses the installed one.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -27,6 +38,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +48,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOKS = ROOT / "notebooks"
+LABEXTENSION = "scalekit-jupyterlab"
 ARTIFACTS = Path(os.environ.get("SCALEKIT_UI_ARTIFACTS", ROOT / "artifacts" / "ui"))
 DOC_SCREENSHOTS = ROOT / "docs" / "screenshots"
 
@@ -48,6 +61,8 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 900}
 
 WIDGET_MANAGER = "@jupyter-widgets/jupyterlab-manager"
+# where the kernel's current scalekit cluster (the session registry's) has its scheduler
+SCHEDULER_ADDRESS = "__import__('scalekit').current_session().scheduler_address"
 ACTIVE_NOTEBOOK = ".jp-NotebookPanel:not(.lm-mod-hidden)"
 
 
@@ -55,6 +70,16 @@ def artifact_path(name: str) -> Path:
     """``artifacts/ui/<name>`` (the folder is created); CI keeps this folder."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS / name
+
+
+def labextension_build() -> Path | None:
+    """The extension build the browser tests load: ``SCALEKIT_UI_LABEXTENSION``, else
+    this checkout's ``extensions/labextension``; ``None``: the installed one."""
+    asked = os.environ.get("SCALEKIT_UI_LABEXTENSION", "")
+    if asked == "installed":
+        return None
+    build = Path(asked) if asked else ROOT / "extensions" / "labextension"
+    return build if (build / "package.json").is_file() else None
 
 
 def free_port() -> int:
@@ -145,6 +170,12 @@ class LabServer:
                         / "notification.jupyterlab-settings")
         notification.parent.mkdir(parents=True)
         notification.write_text(json.dumps({"fetchNews": "false", "doNotDisturbMode": True}))
+        # this checkout's extension build, ahead of the one installed in the venv
+        self.labextension = labextension_build()
+        if self.labextension is not None:
+            link = self.base / "share" / "labextensions" / LABEXTENSION
+            link.parent.mkdir(parents=True)
+            link.symlink_to(self.labextension.resolve(), target_is_directory=True)
         # copies of the tutorials: JupyterLab autosaves outputs into what it opens
         self.root.mkdir()
         for nb in NOTEBOOKS.glob("*.ipynb"):
@@ -192,6 +223,68 @@ class LabServer:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             text = response.read()
         return json.loads(text) if text else None
+
+    def served_labextension(self) -> dict[str, Any]:
+        """The scalekit extension as the running server serves it (its ``load`` path
+        and the folder it comes from), read from the lab page's config."""
+        request = urllib.request.Request(f"{self.url}/lab?token={self.token}")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            page = response.read().decode()
+        found = re.search(r'<script id="jupyter-config-data" type="application/json">'
+                          r"(.*?)</script>", page, re.S)
+        assert found, "no page config in /lab"
+        config = json.loads(found.group(1))
+        for ext in config.get("federated_extensions", []):
+            if ext.get("name") == LABEXTENSION:
+                return ext
+        raise AssertionError(f"{LABEXTENSION} is not among the server's extensions")
+
+    def kernel_of(self, notebook: str) -> str:
+        """The id of the kernel of the session that has ``notebook`` open."""
+        for session in self.api("GET", "/api/sessions"):
+            if Path(session.get("path") or "").name == notebook and session.get("kernel"):
+                return str(session["kernel"]["id"])
+        raise AssertionError(f"no kernel session for {notebook}")
+
+    def kernel_value(self, notebook: str, expression: str, timeout: float = 60) -> Any:
+        """Evaluate ``expression`` in the kernel of ``notebook`` and return its value.
+
+        It goes to the kernel through the server's websocket as a silent execute request
+        with a user expression, as another frontend would: the notebook shows nothing,
+        and its history and execution count stay as they are. The value comes back as
+        its ``repr``, read with :func:`ast.literal_eval` (strings, numbers, containers).
+        """
+        import websocket  # websocket-client, which jupyter_server depends on
+
+        url = (f"ws://127.0.0.1:{self.port}/api/kernels/{self.kernel_of(notebook)}/channels"
+               f"?token={self.token}")
+        msg_id = uuid.uuid4().hex
+        request = {
+            "header": {"msg_id": msg_id, "msg_type": "execute_request", "username": "tests",
+                       "session": uuid.uuid4().hex, "version": "5.3"},
+            "parent_header": {}, "metadata": {}, "channel": "shell", "buffers": [],
+            "content": {"code": "", "silent": True, "store_history": False,
+                        "user_expressions": {"value": expression}, "allow_stdin": False,
+                        "stop_on_error": False},
+        }
+        ws = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
+        try:
+            ws.send(json.dumps(request))
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                reply = json.loads(ws.recv())
+                if (reply.get("channel") == "shell"
+                        and reply.get("parent_header", {}).get("msg_id") == msg_id):
+                    break
+            else:
+                raise AssertionError(f"no reply to {expression!r} within {timeout:g}s")
+        finally:
+            ws.close()
+        value = reply["content"]["user_expressions"]["value"]
+        if value.get("status") != "ok":
+            raise AssertionError(f"{expression!r} failed in the kernel of {notebook}: "
+                                 f"{value.get('ename')}: {value.get('evalue')}")
+        return ast.literal_eval(value["data"]["text/plain"])
 
     def lab_url(self, notebook: str) -> str:
         return f"{self.url}/lab/tree/{notebook}?token={self.token}&reset"

@@ -16,8 +16,8 @@ import scalekit.magics as magics_module
 import scalekit.session as registry
 from scalekit.errors import UsageError
 from scalekit.events import ClusterSnapshot, EventBus
+from scalekit.fitting import _session_for
 from scalekit.labext import LabBridge
-from scalekit.runs import _session_for
 
 
 class Stub:

@@ -13,7 +13,7 @@ from views.snapshot_events import run_events
 
 from scalekit import labext
 from scalekit.config import MIN_REFRESH_S
-from scalekit.events import Notice
+from scalekit.events import Notice, RankStatus, Recovered
 from scalekit.labext import LabBridge
 
 from .fakes import Clock, FakeComm, FakeSession
@@ -132,6 +132,31 @@ def test_notices_reach_the_snapshot(world) -> None:
     session.bus.publish(Notice(level="error", message="workers: got 99, expected 1..8"))
     bridge.tick()
     assert broadcast.snapshots[-1]["cluster"]["notice"]["level"] == "error"
+
+
+def test_recovering_is_no_longer_said_once_the_run_trains_again(world) -> None:
+    """The sidebar kept saying "recovering" while training ran on: the bridge folds the
+    run's events into the cluster's state, so the notice stops holding."""
+    bridge, (session,), broadcast, clock = world
+    for event in run_events(epochs=1, max_epochs=5):
+        session.bus.publish(event)
+    session.bus.publish(RankStatus(run_id="run-1", rank=1, worker="w1", state="failed"))
+    session.bus.publish(Notice(level="warning", message="recovering: rank 1 lost on w1; "
+                               "restoring on 1 worker(s)"))
+    bridge.tick()
+    snap = broadcast.snapshots[-1]
+    assert snap["cluster"]["view"]["status_line"]["message"].startswith("recovering")
+    (run,) = snap["runs"]
+    assert [a["level"] for a in run["view"]["alerts"]] == ["error", "warning"]
+    session.bus.publish(Recovered(run_id="run-1", reason="rank 1 lost", epoch=1, step=0,
+                                  world_size=1, downtime_s=0.152))
+    clock.now += 1.0
+    bridge.tick()
+    snap = broadcast.snapshots[-1]
+    assert snap["cluster"]["view"]["status_line"] is None
+    (run,) = snap["runs"]
+    assert run["view"]["alerts"] == [] and run["recoveries"] == 1
+    assert "downtime 152 ms" in " ".join(run["view"]["details"])
 
 
 def test_a_closed_link_is_forgotten(world) -> None:

@@ -74,3 +74,25 @@ def test_importing_the_module_stays_cheap() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, timeout=120)
     assert out.stdout.strip() == "[]"
+
+
+def test_register_current_finds_the_kernel_of_this_process(monkeypatch) -> None:
+    """What ``sk.cluster()`` would call: the sidebar sees API clusters without
+    ``%load_ext scalekit``."""
+    import IPython
+
+    monkeypatch.setattr(labext, "_BRIDGE", None)
+    monkeypatch.setattr("comm.create_comm", lambda **kw: FakeComm(**kw))
+    shell = FakeShell(FakeKernel())
+    monkeypatch.setattr(IPython, "get_ipython", lambda: shell)
+    bridge = labext.register_current()
+    try:
+        assert bridge is not None and "scalekit" in shell.kernel.comm_manager.targets
+    finally:
+        if bridge is not None:
+            bridge.stop()
+    monkeypatch.setattr(labext, "_BRIDGE", None)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: None)  # a script: no kernel
+    assert labext.register_current() is None
+    monkeypatch.delitem(sys.modules, "IPython")  # never loaded: nothing to look for
+    assert labext.register_current() is None

@@ -150,7 +150,7 @@ class FakeRun:
 
 @pytest.fixture
 def fake_fit(monkeypatch):
-    import scalekit.runs
+    import scalekit.fitting
 
     calls = []
 
@@ -158,7 +158,7 @@ def fake_fit(monkeypatch):
         calls.append((net, cluster, kwargs))
         return FakeRun(cluster)
 
-    monkeypatch.setattr(scalekit.runs, "fit", fit)
+    monkeypatch.setattr(scalekit.fitting, "fit", fit)
     return calls
 
 
@@ -232,13 +232,13 @@ def test_apply_without_a_session_starts_one_of_the_plans_shape(fake_fit, monkeyp
 
 
 def test_a_failing_warm_up_fit_does_not_stop_the_fit(monkeypatch):
-    import scalekit.runs
+    import scalekit.fitting
     from scalekit.planner.probe import warm_up_fit
 
     def fit(*args, **kwargs):
         raise ValueError("n_splits=5 cannot be greater than the number of members")
 
-    monkeypatch.setattr(scalekit.runs, "fit", fit)
+    monkeypatch.setattr(scalekit.fitting, "fit", fit)
     warm_up_fit(FakeSession(), make_net(), X, Y)  # logged, not raised
 
 

@@ -37,10 +37,10 @@ from scalekit.training.messages import (
     RankPhase,
     RankUpdate,
 )
-from scalekit.training.policy import Failure
+from scalekit.training.policy import Failure, is_peer_failure
 from scalekit.training.preflight import check_net, preflight
 from scalekit.training.rank import RankResult, RankSpec, RendezvousError
-from scalekit.training.rounds import Beacons, OutcomeKind, Round, RoundOutcome, is_peer_failure
+from scalekit.training.rounds import Beacons, OutcomeKind, Round, RoundOutcome
 from scalekit.training.run_state import RunState, TransitionError
 
 RNG = np.random.default_rng(0)

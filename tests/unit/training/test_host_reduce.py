@@ -361,7 +361,7 @@ def test_set_up_removes_the_folders_of_dead_runs_only(tmp_path, shared):
 
 def _peer_dies(rank, world, tmp, shared):
     from scalekit.training import host_reduce
-    from scalekit.training.rounds import is_peer_failure
+    from scalekit.training.policy import is_peer_failure
 
     reducer = host_reduce.open_host_reducer(4096, timeout=60, directory=shared)
     assert reducer is not None

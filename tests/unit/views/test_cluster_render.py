@@ -33,8 +33,9 @@ def test_cluster_text_lists_totals_workers_and_dashboard() -> None:
     text = cluster_render.cluster_text(_snapshot())
     lines = text.splitlines()
     assert "local" in lines[0] and "running" in lines[0]
-    assert "2 workers (requested 2)" in text
-    assert "threads 3" in text
+    assert "  2 workers\n" in text  # as requested: nothing to say
+    assert "CPU 58 % of 3 threads" in text  # 175 % of 300 %: the sidebar's figure too
+    assert "0  1 thread  " in text and "1  2 threads  " in text
     assert "1.50 / 4.00 GiB" in text  # totals
     assert "0.50 / 2.00 GiB" in text and "1.00 / 2.00 GiB" in text  # per worker
     assert " 25.0 %" in text and "150.0 %" in text
@@ -52,7 +53,8 @@ def test_cluster_text_adaptive_and_closed() -> None:
 def test_cluster_text_without_memory_limit() -> None:
     s = _snapshot(workers=(WorkerStats(name="a", address="x", nthreads=1, memory=GIB),))
     assert "1.00 GiB (no limit)" in cluster_render.cluster_text(s)
-    assert "1 worker " in cluster_render.cluster_text(s)
+    assert "  1 worker (requested 2)\n" in cluster_render.cluster_text(s)
+    assert "2 workers (requested 3)" in cluster_render.cluster_text(_snapshot(requested=3))
 
 
 def test_cluster_html_has_a_row_per_worker_with_bars() -> None:
@@ -121,3 +123,40 @@ def test_percentages_of_capacity() -> None:
     empty = ClusterSnapshot(backend="local", status="running")
     assert cpu_percent(empty) == 0 and memory_percent(empty) == 0
     assert "no workers" in cluster_render.workers_html(empty)
+
+
+def test_header_separates_status_and_dashboard_link() -> None:
+    header = cluster_render.header_html(_snapshot())
+    assert re.sub(r"<[^>]+>", "", header) == "scalekit cluster · local · running · Dask dashboard ↗"
+    closed = cluster_render.header_html(ClusterSnapshot(backend="local", status="closed",
+                                                        dashboard_link="http://h/status"))
+    assert "dashboard" not in closed  # no link to a dashboard that is gone
+    # the live panel's header: the separator, then the link in a widget of its own
+    assert cluster_render.header_html(_snapshot(), link=False).endswith("running ·")
+    assert cluster_render.header_html(_snapshot(dashboard_link=None), link=False).endswith(
+        "running")
+
+
+def test_worker_table_headers_have_room_and_counts_are_singular() -> None:
+    table = cluster_render.workers_html(_snapshot())
+    heads = re.findall(r"<th style=\"([^\"]+)\">([^<]+)</th>", table)
+    assert [h for _, h in heads] == ["worker", "threads", "CPU", "memory"]
+    assert all("padding:0.1em 0.9em" in style for style, _ in heads)  # "worker" ≠ "threads"
+    totals = cluster_render.totals_html(_snapshot(workers=_snapshot().workers[:1]))
+    assert "of 1 thread " in totals and "1 threads" not in totals
+
+
+def test_bar_labels_sit_beside_the_fill() -> None:
+    table = cluster_render.workers_html(_snapshot())
+    bar = re.search(r'<span class="scalekit-bar-wrap".*?</span></span>(.*?)</span>', table)
+    assert bar is not None
+    # the label follows the bar's own box, outside of it
+    assert re.match(r'<span class="scalekit-bar-label"[^>]*>25 %$', bar.group(1))
+
+
+def test_sparkline_has_axes_and_its_time_span() -> None:
+    svg = cluster_render.sparkline_svg([10, 20], [30, 40], 200, 40, span_s=125.0)
+    assert ">100%<" in svg and ">0<" in svg and ">now<" in svg
+    assert re.search(r'class="scalekit-spark-span"[^>]*>−2m 05s<', svg)
+    html = cluster_render.history_html([10, 20], [30, 40], span_s=125.0)
+    assert "−2m 05s" in html and "■ CPU 20 %" in html

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from scalekit.views.fmt import fmt_bytes, fmt_seconds, plural, where
+from scalekit.views.fmt import fmt_bytes, fmt_rate, fmt_seconds, plural, where
 
 
 @pytest.mark.parametrize(("seconds", "text"), [
@@ -20,4 +20,9 @@ def test_small_formatters() -> None:
         "0 B", "512 B", "3.0 KiB", "1.5 MiB", "5120.0 GiB"]
     assert (plural(1, "step"), plural(0, "step"), plural(40, "step")) == (
         "1 step", "0 steps", "40 steps")
-    assert (where(3, 0), where(3, 12)) == ("epoch 3", "epoch 3 (step 12)")
+    # the checkpoint convention: 3 epochs done, 12 batches into the 4th
+    assert (where(3, 0), where(3, 12)) == ("after epoch 3", "in epoch 4 (step 12)")
+
+
+def test_rates_have_thousands_separators() -> None:
+    assert fmt_rate(13576.4) == "13,576 samples/s" and fmt_rate(None) == "–"

@@ -29,9 +29,13 @@ def test_cluster_dict_has_workers_totals_and_links() -> None:
     json.dumps(d, allow_nan=False)
     assert d["backend"] == "local" and d["status"] == "running"
     assert d["n_workers"] == 3 and [w["name"] for w in d["workers"]] == ["w0", "w1", "w2"]
+    view = d["workers"][0].pop("view")
     assert d["workers"][0] == {"name": "w0", "address": "tcp://127.0.0.1:4000", "nthreads": 1,
                                "cpu": 50.0, "memory": GIB // 2, "memory_limit": 2 * GIB,
                                "status": "running"}
+    assert view == {"title": "tcp://127.0.0.1:4000 · 1 thread", "gpu": None,
+                    "cpu": {"fraction": 0.5, "label": "50 %", "warn": False},
+                    "memory": {"fraction": 0.25, "label": "0.50 / 2.00 GiB", "warn": False}}
     assert d["totals"] == {"threads": 3, "cpu": 50.0, "cpu_percent": 50.0,
                            "memory": 3 * GIB // 2, "memory_limit": 6 * GIB}
     assert d["dashboard_link"] == "http://127.0.0.1:8787/status"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from scalekit.events import BatchProgress, Recovered, Resized
 from scalekit.views import timeline_render
@@ -32,8 +33,9 @@ def _ticks(svg: str, kind: str = "checkpoint") -> list[float]:
 
 def test_checkpoint_and_recoveries_lines() -> None:
     s = _state()
+    clock = time.strftime("%H:%M:%S", time.localtime(1_036.0))  # the checkpoint's time
     assert timeline_render.checkpoint_text(s) == (
-        "last checkpoint: epoch 3 (step 5) · 12 ms · file:///ck/3-5")
+        f"last checkpoint: in epoch 4 (step 5) · saved {clock} in 12 ms · file:///ck/3-5")
     assert timeline_render.recoveries_text(s) == (
         "recoveries: 1 · downtime 4.5 s · lost 10 steps")
     plain = TrainingState.from_events(run_events(epochs=2))
@@ -41,14 +43,19 @@ def test_checkpoint_and_recoveries_lines() -> None:
     assert timeline_render.recoveries_text(plain) == ""
 
 
-def test_timeline_lines_newest_first_and_capped() -> None:
+def test_timeline_lines_newest_first_repeats_folded() -> None:
     lines = timeline_render.timeline_lines(_state())
+    # the two checkpoints in a row (after epoch 3, in epoch 4) are one line
     assert [line.split()[1] for line in lines] == [
-        "recovery", "failure", "checkpoint", "checkpoint", "resize", "checkpoint"]
-    assert lines[0].endswith("recovery    epoch 3 (step 5) · recovered on 2 ranks · "
+        "recovery", "failure", "checkpoint", "resize", "checkpoint"]
+    assert lines[0].endswith("recovery    in epoch 4 (step 5) · recovered on 2 ranks · "
                              "lost 10 steps · down 4.5 s · rank 2 lost")
-    short = timeline_render.timeline_lines(_state(), limit=2)
-    assert len(short) == 3 and short[-1] == "… 4 earlier events"
+    assert lines[2].endswith("checkpoint  in epoch 4 (step 5) · checkpoint saved in 12 ms "
+                             "(3.0 MiB) · 2 saved, epochs 3–3")
+    # a small limit leaves out routine lines only: the story stays
+    short = timeline_render.timeline_lines(_state(), limit=1)
+    assert [line.split()[1] for line in short[:-1]] == ["recovery", "failure", "resize"]
+    assert short[-1] == "… 2 earlier routine lines (checkpoints)"
 
 
 def test_world_chart_steps_markers_and_ticks() -> None:
@@ -68,7 +75,7 @@ def test_world_chart_steps_markers_and_ticks() -> None:
     ys = [float(p.split(",")[1]) for p in line[1].split()]
     assert len(set(ys)) == 2 and ys[0] == ys[-1]  # 2 → 3 → 2 ranks
     assert "scalekit-step-planned" in svg  # running: dashed on to max_epochs
-    assert "<title>epoch 2: world size 2 → 3 · workers joined</title>" in svg
+    assert "<title>after epoch 2: world size 2 → 3 · workers joined</title>" in svg
 
 
 def test_world_chart_of_a_finished_run_has_no_planned_part() -> None:
@@ -109,9 +116,10 @@ def test_step_chart_edges() -> None:
 def test_timeline_html_list() -> None:
     html = timeline_render.timeline_html(_state(), limit=4)
     assert html.startswith('<ul class="scalekit-timeline"')
-    kinds = re.findall(r'class="scalekit-timeline-entry scalekit-timeline-(\w+)"', html)
-    assert kinds == ["recovery", "failure", "checkpoint", "checkpoint"]
-    assert "… 2 earlier events" in html
+    kinds = re.findall(r'class="scalekit-timeline-entry scalekit-timeline-(\w+)', html)
+    assert kinds == ["recovery", "failure", "checkpoint", "resize"]  # 4 lines in all
+    assert html.count("scalekit-timeline-folded") == 1
+    assert "… 1 earlier routine line (checkpoints)" in html
     assert timeline_render.timeline_html(TrainingState()) == ""
 
 
@@ -120,28 +128,28 @@ def test_events_html_has_all_parts() -> None:
     for css in ("scalekit-training-events", "scalekit-world-chart", "scalekit-timeline",
                 "scalekit-checkpoint-line", "scalekit-recoveries-line"):
         assert css in html
-    assert "last checkpoint: epoch 3 (step 5) · 12 ms · file:///ck/3-5" in html
+    assert "last checkpoint: in epoch 4 (step 5) · saved " in html
     assert timeline_render.events_html(TrainingState()) == ""
     plain = timeline_render.events_html(TrainingState.from_events(run_events(epochs=2)))
     assert "scalekit-world-chart" in plain and "scalekit-checkpoint-line" not in plain
     assert "scalekit-recoveries-line" not in plain and "scalekit-timeline" not in plain
 
 
-def test_timeline_has_at_most_eight_entries_by_default() -> None:
+def test_important_entries_are_never_left_out() -> None:
     s = TrainingState.from_events(run_events(epochs=1, status=None))
     for i in range(12):
         s.apply(Resized(run_id="run-1", old=2 + i, new=3 + i, epoch=1))
     html = timeline_render.timeline_html(s)
-    assert html.count("scalekit-timeline-entry") == 8 and "… 4 earlier events" in html
-    assert "world size 13 → 14" in html and "world size 2 → 3" not in html
+    assert html.count("scalekit-timeline-entry") == 12 and "earlier" not in html
+    assert "world size 13 → 14" in html and "world size 2 → 3" in html
 
 
 def test_text_and_html_fallbacks_include_the_timeline() -> None:
     text = training_text(elastic_events())
-    assert "  last checkpoint: epoch 3 (step 5) · 12 ms · file:///ck/3-5" in text
+    assert "  last checkpoint: in epoch 4 (step 5) · saved " in text
     assert "  recoveries: 1 · downtime 4.5 s · lost 10 steps" in text
     assert "  timeline (newest first):" in text
-    assert "world size 2 (2 → 3 at epoch 3, 3 → 2 at epoch 4)" in text
+    assert "world size 2 (2 → 3 after epoch 2, 3 → 2 after epoch 3)" in text
     assert text.index("timeline (newest first)") < text.index("train_loss")
     html = training_html(elastic_events())
     for css in ("scalekit-world-chart", "scalekit-timeline", "scalekit-checkpoint-line",

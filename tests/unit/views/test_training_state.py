@@ -24,7 +24,8 @@ def test_fold_a_finished_run() -> None:
     assert [r["epoch"] for r in s.rows] == [1, 2, 3, 4]
     assert s.world_size == 2 and s.world_size_changes == []
     assert s.eta_s is None  # over
-    assert s.samples_per_s == 504.0  # the last row's train_samples_per_s
+    # no progress reports: the rows' train_samples_per_s (a rank's figure) is not used
+    assert s.samples_per_s is None
     assert sorted(s.ranks) == [0, 1]
 
 
@@ -36,14 +37,15 @@ def test_eta_from_mean_epoch_duration_and_batch_progress() -> None:
     s.apply(BatchProgress(run_id="run-1", epoch=2, batch=5, n_batches=10, samples_per_s=42.0))
     assert s.batch_fraction == pytest.approx(0.5)
     assert s.eta_s == pytest.approx(7.5 * 2.0)
-    assert s.samples_per_s == 42.0
+    assert s.samples_per_s is None  # one report: no time span to measure over yet
 
 
 def test_world_size_changes_are_recorded() -> None:
     s = TrainingState.from_events(run_events(epochs=6, max_epochs=6, grow_at=5))
     assert s.world_sizes == [(0, 2), (5, 3)]
     assert s.world_size_changes == [(5, 2, 3)]
-    assert "world size 3 (2 → 3 at epoch 5)" in training_text(s)
+    # epoch 5 is the first at 3 ranks: the change came after epoch 4 (as Resized.epoch)
+    assert "world size 3 (2 → 3 after epoch 4)" in training_text(s)
 
 
 def test_other_runs_are_ignored_and_notices_kept() -> None:
@@ -78,12 +80,12 @@ def test_rank_failures_and_new_generation() -> None:
     for rank in (0, 1):
         s.apply(RankStatus(run_id="r", rank=rank, worker=f"w{rank}", state="training"))
     s.apply(RankStatus(run_id="r", rank=1, worker="w1", state="failed"))
-    assert s.ranks[1].state == "failed" and len(s.failures) == 1
+    assert s.ranks[1].state == "failed" and len(s.incidents.open) == 1
     s.apply(RankStatus(run_id="r", rank=0, worker="w0", state="rendezvous", generation=1))
     assert list(s.ranks) == [0] and s.ranks[0].generation == 1
     s.apply(RankStatus(run_id="r", rank=1, worker="w1", state="done", generation=0))
     assert list(s.ranks) == [0]  # a stale report from the old group
-    assert s.failures[0].worker == "w1"
+    assert s.incidents.by_generation[0].root.worker == "w1"
 
 
 def test_keys_follow_skorch_printlog() -> None:
@@ -120,7 +122,8 @@ def test_html_escapes_and_has_the_parts() -> None:
     for css in ("scalekit-epoch-progress", "scalekit-loss-chart", "scalekit-epoch-table",
                 "scalekit-training-status", "scalekit-score-chart", "scalekit-rank-chips"):
         assert css in html
-    assert html.count('class="scalekit-epoch-row"') == 3
+    assert html.count('class="scalekit-epoch-row"') == 3  # up to 5 rows: no expander
+    assert "scalekit-epoch-more" not in html
 
 
 def test_html_before_any_event() -> None:

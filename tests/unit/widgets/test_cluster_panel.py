@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -283,9 +284,74 @@ def test_gpu_workers_reach_the_widget_state(bus: EventBus, panel: ClusterPanel) 
     blind = WorkerStats(name="3", address="tcp://127.0.0.1:4003", nthreads=4, gpus=1.0)
     bus.publish(_snap(4, workers=(*_workers(2), gpu, blind)))
     workers = panel.workers_html.get_state()["value"]  # what the frontend model holds
-    assert "<th>GPU</th>" in workers
+    assert ">GPU</th>" in workers
     assert "55 %" in workers and "7.00 / 140.00 GiB" in workers
     assert "GPU=1 · <em>utilisation needs nvidia-ml-py</em>" in workers
     totals = panel.totals_html.get_state()["value"]
     assert "2 GPU workers · GPU 55 % (mean) · GPU memory 7.00 / 140.00 GiB" in totals
     assert "GPU 55 %  GPU memory 7.00 / 140.00 GiB" in panel._repr_mimebundle_()["text/plain"]
+
+
+def test_a_closed_cluster_leaves_static_html_in_the_notebook(
+        bus: EventBus, panel: ClusterPanel, displayed: list[Any]) -> None:
+    """Reopened later, the output must not be a widget whose model is gone."""
+    panel._ipython_display_()
+    (handle,) = displayed
+    assert WIDGET_VIEW in handle.shown and "text/html" in handle.shown  # live: the widget
+    bus.publish(ClusterSnapshot(backend="local", status="closed"))
+    (final,) = handle.updates
+    assert set(final) == {"text/plain", "text/html"}  # no widget view any more
+    assert "closed" in final["text/html"] and "cluster closed" in final["text/html"]
+    panel._ipython_display_()  # shown again afterwards: static at once
+    assert WIDGET_VIEW not in displayed[-1].shown
+    assert WIDGET_VIEW not in panel._repr_mimebundle_()
+
+
+def test_scaling_notice_goes_once_the_workers_are_there(bus: EventBus,
+                                                        panel: ClusterPanel) -> None:
+    bus.publish(ScaleRequested(n=3, source="panel"))
+    bus.publish(Notice(level="info", message="scaling to 3 workers"))
+    bus.publish(_snap(2, requested=3))
+    assert "scaling to 3 workers" in panel.status_html.value
+    bus.publish(_snap(3))
+    assert panel.status_html.value == ""
+
+
+def test_closing_clears_the_history_legend(bus: EventBus, panel: ClusterPanel) -> None:
+    assert "■ CPU" in panel.history_html.value
+    bus.publish(ClusterSnapshot(backend="local", status="closed"))
+    assert panel.history_html.value == "" and panel.totals_html.value == ""
+    assert panel.dashboard_html.value == "" and panel.header_html.value.endswith("closed")
+    assert "local · closed" in panel.header_html.value
+
+
+def test_header_reads_status_then_dashboard_link(panel: ClusterPanel) -> None:
+    header = panel.widget.children[0]  # the header's text, then the link beside it
+    assert header.children == (panel.header_html, panel.dashboard_html)
+    text = " ".join(re.sub(r"<[^>]+>", "", w.value) for w in header.children)
+    assert text == "scalekit cluster · local · running · Dask dashboard ↗"
+
+
+def test_slider_range_and_track_follow_the_configured_maximum(bus: EventBus,
+                                                              calls: Calls) -> None:
+    widths = {}
+    for most in (2, 8, 16, 64):
+        p = ClusterPanel(bus, on_scale=calls.scale, on_adapt=calls.adapt,
+                         on_stop_adapt=calls.stop_adapt, max_workers=most)
+        assert (p.workers_slider.min, p.workers_slider.max) == (1, most)
+        assert p.adaptive_range.max == most
+        widths[most] = int(p.workers_slider.layout.width.removesuffix("px"))
+        p.close()
+    assert widths[2] == 280 and widths[8] == 292 and widths[16] == 484 and widths[64] == 520
+    # up to 16 workers a step is 20 px or more of track (16 once had 124 px in all)
+    assert all((w - 100) / (m - 1) >= 20 for m, w in widths.items() if m <= 16)
+
+
+def test_totals_warn_when_memory_limits_overcommit_the_machine(
+        bus: EventBus, panel: ClusterPanel, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("scalekit.views.memory._psutil_total", lambda: 3 * GIB)
+    bus.publish(_snap(4))  # 4 workers with 1 GiB limits on a 3 GiB machine
+    totals = panel.totals_html.value
+    assert "memory 2.50 / 3.00 GiB (this machine; limits 4.00 GiB)" in totals
+    assert 'class="scalekit-memory-warning"' in totals and "1.3× this machine" in totals
+    assert "at most 0.5GiB" in totals  # 3 GiB for 4 workers, in half GiBs

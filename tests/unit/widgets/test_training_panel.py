@@ -85,13 +85,18 @@ def test_eta_and_batch_progress(bus: EventBus, panels: list[TrainingPanel]) -> N
     p = _panel(bus, panels, min_interval=0.0)
     _publish(bus, run_events(epochs=2, max_epochs=10, status=None))
     assert "epoch 2/10 · ETA 16s" in p.epoch_label.value  # 8 epochs of 2 s left
+    now = time.time()
+    bus.publish(BatchProgress(run_id="run-1", epoch=2, batch=3, n_batches=10,
+                              samples_per_s=1234.0, time=now - 2.0))
+    assert "– samples/s (measuring)" in p.stats_html.value  # not the rank's 1,234
     bus.publish(BatchProgress(run_id="run-1", epoch=2, batch=5, n_batches=10,
-                              samples_per_s=1234.0))
+                              samples_per_s=1234.0, time=now))
     assert (p.batch_bar.value, p.batch_bar.max) == (5, 10)
     assert "epoch 3: batch 5/10" in p.batch_label.value
     assert p.batch_box.layout.display == "flex"
     assert "ETA 15s" in p.epoch_label.value
-    assert "1,234 samples/s" in p.stats_html.value
+    # 2 batches of 64 samples in 2 s, measured from the events
+    assert "64 samples/s (last 2 s)" in p.stats_html.value
     bus.publish(EpochEnded(run_id="run-1", epoch=3, row={"train_loss": 0.3, "dur": 2.0},
                            world_size=2))
     assert p.batch_box.layout.display == "none"  # that epoch is over
@@ -127,7 +132,7 @@ def test_table_has_a_row_per_epoch_with_best_marks(
 def test_world_size_changes_are_shown(bus: EventBus, panels: list[TrainingPanel]) -> None:
     p = _panel(bus, panels)
     _publish(bus, run_events(epochs=6, max_epochs=6, grow_at=5))
-    assert "world size 3 (2 → 3 at epoch 5)" in p.stats_html.value
+    assert "world size 3 (2 → 3 after epoch 4)" in p.stats_html.value
 
 
 def test_rank_chips_show_failed(bus: EventBus, panels: list[TrainingPanel]) -> None:
@@ -180,7 +185,7 @@ def test_panel_made_after_the_run_shows_the_final_state(bus: EventBus,
         "train_loss": 3, "valid_loss": 3}
     assert p.table_html.value.count("scalekit-epoch-row") == 3
     assert "finished" in p.status_html.value
-    assert "2 → 3 at epoch 3" in p.stats_html.value
+    assert "2 → 3 after epoch 2" in p.stats_html.value
     assert p.renders == 1 and p._unsubscribe is None
 
 
@@ -205,7 +210,7 @@ def test_batch_flood_is_throttled(bus: EventBus, panels: list[TrainingPanel]) ->
     took = time.monotonic() - started
     assert p.renders - before <= 2 + took / 0.3
     assert _eventually(lambda: p.batch_bar.value == n)  # the trailing redraw
-    assert "2,000 samples/s" in p.stats_html.value
+    assert "samples/s" in p.stats_html.value and "2,000 samples/s" not in p.stats_html.value
     assert p.renders - before <= 3 + (time.monotonic() - started) / 0.3
 
 
@@ -270,10 +275,10 @@ def test_live_elastic_run_shows_its_timeline(bus: EventBus,
     assert events.count("scalekit-marker-resize") == 1
     assert events.count("scalekit-marker-recovery") == 1
     assert events.count("scalekit-tick-checkpoint") == 3
-    assert "last checkpoint: epoch 3 (step 5) · 12 ms · file:///ck/3-5" in events
+    assert "last checkpoint: in epoch 4 (step 5) · saved " in events
     assert "recoveries: 1 · downtime 4.5 s · lost 10 steps" in events
-    assert events.count("scalekit-timeline-entry") == 6
-    assert "3 → 2 at epoch 4" in p.stats_html.value
+    assert events.count("scalekit-timeline-entry") == 5  # 2 checkpoints in a row: 1 line
+    assert "3 → 2 after epoch 3" in p.stats_html.value
     assert p.table_html.value.count("scalekit-epoch-row") == 4
 
 
@@ -286,7 +291,8 @@ def test_resize_and_recovery_redraw_at_once(bus: EventBus,
     assert "scalekit-checkpoint-line" not in p.events_html.value  # throttled
     bus.publish(Resized(run_id="run-1", old=2, new=3, epoch=3, reason="workers joined"))
     assert "scalekit-marker-resize" in p.events_html.value
-    assert "last checkpoint: epoch 3 (step 0) · 500 ms · file:///c" in p.events_html.value
+    assert "last checkpoint: after epoch 3 · saved " in p.events_html.value
+    assert " in 500 ms · file:///c" in p.events_html.value
     bus.publish(BatchProgress(run_id="run-1", epoch=3, batch=1, n_batches=9,
                               samples_per_s=1.0))
     bus.publish(Recovered(run_id="run-1", reason="rank 1 lost", epoch=1, step=0,
@@ -321,7 +327,7 @@ def test_panel_made_after_an_elastic_run_shows_the_timeline(
     p = _panel(bus, panels, events=events)
     assert p.renders == 1 and p._unsubscribe is None
     assert "scalekit-step-planned" not in p.events_html.value  # over: nothing planned
-    assert "last checkpoint: epoch 3 (step 5)" in p.events_html.value
+    assert "last checkpoint: in epoch 4 (step 5)" in p.events_html.value
     data = p._repr_mimebundle_()
     assert "recoveries: 1 · downtime 4.5 s · lost 10 steps" in data["text/plain"]
     assert "scalekit-world-chart" in data["text/html"]
@@ -342,6 +348,78 @@ def test_peak_gpu_memory_shows_when_the_report_arrives(bus: EventBus,
 def test_redraws_are_capped_by_the_one_refresh_constant(bus: EventBus,
                                                          panels: list[TrainingPanel]) -> None:
     assert _panel(bus, panels).min_interval == MIN_REFRESH_S == 0.5
+
+
+# --- readable and lasting -----------------------------------------------------------------
+
+
+def test_a_finished_run_leaves_static_html_in_the_notebook(
+        bus: EventBus, panels: list[TrainingPanel], displayed: list) -> None:
+    p = _panel(bus, panels)
+    p._ipython_display_()
+    (handle,) = displayed
+    assert WIDGET_VIEW in handle.shown  # live: the widget (and its HTML beside it)
+    *events, finished = run_events(epochs=3, max_epochs=3)
+    _publish(bus, events)
+    assert handle.updates == []
+    bus.publish(finished)
+    (final,) = handle.updates
+    assert set(final) == {"text/plain", "text/html"}  # reopened later: no lost widget
+    assert "finished · 3 epochs" in final["text/html"] and "scalekit-loss-chart" in final[
+        "text/html"]
+    late = _panel(bus, panels, events=[*events, finished])  # made after the run
+    late._ipython_display_()
+    assert set(displayed[-1].shown) == {"text/plain", "text/html"} and late.final
+
+
+def test_the_epoch_log_shows_the_last_rows_until_expanded(
+        bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels, min_interval=0.0)
+    _publish(bus, run_events(epochs=4, max_epochs=12, status=None))
+    assert p.table_toggle.layout.display == "none"  # nothing more to show
+    _publish(bus, run_events(epochs=12, max_epochs=12, status=None)[-8:])
+    assert p.table_html.value.count("scalekit-epoch-row") == 5
+    assert "… 7 earlier epochs" in p.table_html.value
+    assert p.table_toggle.layout.display == "flex"
+    assert p.table_toggle.description == "all 12 epochs"
+    p.table_toggle.value = True  # the user's click
+    assert p.table_html.value.count("scalekit-epoch-row") == 12
+    assert p.table_toggle.description == "last 5 epochs"
+
+
+def test_the_loss_axis_can_be_switched_to_log(bus: EventBus,
+                                              panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels, min_interval=0.0)
+    _publish(bus, run_events(epochs=4, max_epochs=8, status=None))
+    assert 'data-scale="linear"' in p.charts_html.value  # auto: fell 4x only
+    p.loss_scale.value = "log"
+    assert re.search(r'class="scalekit-loss-chart" data-scale="log"', p.charts_html.value)
+    assert 'data-scale="linear"' in p.charts_html.value  # the score chart stays linear
+
+
+def test_a_recovery_shows_one_failure_and_clears_when_training_goes_on(
+        bus: EventBus, panels: list[TrainingPanel]) -> None:
+    p = _panel(bus, panels, min_interval=0.0)
+    _publish(bus, run_events(epochs=2, max_epochs=6, world=3, status=None))
+    for rank in (0, 2, 1):
+        bus.publish(RankStatus(run_id="run-1", rank=rank, worker=f"w{rank}", state="failed"))
+    bus.publish(Notice(level="warning",
+                       message="recovering: rank 1 lost on w1; restoring on 2 worker(s)"))
+    status = p.status_html.value
+    assert status.count("scalekit-incident") == 1
+    assert "rank 1 on w1 lost (generation 0) · ranks 0, 2 stopped with it" in status
+    assert "recovering: rank 1 lost" in status
+    assert p.ranks_html.value.count("scalekit-rank-aborted") == 2
+    bus.publish(Recovered(run_id="run-1", reason="rank 1 lost on w1", epoch=2, step=0,
+                          world_size=2, lost_steps=3, downtime_s=0.152))
+    for rank in (0, 1):
+        bus.publish(RankStatus(run_id="run-1", rank=rank, worker=f"w{rank}",
+                               state="training", generation=1))
+    assert "scalekit-incident" not in p.status_html.value
+    assert "recovering" not in p.status_html.value
+    assert p.ranks_html.value.count("scalekit-rank-training") == 2
+    assert p.events_html.value.count("scalekit-timeline-failure") == 1
+    assert "downtime 152 ms" in p.events_html.value
 
 
 def test_shard_progress_shows_per_rank_in_the_data_row(bus: EventBus,

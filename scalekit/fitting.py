@@ -7,17 +7,19 @@ to an event bus and, as the last expression of a cell, shows the live training p
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from scalekit.config import TrainConfig
 from scalekit.errors import TrainingError, UsageError
-from scalekit.events import Event, EventBus, Notice, RunFinished
+from scalekit.events import Event, EventBus, LogLine, Notice, RunFinished
 from scalekit.session import ClusterSession, current_session
 
 if TYPE_CHECKING:
     from distributed import Client
 
+    from scalekit.remote_runs import AttachedRun
     from scalekit.widgets.training_panel import TrainingPanel
 
 logger = logging.getLogger(__name__)
@@ -60,6 +62,12 @@ class TrainingRun:
     def history(self) -> Any:
         """The net's skorch history (one row per epoch)."""
         return self.net.history
+
+    @property
+    def log(self) -> list[str]:
+        """What rank 0 printed during the fit (skorch's ``PrintLog`` rows, ...), line by
+        line: the same lines a foreground fit prints in the cell."""
+        return [line for e in list(self.events) if isinstance(e, LogLine) for line in e.lines]
 
     @property
     def report(self) -> Any:
@@ -147,6 +155,11 @@ class TrainingRun:
     def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
         return self.panel._repr_mimebundle_(include=include, exclude=exclude)
 
+    def _ipython_display_(self) -> None:
+        # through the panel's display handle: when the run ends (the cluster closes)
+        # the output becomes static HTML, which a reopened notebook still shows
+        self.panel._ipython_display_()
+
     def __repr__(self) -> str:
         from scalekit.views.training_render import training_text
 
@@ -169,8 +182,9 @@ def fit(
     precision: str | None = None,
     data_on_device: bool | str | None = None,
     sampling: str | None = None,
+    detach: bool | None = None,
     **fit_params: Any,
-) -> TrainingRun:
+) -> TrainingRun | AttachedRun:
     """Fit a skorch net across the cluster's workers (synchronous data parallel).
 
     The net keeps skorch's meaning of its settings. ``batch_size`` is the **global**
@@ -235,13 +249,32 @@ def fit(
         deal of shards to ranks, a shuffle window inside each rank, global batch = W x
         local batch. Default: exact for in-memory data, sharded for sources and Dask
         collections (``exact`` with Dask collections computes and replicates them).
+    detach : bool
+        Run the fit on the cluster, not in this kernel: it goes on when the notebook
+        closes or the kernel restarts, and any kernel follows it with
+        ``sk.attach(run.run_id)`` (``sk.runs()`` lists the runs). The call returns at
+        once with an :class:`~scalekit.remote_runs.AttachedRun`; ``net = run.wait()``
+        fetches the fitted net. Needs a cluster that outlives the kernel (``scalekit
+        cluster up`` + ``sk.cluster(connect="local")``, or a kept Kubernetes cluster).
+        In-memory data and Dask collections with ``sampling="exact"`` only, for now:
+        sharded sources and Pipelines are refused with ``detach``.
     **fit_params :
         Passed on to the net's ``fit`` loop on every worker.
+
+    Notes
+    -----
+    skorch callbacks run where docs/callbacks.md says: those that decide the training
+    (scoring, ``EarlyStopping``, LR schedulers) on every rank, those with side effects
+    (``PrintLog``, ``Checkpoint``, ``TensorBoard``, ``MlflowLogger``, ...) on rank 0 only,
+    ``LoadInitState`` once in the notebook. What rank 0 prints (the epoch table of a net
+    with ``verbose=1``) is printed once in the cell of a foreground fit, and is in
+    ``run.log`` and the panel either way.
 
     Returns
     -------
     TrainingRun
-        Shows the training panel; ``run.net`` is the fitted net.
+        Shows the training panel; ``run.net`` is the fitted net (with ``detach``: an
+        ``AttachedRun``, whose ``wait()`` returns it).
     """
     from scalekit.data.inputs import resolve_sampling
     from scalekit.data.pipeline import fit_in_memory, is_pipeline, split_pipeline
@@ -251,6 +284,16 @@ def fit(
     client = session.client if session is not None else _client_for(cluster)
     config = TrainConfig.from_config(seed=seed, precision=precision,
                                      data_on_device=data_on_device)
+    if detach is None:  # `scalekit run --detach` sets it for a script's fits
+        import dask.config
+
+        detach = bool(dask.config.get("scalekit.training.detach", default=False))
+    if detach:
+        _check_detachable_data(net, X, y, sampling)
+        return _detached(client, session, net, X, y, config=config, show=show,
+                         options={"checkpoint": checkpoint, "resume": resume,
+                                  "max_world": max_workers, "strategy": strategy,
+                                  "fit_params": fit_params})
     bus = session.bus if session is not None else EventBus()
     pipeline, transformers = None, None
     if is_pipeline(net):
@@ -266,7 +309,12 @@ def fit(
         checkpoint=checkpoint, resume=resume, max_world=max_workers,
         scale_to=session.backend.resize if session is not None else None,
         strategy=strategy, sampling=sampling, transformers=transformers,
+        echo=_print_line if wait else None,
     )
+    from scalekit.remote_runs import RunRecorder
+    from scalekit.training.run_registry import owner
+
+    RunRecorder(client, controller, bus, owner())  # other kernels and the CLI see it
     run = TrainingRun(controller, bus=bus, session=session)
     run.pipeline = pipeline
     if show:
@@ -274,6 +322,53 @@ def fit(
     run.start(background=not wait)
     if wait and run.error is not None:
         raise run.error
+    return run
+
+
+def _check_detachable_data(net: Any, X: Any, y: Any, sampling: str | None) -> None:
+    """Detached fits take the exact path with a plain net (what the cluster-side
+    controller has been tested with); say so before anything is sent."""
+    from scalekit.data.inputs import resolve_sampling
+    from scalekit.data.pipeline import is_pipeline
+
+    if is_pipeline(net):
+        raise UsageError("sk.fit(detach=True) trains a skorch net, not a Pipeline: fit the "
+                         "pipeline attached (detach=False), or fit its transformers first "
+                         "and detach the net")
+    if resolve_sampling(X, y, sampling)[0] == "sharded":
+        raise UsageError("sk.fit(detach=True) does not take sharded data yet (sk.data "
+                         "sources, Dask collections without sampling='exact'): fit it "
+                         "attached (detach=False), or pass sampling='exact' for Dask "
+                         "collections that fit in one worker's memory")
+
+
+def _detached(client: Any, session: ClusterSession | None, net: Any, X: Any, y: Any, *,
+              config: TrainConfig, show: bool, options: dict[str, Any]) -> AttachedRun:
+    """Check here, then start the fit on the cluster (see ``detach`` in :func:`fit`)."""
+    import uuid
+
+    from scalekit.config import CheckpointConfig
+    from scalekit.remote_runs import AttachedRun, check_detachable, submit
+    from scalekit.training.preflight import check_net, checked_fit_arguments, preflight
+    from scalekit.training.run_registry import owner
+    from scalekit.training.strategies import resolve
+
+    if session is not None:
+        check_detachable(session)
+    checkpoint, _, _ = checked_fit_arguments(options["checkpoint"], options["resume"],
+                                             options["max_world"])
+    resolve(options["strategy"])
+    check_net(net)
+    probe = net if getattr(net, "initialized_", False) else net.initialize()
+    preflight(probe, X, y)  # fail here, at once, not on the cluster
+    run_id = uuid.uuid4().hex[:8]
+    url = checkpoint if isinstance(checkpoint, str) else None
+    submit(client, net, X, y, run_id=run_id, owner=owner(), config=config,
+           checkpoint_config=CheckpointConfig.from_config(), options=options,
+           checkpoint_url=url)
+    run = AttachedRun(client, run_id, owner=owner())
+    if show:
+        _display(run)
     return run
 
 
@@ -363,6 +458,14 @@ def _client_for(cluster: Any) -> Client:
         f"cluster must be a scalekit ClusterSession or a distributed.Client, "
         f"got {type(cluster).__name__}"
     )
+
+
+def _print_line(stream: str, text: str) -> None:
+    """Rank 0's printed lines, in the cell that runs the fit: the controller calls this
+    from that cell's thread, so Jupyter shows them there (not in the cell that started
+    Dask's event loop)."""
+    out = sys.stderr if stream == "stderr" else sys.stdout
+    print(text, file=out, flush=True)
 
 
 def _display(run: TrainingRun) -> None:
