@@ -36,7 +36,7 @@ _LAZY = {
     "UsageError": "scalekit.errors",
 }
 
-__all__ = sorted([*_LAZY, "callbacks", "strategies", "load_ipython_extension",
+__all__ = sorted([*_LAZY, "callbacks", "data", "strategies", "load_ipython_extension",
                   "unload_ipython_extension"])
 
 if TYPE_CHECKING:
@@ -60,7 +60,8 @@ if TYPE_CHECKING:
     )
 
 
-_MODULES = {"callbacks": "scalekit.callbacks", "strategies": "scalekit.training.strategies"}
+_MODULES = {"callbacks": "scalekit.callbacks", "data": "scalekit.data",
+            "strategies": "scalekit.training.strategies"}
 
 
 def __getattr__(name: str) -> Any:

@@ -215,7 +215,12 @@ class EventBus:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunStarted(Event):
-    """A training run began (``max_epochs`` in total, ``batch_size`` global)."""
+    """A training run began (``max_epochs`` in total, ``batch_size`` global).
+
+    ``sampling`` is ``"exact"`` (every rank can read every sample: the whole set on each
+    worker) or ``"sharded"`` (each rank streams its deal of ``n_shards`` shards, which
+    hold ``data_bytes`` in memory in all).
+    """
 
     run_id: str
     max_epochs: int
@@ -223,6 +228,10 @@ class RunStarted(Event):
     n_samples: int
     world_size: int
     start_epoch: int = 0
+    sampling: str = "exact"
+    n_shards: int = 0
+    data_bytes: int = 0
+    source: str = ""  # the sharded source, in words (kind, rows, shards)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -238,6 +247,36 @@ class RankStatus(Event):
     @property
     def key(self) -> str:
         return f"RankStatus/{self.rank}"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ShardProgress(Event):
+    """One rank's progress through its shards of ``epoch`` (0-based; sharded data only,
+    at most a few times a second per rank): ``shards_done`` of ``shards_total`` (and
+    rows), bytes read so far this epoch, bytes held in its read buffer now, and the
+    seconds its reader thread spent reading (hidden behind compute when it is ahead)."""
+
+    run_id: str
+    rank: int
+    worker: str
+    epoch: int
+    shards_done: int
+    shards_total: int
+    rows_done: int = 0
+    rows_total: int = 0
+    bytes_read: int = 0
+    buffered: int = 0
+    read_s: float = 0.0
+    generation: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"ShardProgress/{self.rank}"
+
+    @property
+    def fraction(self) -> float:
+        """Share of this rank's rows of the epoch trained on (0..1)."""
+        return self.rows_done / self.rows_total if self.rows_total else 0.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

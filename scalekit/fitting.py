@@ -45,6 +45,7 @@ class TrainingRun:
         self.controller = controller
         self.session = session
         self.net = controller.net
+        self.pipeline: Any = None  # the user's Pipeline, when one was given (see fit)
         self.bus = bus
         self.events: list[Event] = []
         self.error: BaseException | None = None
@@ -95,6 +96,8 @@ class TrainingRun:
             self.session.attach_training(self.controller)
         try:
             self.controller.fit()
+            if self.pipeline is not None:
+                _fitted_steps(self.pipeline, self.controller)
         except BaseException as exc:  # kept for wait(); the notebook thread re-raises it
             self.error = exc
         finally:
@@ -112,13 +115,19 @@ class TrainingRun:
             self._run()
         return self
 
+    @property
+    def estimator(self) -> Any:
+        """What was fitted: the Pipeline when ``sk.fit`` was given one, else the net."""
+        return self.pipeline if self.pipeline is not None else self.net
+
     def wait(self, timeout: float | None = None) -> Any:
-        """Block until the run ends; return the fitted net or raise its error."""
+        """Block until the run ends; return the fitted net (or pipeline) or raise its
+        error."""
         if not self._done.wait(timeout):
             raise TimeoutError(f"run {self.run_id} still running after {timeout:g}s")
         if self.error is not None:
             raise self.error
-        return self.net
+        return self.estimator
 
     result = wait
 
@@ -172,6 +181,7 @@ def fit(
     strategy: Any = "ddp",
     precision: str | None = None,
     data_on_device: bool | str | None = None,
+    sampling: str | None = None,
     detach: bool | None = None,
     **fit_params: Any,
 ) -> TrainingRun | AttachedRun:
@@ -184,12 +194,20 @@ def fit(
 
     Parameters
     ----------
-    net : skorch.NeuralNet
+    net : skorch.NeuralNet or sklearn.pipeline.Pipeline
         Any skorch net (``NeuralNetClassifier``, ``NeuralNetRegressor``, ...). After
         the call it is an ordinary fitted net: ``net.module_``, ``net.history``,
-        ``predict``, ``score`` and ``save_params`` work in the notebook.
+        ``predict``, ``score`` and ``save_params`` work in the notebook. Or a Pipeline
+        whose last step is such a net: its transformers are fitted where the data is
+        (in the notebook for in-memory data, partition-wise on the cluster for sharded
+        data), the net is trained distributed, and the pipeline comes back fitted
+        (``run.estimator``, ``run.wait()``).
     X, y :
-        Training data as skorch accepts it. It is sent to every worker once.
+        Training data. In-memory data (arrays, tensors, what skorch accepts) is sent to
+        every worker whole, once (the exact path). A sharded source
+        (``sk.data.parquet``, ``sk.data.npy``) or Dask collections are dealt to the
+        ranks as shards and never pass through the notebook (see ``sampling`` and
+        docs/data.md).
     cluster : ClusterSession or distributed.Client, optional
         Where to train; by default the current scalekit cluster
         (:func:`scalekit.session.current_session`: the newest one started, which
@@ -225,6 +243,12 @@ def fit(
         A cuda net's ranks keep the training set on their GPU ("auto": when it takes at
         most a quarter of the GPU's free memory) instead of copying each batch there.
         Default: ``scalekit.training.data-on-device``.
+    sampling : {"exact", "sharded"}, optional
+        ``exact``: every step is the single-process step (world-size independent batch
+        order; every rank can read every sample). ``sharded``: each epoch a seeded
+        deal of shards to ranks, a shuffle window inside each rank, global batch = W x
+        local batch. Default: exact for in-memory data, sharded for sources and Dask
+        collections (``exact`` with Dask collections computes and replicates them).
     detach : bool
         Run the fit on the cluster, not in this kernel: it goes on when the notebook
         closes or the kernel restarts, and any kernel follows it with
@@ -232,6 +256,8 @@ def fit(
         once with an :class:`~scalekit.remote_runs.AttachedRun`; ``net = run.wait()``
         fetches the fitted net. Needs a cluster that outlives the kernel (``scalekit
         cluster up`` + ``sk.cluster(connect="local")``, or a kept Kubernetes cluster).
+        In-memory data and Dask collections with ``sampling="exact"`` only, for now:
+        sharded sources and Pipelines are refused with ``detach``.
     **fit_params :
         Passed on to the net's ``fit`` loop on every worker.
 
@@ -250,6 +276,8 @@ def fit(
         Shows the training panel; ``run.net`` is the fitted net (with ``detach``: an
         ``AttachedRun``, whose ``wait()`` returns it).
     """
+    from scalekit.data.inputs import resolve_sampling
+    from scalekit.data.pipeline import fit_in_memory, is_pipeline, split_pipeline
     from scalekit.training.controller import TrainingController
 
     session = _session_for(cluster)
@@ -261,28 +289,57 @@ def fit(
 
         detach = bool(dask.config.get("scalekit.training.detach", default=False))
     if detach:
+        _check_detachable_data(net, X, y, sampling)
         return _detached(client, session, net, X, y, config=config, show=show,
                          options={"checkpoint": checkpoint, "resume": resume,
                                   "max_world": max_workers, "strategy": strategy,
                                   "fit_params": fit_params})
     bus = session.bus if session is not None else EventBus()
+    pipeline, transformers = None, None
+    if is_pipeline(net):
+        pipeline = net
+        transformers, net = split_pipeline(pipeline)
+        sampling, X = resolve_sampling(X, y, sampling)
+        if transformers is not None and sampling == "exact":
+            X = fit_in_memory(transformers, _computed(X), _computed(y))  # in the notebook
+            y = _computed(y)
+            transformers = None
     controller = TrainingController(
         client, net, X, y, bus=bus, config=config, fit_params=fit_params,
         checkpoint=checkpoint, resume=resume, max_world=max_workers,
         scale_to=session.backend.resize if session is not None else None,
-        strategy=strategy, echo=_print_line if wait else None,
+        strategy=strategy, sampling=sampling, transformers=transformers,
+        echo=_print_line if wait else None,
     )
     from scalekit.remote_runs import RunRecorder
     from scalekit.training.run_registry import owner
 
     RunRecorder(client, controller, bus, owner())  # other kernels and the CLI see it
     run = TrainingRun(controller, bus=bus, session=session)
+    run.pipeline = pipeline
     if show:
         _display(run)
     run.start(background=not wait)
     if wait and run.error is not None:
         raise run.error
     return run
+
+
+def _check_detachable_data(net: Any, X: Any, y: Any, sampling: str | None) -> None:
+    """Detached fits take the exact path with a plain net (what the cluster-side
+    controller has been tested with); say so before anything is sent."""
+    from scalekit.data.inputs import resolve_sampling
+    from scalekit.data.pipeline import is_pipeline
+
+    if is_pipeline(net):
+        raise UsageError("sk.fit(detach=True) trains a skorch net, not a Pipeline: fit the "
+                         "pipeline attached (detach=False), or fit its transformers first "
+                         "and detach the net")
+    if resolve_sampling(X, y, sampling)[0] == "sharded":
+        raise UsageError("sk.fit(detach=True) does not take sharded data yet (sk.data "
+                         "sources, Dask collections without sampling='exact'): fit it "
+                         "attached (detach=False), or pass sampling='exact' for Dask "
+                         "collections that fit in one worker's memory")
 
 
 def _detached(client: Any, session: ClusterSession | None, net: Any, X: Any, y: Any, *,
@@ -361,6 +418,21 @@ def train(
     )
     run = fit(net, dataset, None, cluster=cluster, show=show, seed=seed)
     return run.net.module_
+
+
+def _computed(data: Any) -> Any:
+    """In-memory data as it is; a Dask collection (``sampling="exact"``) computed."""
+    from dask import is_dask_collection
+
+    return data.compute() if is_dask_collection(data) else data
+
+
+def _fitted_steps(pipeline: Any, controller: Any) -> None:
+    """Put the transformers fitted on the cluster into the user's pipeline (those fitted
+    in the notebook are its own objects already)."""
+    fitted = getattr(controller.data, "transform", None)
+    if fitted is not None:
+        pipeline.steps[:-1] = list(fitted.steps)
 
 
 def _session_for(cluster: ClusterSession | Client | None) -> ClusterSession | None:

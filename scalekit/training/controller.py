@@ -60,7 +60,7 @@ from scalekit.training.run_state import (
     newer,
     position_of,
 )
-from scalekit.training.worker_data import WorkerData
+from scalekit.training.worker_data import ShardedData, WorkerData, model_bytes
 from scalekit.training.worker_ops import kill_local_or_restart as _kill
 
 if TYPE_CHECKING:
@@ -96,6 +96,12 @@ class TrainingController:
         How to shrink the cluster once a round stopped for a planned scale-down.
     strategy : str or Strategy
         How the model is spread over the ranks (``scalekit.strategies``).
+    sampling : {"exact", "sharded"}, optional
+        How ranks read the data (:mod:`scalekit.data.inputs`); by default exact for
+        in-memory data, sharded for sources and Dask collections.
+    transformers : object, optional
+        A pipeline's steps before the net (sharded data): fitted partition-wise on the
+        cluster before training, then applied by the ranks to each window they read.
     echo : callable(stream, text), optional
         Shows what rank 0 prints (skorch's ``PrintLog`` rows, ...), called from the
         thread that runs :meth:`fit` (``scalekit.fitting`` prints in the notebook's cell
@@ -113,12 +119,15 @@ class TrainingController:
         run_id: str | None = None, checkpoint: str | CheckpointStore | bool | None = None,
         checkpoint_config: CheckpointConfig | None = None, resume: bool = False,
         max_world: int | None = None, scale_to: Callable[[int], None] | None = None,
-        strategy: Any = "ddp", echo: Callable[[str, str], None] | None = None,
+        strategy: Any = "ddp", sampling: str | None = None, transformers: Any = None,
+        echo: Callable[[str, str], None] | None = None,
     ) -> None:
+        from scalekit.data.inputs import resolve_sampling
         from scalekit.training.strategies import resolve
 
         checkpoint, resume, max_world = checked_fit_arguments(checkpoint, resume, max_world)
         self.strategy = resolve(strategy)
+        self.sampling, X = resolve_sampling(X, y, sampling)
         self.client = client
         self.net = net
         self.X = X
@@ -138,7 +147,11 @@ class TrainingController:
         self.checkpoints = FitCheckpoints(checkpoint, resume=resume, config=self.ckpt_config,
                                           run_id=self.run_id)
         self.workers = WorkerPool(client, self.bus, self.config)
-        self.data = WorkerData(client, X, y, timeout=self.config.rendezvous_timeout)
+        self.data: WorkerData | ShardedData = (
+            ShardedData(client, X, timeout=self.config.rendezvous_timeout,
+                        transformers=transformers)
+            if self.sampling == "sharded"
+            else WorkerData(client, X, y, timeout=self.config.rendezvous_timeout))
         self.inbox = Inbox(self.run_id, self.bus, Beacons(), on_alive=self._on_alive,
                            on_reached=self._on_reached)
         self.generation = 0
@@ -157,7 +170,11 @@ class TrainingController:
     def fit(self) -> Any:
         """Train; return the user's net, fitted. Raises :class:`TrainingError` on failure."""
         try:
-            self._start()
+            try:
+                self._start()
+            except BaseException:
+                self.data.release()  # partitions a Dask source computed
+                raise
             self.client.subscribe_topic(self.topic, self.inbox)
             try:
                 self._loop()
@@ -251,17 +268,29 @@ class TrainingController:
             if not getattr(net, "warm_start", False) or not getattr(net, "initialized_", False):
                 net.initialize()  # as skorch's fit does; before the probe, so seeds match
             prepare_in_notebook(net, self.X, self.y)  # LoadInitState, ...: callback_prep
-            preflight(net, self.X, self.y)
+            if isinstance(self.data, WorkerData):
+                preflight(net, self.X, self.y)
         # skorch's meaning: a fit runs max_epochs (more, under warm_start); a resumed fit
         # continues the saved run up to max_epochs in all
         start_epoch = position_of(self._newest)[0] if self.resume else len(net.history)
         self.max_epochs = net.max_epochs if self.resume else len(net.history) + net.max_epochs
         workers = self.workers.wait()
+        data: dict[str, Any] = {"sampling": self.sampling}
+        if isinstance(self.data, ShardedData):  # checked, computed: before anything trains
+            self.data.prepare(workers[: self.max_world], train_split=net.train_split,
+                              seed=self.config.seed, model_bytes=model_bytes(net), net=net)
+            with devices.on_cpu(net):
+                preflight(net, *self.data.probe())  # after the transformers were fitted
+            source = self.data.source
+            data.update(n_shards=len(source.shards), data_bytes=source.nbytes,
+                        source=source.describe())
         self._enter(RunState.RUNNING, RunStarted(
             run_id=self.run_id, max_epochs=self.max_epochs, batch_size=_batch_size(net),
             n_samples=_n_samples(self.X), world_size=min(len(workers), self.max_world),
-            start_epoch=start_epoch,
+            start_epoch=start_epoch, **data,
         ))
+        for text in getattr(self.data, "notices", ()):
+            self.bus.publish(Notice(level="info", message=text))
 
     def _finish(self) -> Any:
         """-> FINISHED: the user's net gets the final state, as skorch's fit leaves it."""

@@ -52,6 +52,7 @@ class RankContext:
     scaler: Any = None  # a GradScaler for fp16
     data_on_device: bool | str = "auto"  # keep the training set on the GPU: auto/True/False
     device_data: dict[int, Any] = dataclasses.field(default_factory=dict)  # its copies
+    shards: Any = None  # a shard_feed.ShardFeed in the sharded mode (None: exact)
     router: Any = None  # a callback_router.CallbackRouter: which callbacks a hook reaches
 
     @property
@@ -102,6 +103,10 @@ class DistributedNetMixin:
     # -- data --------------------------------------------------------------------------
     def get_iterator(self, dataset: Any, training: bool = False) -> EpochBatches:
         kwargs = self.get_params_for("iterator_train" if training else "iterator_valid")
+        if self._sk_ctx.shards is not None:  # sharded: batches from the epoch's deal
+            return self._sk_ctx.shards.iterator(
+                dataset, training=training, net=self, shuffle=bool(kwargs.get("shuffle")),
+                batch_size=kwargs.get("batch_size", self.batch_size))
         return EpochBatches(
             dataset,
             batch_size=kwargs.get("batch_size", self.batch_size),
@@ -177,6 +182,8 @@ class DistributedNetMixin:
             return
         if training:
             self._sk_train_epoch(iterator, step_fn, **fit_params)
+        elif getattr(iterator, "sharded", False):  # each rank its shards, gathered
+            iterator.valid_epoch(self, **fit_params)
         else:
             self._sk_valid_epoch(iterator, **fit_params)
 

@@ -94,6 +94,9 @@ class HostReducer:
 
     def mean_(self, tensor: Any) -> Any:
         """Replace ``tensor`` (contiguous, on the CPU) by its mean over the ranks."""
+        if self._slots is None:
+            raise RuntimeError(f"host all-reduce: rank {self.rank}'s reducer is closed (or a "
+                               "pickled copy, which cannot reach the shared memory)")
         flat = tensor.view(-1)
         per = self.slot_bytes // flat.element_size()
         for start in range(0, flat.numel(), per):
@@ -151,14 +154,29 @@ class HostReducer:
         done.set_result(self.mean_(bucket.buffer()))
         return done
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The reducer lives on a rank's net (DDP's comm hook) while it trains, and Dask
+        # may pickle that net to spill the RankSpec holding it when the worker is short
+        # of memory. A copy cannot reach the shared memory or the peers: it comes back
+        # closed, and refuses to reduce.
+        return (_closed_reducer, (self.rank, self.world_size, self.slot_bytes))
+
     def close(self) -> None:
         for sock in self._peers.values():
             with contextlib.suppress(OSError):
                 sock.close()
         self._peers = {}
         self._slots = None
-        with contextlib.suppress(BufferError, ValueError):
+        with contextlib.suppress(BufferError, ValueError, AttributeError):
             self._memory.close()  # BufferError while a tensor still views it: GC does it
+
+
+def _closed_reducer(rank: int, world_size: int, slot_bytes: int) -> HostReducer:
+    reducer = HostReducer.__new__(HostReducer)
+    reducer.rank, reducer.world_size, reducer.slot_bytes = rank, world_size, slot_bytes
+    reducer._memory, reducer._slots, reducer._peers = None, None, {}
+    reducer._round, reducer._inbox = 0, bytearray(_MSG.size)
+    return reducer
 
 
 def open_host_reducer(tensor_bytes: int, *, timeout: float,

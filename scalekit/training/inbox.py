@@ -21,6 +21,7 @@ from scalekit.events import (
     EventBus,
     LogLine,
     RankStatus,
+    ShardProgress,
 )
 from scalekit.training.callback_router import RoundCallbacks
 from scalekit.training.messages import (
@@ -28,6 +29,7 @@ from scalekit.training.messages import (
     BatchDone,
     Beat,
     CheckpointDone,
+    DataRead,
     EpochDone,
     LogLines,
     Message,
@@ -122,6 +124,14 @@ class Inbox:
                 self.bus.publish(CheckpointSaved(
                     run_id=run_id, epoch=message.epoch, step=message.step, url=message.url,
                     seconds=message.seconds, nbytes=message.nbytes))
+            case DataRead():
+                self.bus.publish(ShardProgress(
+                    run_id=run_id, rank=message.rank, worker=message.worker,
+                    epoch=message.epoch, shards_done=message.shards_done,
+                    shards_total=message.shards_total, rows_done=message.rows_done,
+                    rows_total=message.rows_total, bytes_read=message.bytes_read,
+                    buffered=message.buffered, read_s=message.read_s,
+                    generation=message.generation))
             case RankUpdate():
                 self.bus.publish(RankStatus(run_id=run_id, rank=message.rank,
                                             worker=message.worker, state=message.state.value,

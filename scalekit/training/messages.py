@@ -14,6 +14,7 @@ message            sent by                               becomes
 :class:`EpochDone`  rank 0, at each epoch end            ``EpochEnded``
 :class:`CheckpointDone`  the rank that committed one     ``CheckpointSaved``
 :class:`RankUpdate`  every rank, as its state changes    ``RankStatus``
+:class:`DataRead`  every rank (sharded data), throttled  ``ShardProgress``
 :class:`LogLines`  rank 0, when its trainer prints       ``LogLine``
 =================  ====================================  ==============================
 """
@@ -34,6 +35,7 @@ class MessageKind(StrEnum):
     EPOCH = "epoch"
     CHECKPOINT = "checkpoint"
     RANK = "rank"
+    DATA = "data"
     LOG = "log"
 
 
@@ -200,6 +202,32 @@ class RankUpdate(Message):
 
 
 @dataclasses.dataclass(frozen=True)
+class DataRead(Message):
+    """How far a rank got through its shards of ``epoch`` (0-based), and what it holds
+    in its read buffer."""
+
+    kind: ClassVar[MessageKind] = MessageKind.DATA
+    rank: int
+    worker: str
+    epoch: int
+    shards_done: int
+    shards_total: int
+    rows_done: int
+    rows_total: int
+    bytes_read: int = 0
+    buffered: int = 0
+    read_s: float = 0.0
+
+    @classmethod
+    def _fields_from(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        ints = ("rank", "epoch", "shards_done", "shards_total", "rows_done", "rows_total",
+                "bytes_read", "buffered")
+        return {**super()._fields_from(raw), "worker": str(raw["worker"]),
+                "read_s": float(raw.get("read_s", 0.0)),
+                **{k: int(raw.get(k, 0)) for k in ints}}
+
+
+@dataclasses.dataclass(frozen=True)
 class LogLines(Message):
     """Whole lines rank 0's training thread printed (``PrintLog``'s rows, a callback's
     ``print``): ``stream`` is "stdout" or "stderr"; ``epoch`` the epoch they belong to;
@@ -221,7 +249,7 @@ class LogLines(Message):
 
 KINDS: dict[str, type[Message]] = {
     cls.kind.value: cls
-    for cls in (Beat, BatchDone, EpochDone, CheckpointDone, RankUpdate, LogLines)
+    for cls in (Beat, BatchDone, EpochDone, CheckpointDone, RankUpdate, DataRead, LogLines)
 }
 
 

@@ -13,6 +13,7 @@ from scalekit.training.messages import (
     BatchDone,
     Beat,
     CheckpointDone,
+    DataRead,
     EpochDone,
     LogLines,
     Message,
@@ -82,6 +83,15 @@ class Publisher:
         epoch = self.position.epoch + 1 if self.position is not None else 0
         self.send(LogLines(generation=self.spec.generation, rank=self.rank, stream=stream,
                            text=text, epoch=epoch, seq=self.log_messages))
+
+    def data(self, progress: Any) -> None:
+        """This rank's progress through its shards (a ``stream.StreamProgress``)."""
+        self.send(DataRead(generation=self.spec.generation, rank=self.rank,
+                           worker=self.worker.address, epoch=progress.epoch,
+                           shards_done=progress.shards_done,
+                           shards_total=progress.shards_total, rows_done=progress.rows_done,
+                           rows_total=progress.rows_total, bytes_read=progress.bytes_read,
+                           buffered=progress.buffered, read_s=round(progress.read_s, 4)))
 
     def checkpoint(self, info: CheckpointInfo) -> None:
         self.send(CheckpointDone(generation=self.spec.generation, epoch=info.epoch,

@@ -62,6 +62,12 @@ class RankSpec:
     fit_params: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __reduce__(self) -> tuple[Any, ...]:
+        if self.__dict__.get("_spent"):
+            # A rank trains the net in place (wrapped for DDP, with its reducer's shared
+            # memory, its data feed's generators); Dask may still pickle the spec to
+            # spill it when the worker is short of memory. What it spills is a marker
+            # that refuses to start a rank: the running one keeps the original.
+            return (SpentRankSpec, (self.run_id, self.generation))
         # skorch's __getstate__ pickles module_/optimizer_/criterion_ with the stdlib
         # pickle, i.e. by reference: a module class defined in a notebook (__main__)
         # then fails to unpickle on a worker, and again between workers. Send the net
@@ -69,6 +75,19 @@ class RankSpec:
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         net = fields.pop("net")
         return (_spec_from, (fields, dumps_by_value(net)))
+
+
+class SpentRankSpec:
+    """What a :class:`RankSpec` pickles to once a rank started training its net."""
+
+    def __init__(self, run_id: str, generation: int) -> None:
+        self.run_id, self.generation = run_id, generation
+
+    def __getattr__(self, name: str) -> Any:
+        raise RuntimeError(
+            f"the RankSpec of run {self.run_id} (generation {self.generation}) was pickled "
+            "after a rank began training its net (Dask spilled it); a rank cannot start "
+            "from it")
 
 
 # A fresh worker may unpickle a RankSpec (on its event loop: it imports skorch and
@@ -173,9 +192,11 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Pub
     from scalekit.training.devices import autocast_dtype
     from scalekit.training.rank_output import printing_to_notebook
     from scalekit.training.saver import Saver
+    from scalekit.training.shard_feed import fit_inputs
     from scalekit.training.strategies import DDP, RankSetup
 
     net = spec.net
+    object.__setattr__(spec, "_spent", True)  # trained in place from here: see __reduce__
     strategy = spec.strategy or DDP()
     device = _place(net, spec, rank)
     ctx = RankContext(rank=rank, world_size=spec.world_size, seed=spec.seed,
@@ -223,7 +244,10 @@ def _train(spec: RankSpec, rank: int, address: str, X: Any, y: Any, publish: Pub
             )
             net.callbacks_.append(("scalekit_round", control))
             publish.rank_state(RankPhase.TRAINING)
-            with printing_to_notebook(rank, publish.log):
+            with fit_inputs(net, ctx, X, y, world_size=spec.world_size, rank=rank,
+                            seed=spec.seed, state=state, publish=publish,
+                            progress_interval=spec.progress_interval) as (X, y), \
+                    printing_to_notebook(rank, publish.log):
                 net.partial_fit(X, y, epochs=remaining, **spec.fit_params)
         finally:
             ctx.router.close(net)

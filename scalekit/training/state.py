@@ -10,7 +10,8 @@ One plain dict (tensors, numbers, strings, lists, dicts: loadable with
      "lr_schedulers": {...},  # skorch LRScheduler callbacks, by callback name
      "callbacks": {...},  # what the callbacks learned, by name (callback_state)
      "rng": <torch RNG state>, "config": {...},  # the run's settings
-     "grad_scaler": {...}}  # fp16 runs: the loss scale reached (else None)
+     "grad_scaler": {...},  # fp16 runs: the loss scale reached (else None)
+     "data": {...}}  # sharded data inside an epoch: that epoch's deal (else None)
 
 Model and optimizer state are float32 whatever the training precision (autocast and
 FSDP's mixed precision keep float32 master weights), on the CPU, so a state saved by a
@@ -71,7 +72,14 @@ def capture_meta(net: Any, *, epoch: int, step: int, world_size: int, seed: int,
         "rng": torch.get_rng_state(),
         "config": plain(dict(config or {})),
         "grad_scaler": _scaler_state(net),
+        "data": _data_position(net),  # sharded mode: the epoch's deal (else None)
     }
+
+
+def _data_position(net: Any) -> dict[str, Any] | None:
+    from scalekit.training.shard_feed import data_position
+
+    return data_position(net)
 
 
 def _scaler_state(net: Any) -> dict[str, Any] | None:

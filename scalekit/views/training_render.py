@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from scalekit.events import Event
+from scalekit.events import Event, ShardProgress
 from scalekit.views.charts import line_chart_svg
-from scalekit.views.fmt import fmt_duration, fmt_value, plural
+from scalekit.views.fmt import fmt_bytes, fmt_duration, fmt_value, plural
 from scalekit.views.html import (
     CPU_COLOR,
     DANGER_COLOR,
@@ -32,6 +32,9 @@ __all__ = [
     "TABLE_ROWS",
     "batch_text",
     "charts_html",
+    "data_html",
+    "data_lines",
+    "data_text",
     "epoch_table_html",
     "epoch_text",
     "events_html",
@@ -110,6 +113,32 @@ def stats_text(state: TrainingState) -> str:
     return f"{text} · {gpu}" if gpu else text
 
 
+def data_text(state: TrainingState) -> str:
+    """``"data: sharded · 80 shards, 954.0 MiB"`` on sharded data, else ``""``."""
+    if state.sampling != "sharded":
+        return ""
+    text = f"data: sharded · {state.n_shards} shards"
+    if state.data_bytes:
+        text += f", {fmt_bytes(state.data_bytes)}"
+    return text
+
+
+def _rank_data(p: ShardProgress) -> str:
+    text = f"rank {p.rank}: {p.shards_done}/{p.shards_total} shards"
+    if p.rows_total:
+        text += f" ({p.rows_done:,}/{p.rows_total:,} rows)"
+    return text + f", epoch {p.epoch + 1}"
+
+
+def data_lines(state: TrainingState) -> list[str]:
+    """The data line and one line per rank: shards done/total of its deal this epoch."""
+    head = data_text(state)
+    if not head:
+        return []
+    return [head, *(f"  {_rank_data(p)} · {fmt_bytes(p.buffered)} buffered"
+                    for _, p in sorted(state.shards.items()))]
+
+
 def _headline(state: TrainingState) -> str:
     return f"scalekit training · run {state.run_id or '?'} · {state.status}"
 
@@ -152,6 +181,7 @@ def state_text(state: TrainingState) -> str:
     if state.ranks:
         ranks = ", ".join(f"{r.rank} {r.state}" for _, r in sorted(state.ranks.items()))
         lines.append(f"  ranks: {ranks}")
+    lines += [f"  {line}" for line in data_lines(state)]
     lines += [f"  {line}" for line in _status_lines(state)]
     lines += [f"  {line}" for line in events_lines(state)]
     if state.rows:
@@ -174,6 +204,24 @@ def rank_chips_html(state: TrainingState) -> str:
         for r, st in ((r, state.rank_state(r)) for _, r in sorted(state.ranks.items()))
     )
     return f'<div class="scalekit-rank-chips">{chips}</div>' if chips else ""
+
+
+def data_html(state: TrainingState) -> str:
+    """Sharded data: the source in a line, then a bar per rank filled to the share of
+    its rows of the epoch trained on, labelled with its shards done/total."""
+    head = data_text(state)
+    if not head:
+        return ""
+    title = f' title="{escape(state.source)}"' if state.source else ""
+    bars = "".join(
+        f'<div class="scalekit-rank-data" title="{escape(p.worker)} · '
+        f'{escape(fmt_bytes(p.bytes_read))} read in {p.read_s:.1f}s · '
+        f'{escape(fmt_bytes(p.buffered))} buffered">'
+        + percent_bar(p.fraction, _rank_data(p), color=MEMORY_COLOR, width="22em")
+        + "</div>"
+        for _, p in sorted(state.shards.items())
+    )
+    return (f'<div class="scalekit-data"><div{title}>{escape(head)}</div>{bars}</div>')
 
 
 def use_log_scale(state: TrainingState, scale: str = "auto") -> bool:
@@ -310,8 +358,8 @@ def state_html(state: TrainingState) -> str:
         parts.append(f'<div class="scalekit-batch-progress">'
                      f"{percent_bar(state.batch_fraction, batch, width='22em')}</div>")
     parts.append(f'<div class="scalekit-training-stats">{escape(stats_text(state))}</div>')
-    parts += [rank_chips_html(state), charts_html(state), events_html(state),
-              epoch_table_html(state)]
+    parts += [rank_chips_html(state), data_html(state), charts_html(state),
+              events_html(state), epoch_table_html(state)]
     parts.append(f'<div class="scalekit-training-status">{status_html(state)}</div>')
     return f'<div class="scalekit-training">{"".join(parts)}</div>'
 

@@ -5,8 +5,9 @@ fallbacks draw. It is pure data: no ipywidgets, no clocks except the events' own
 timestamps (and ``time.time()`` for the elapsed time of a run still going).
 
 Besides the epoch log it keeps the run's timeline: resizes, failures, recoveries and
-checkpoints (:mod:`scalekit.views.timeline`), the world size per epoch and the totals
-of the recoveries. Failed ranks are folded into one incident per process group
+checkpoints (:mod:`scalekit.views.timeline`), the world size per epoch, the totals
+of the recoveries and, on sharded data, each rank's progress through its shards.
+Failed ranks are folded into one incident per process group
 (:mod:`scalekit.views.incidents`), the throughput is measured from the progress
 events (:mod:`scalekit.views.throughput`).
 """
@@ -29,6 +30,7 @@ from scalekit.events import (
     Resized,
     RunFinished,
     RunStarted,
+    ShardProgress,
     TrainingReport,
 )
 from scalekit.views.columns import EpochColumns
@@ -98,6 +100,13 @@ class TrainingState(EpochColumns):
         Peak CUDA bytes per rank from the run's ``TrainingReport`` (empty without CUDA).
     n_batches : int or None
         Batches per epoch (the latest batch progress'), to place events in an epoch.
+    sampling, n_shards, data_bytes, source : str, int, int, str
+        From :class:`~scalekit.events.RunStarted`: ``"exact"`` or ``"sharded"``, and
+        for sharded data the number of shards, their size in memory and the source in
+        words.
+    shards : dict of int to ShardProgress
+        Each rank's latest progress through its shards (sharded data): only the newest
+        generation's ranks, in the newest epoch they reported.
     version : int
         Grows each time ``rows`` changes (views redraw tables and charts only then).
     events_version : int
@@ -131,6 +140,11 @@ class TrainingState(EpochColumns):
     downtime_s: float = 0.0
     peak_gpu_memory: tuple[int, ...] = ()
     n_batches: int | None = None
+    sampling: str = "exact"
+    n_shards: int = 0
+    data_bytes: int = 0
+    source: str = ""
+    shards: dict[int, ShardProgress] = dataclasses.field(default_factory=dict)
     version: int = 0
     events_version: int = 0
     numeric_keys: dict[str, None] = dataclasses.field(default_factory=dict)
@@ -181,6 +195,8 @@ class TrainingState(EpochColumns):
                 self.n_batches = int(event.n_batches)
         elif isinstance(event, RankStatus):
             self._rank(event)
+        elif isinstance(event, ShardProgress):
+            self._shard_progress(event)
         elif isinstance(event, CheckpointSaved):
             self._begin(event.time)
             self.last_checkpoint = event
@@ -212,6 +228,8 @@ class TrainingState(EpochColumns):
         self.started_at = e.time
         self.max_epochs, self.start_epoch = e.max_epochs, e.start_epoch
         self.batch_size, self.n_samples = e.batch_size, e.n_samples
+        self.sampling, self.n_shards = e.sampling, int(e.n_shards)
+        self.data_bytes, self.source = int(e.data_bytes), e.source
         self.throughput.started(e)
         self.events_version += 1
         self._world(e.start_epoch, e.world_size)
@@ -252,6 +270,16 @@ class TrainingState(EpochColumns):
             self.generation = e.generation
             self.ranks = {}
         self.ranks[e.rank] = info
+
+    def _shard_progress(self, e: ShardProgress) -> None:
+        self._begin(e.time)
+        newest = max(((p.generation, p.epoch) for p in self.shards.values()), default=None)
+        here = (e.generation, e.epoch)
+        if newest is not None and here < newest:
+            return  # a group that no longer exists, or an epoch that is over
+        if newest is not None and here > newest:
+            self.shards = {}  # a new epoch's deal (or a new group's): start afresh
+        self.shards[e.rank] = e
 
     def _incident(self, incident: Incident | None) -> None:
         """One timeline entry per incident, redrawn in place as more ranks report."""

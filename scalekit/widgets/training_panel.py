@@ -4,7 +4,7 @@ The panel folds the events of its run (and every :class:`~scalekit.events.Notice
 into a :class:`~scalekit.views.training_state.TrainingState` and draws it with the
 pure renderers of :mod:`scalekit.views.training_render`. It first replays the events
 it is given (so a panel made after the run still shows everything), then follows the
-bus.
+bus. On sharded data a data row shows each rank's shards done/total this epoch.
 
 Threading and throttling: events arrive on whichever thread published them (the
 client's thread for training messages). Folding an event is cheap and happens at once;
@@ -137,6 +137,7 @@ class TrainingPanel(EventView):
         self.batch_label = widgets.HTML("")
         self.stats_html = widgets.HTML("")
         self.ranks_html = widgets.HTML("")
+        self.data_html = widgets.HTML("")  # sharded data: shards done/total per rank
         self.charts_html = widgets.HTML("")
         self.events_html = widgets.HTML("")
         self.table_html = widgets.HTML("")
@@ -151,8 +152,8 @@ class TrainingPanel(EventView):
         self.batch_box = widgets.HBox([self.batch_bar, self.batch_label])
         self.widget = widgets.VBox([
             self.header_html, self.epoch_box, self.batch_box, self.stats_html,
-            self.ranks_html, self.loss_scale, self.charts_html, self.events_html,
-            self.table_html, self.table_toggle, self.status_html,
+            self.ranks_html, self.data_html, self.loss_scale, self.charts_html,
+            self.events_html, self.table_html, self.table_toggle, self.status_html,
         ])
         for w, css in (
             (self.widget, "scalekit-training-panel"),
@@ -160,6 +161,7 @@ class TrainingPanel(EventView):
             (self.batch_box, "scalekit-batch-progress"),
             (self.stats_html, "scalekit-training-stats"),
             (self.ranks_html, "scalekit-training-ranks"),
+            (self.data_html, "scalekit-training-data"),
             (self.charts_html, "scalekit-training-charts"),
             (self.events_html, "scalekit-training-timeline"),
             (self.table_html, "scalekit-epoch-log"),
@@ -284,6 +286,7 @@ class TrainingPanel(EventView):
             (self.batch_box.layout, "display", "flex" if batch else "none"),
             (self.stats_html, "value", escape(training_render.stats_text(s))),
             (self.ranks_html, "value", training_render.rank_chips_html(s)),
+            (self.data_html, "value", training_render.data_html(s)),
             (self.status_html, "value", training_render.status_html(s)),
         ]
         if s.version != self._drawn_version:  # a new epoch row: table and charts

@@ -163,6 +163,23 @@ print(_probe_json.dumps({
                     list(_probe_w.shape)]}))
 """),
     ],
+    "06_data_bigger_than_memory.ipynb": [
+        Probe("data", None, """
+import json as _probe_json
+_probe_from, _probe_to = progress[0].time, progress[-1].time  # the ranks streaming
+print(_probe_json.dumps({
+    "data": train.nbytes, "on_disk": on_disk, "limit": MEMORY_LIMIT, "shard": shard,
+    "n_shards": len(train.shards),
+    "rss": {w: {"all": [s[w] for _, s in samples if w in s],
+                "streaming": [s[w] for t, s in samples
+                              if w in s and _probe_from <= t <= _probe_to]}
+            for w in samples[-1][1]},
+    "shards": {str(r): [p.shards_done, p.shards_total] for r, p in done.items()},
+    "accuracy": float(net.score(X_test, y_test)),
+    "exact": float(acc_exact), "sharded": float(acc_sharded),
+    "folder_left": folder.parent.exists()}))
+"""),
+    ],
 }
 
 
@@ -331,11 +348,40 @@ def check_strategies(nb: Any, found: dict[str, Any], default_root: Path) -> None
     assert after["losses"][4] < after["losses"][3] < after["losses"][2], after
 
 
+def check_data_bigger_than_memory(nb: Any, found: dict[str, Any], default_root: Path
+                                  ) -> None:
+    """06: a parquet dataset larger than a worker's memory limit trains on two workers
+    whose memory stays under the limit all along and flat while the data streams
+    through; each rank reads all of its share of the shards and only that; the sharded
+    path's accuracy is within a point of the exact path's on the subset; the data's
+    temporary folder is gone; and the workers logged no error or memory warning (their
+    logs reach the cells' stderr) (issue 17)."""
+    data = found["data"]
+    assert data["data"] > data["limit"] and data["on_disk"] > data["limit"], data
+    assert len(data["rss"]) == 2, data["rss"]
+    for worker, rss in data["rss"].items():
+        assert max(rss["all"]) < data["limit"], (worker, rss)
+        streaming = rss["streaming"]
+        assert len(streaming) >= 3, (worker, rss)
+        assert max(streaming) - min(streaming) < 0.1 * data["data"], (worker, streaming)
+    shards = data["shards"]
+    assert len(shards) == 2 and all(done == total for done, total in shards.values()), shards
+    assert sum(total for _, total in shards.values()) == data["n_shards"], shards
+    assert data["accuracy"] > 0.9, data
+    assert abs(data["sharded"] - data["exact"]) <= 0.01, data  # "within a point"
+    assert not data["folder_left"]
+    stderr = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                     for o in c.outputs if o.get("name") == "stderr")
+    assert "Traceback" not in stderr and "distributed.worker.memory" not in stderr, \
+        stderr[-3000:]
+
+
 CHECKS = {
     "01_quickstart.ipynb": check_quickstart,
     "02_distributed_training.ipynb": check_distributed_training,
     "03_elastic_and_checkpoints.ipynb": check_elastic,
     "05_strategies_and_planning.ipynb": check_strategies,
+    "06_data_bigger_than_memory.ipynb": check_data_bigger_than_memory,
 }
 
 

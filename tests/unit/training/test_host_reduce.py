@@ -427,3 +427,42 @@ def test_one_rank_needs_no_reducer():
         assert open_host_reducer(4096, timeout=5) is None
     finally:
         dist.destroy_process_group()
+
+
+
+def _pickle_mid_training(rank, world, tmp):
+    from skorch import NeuralNetRegressor
+    from torch import nn
+
+    from scalekit.training.rank import dumps_by_value
+    from scalekit.training.strategies import DDP, prepare
+
+    net = NeuralNetRegressor(nn.Linear(8, 1), lr=0.1).initialize()
+    par = prepare(DDP(), net, world_size=world, device_ids=None, host_reduce=True)
+    par.train_module(torch.randn(4, 8)).pow(2).mean().backward()
+    transport = par.transport
+    try:
+        blob = dumps_by_value(net)  # as Dask pickles a RankSpec to spill it
+    finally:
+        par.close()
+    return transport, len(blob)
+
+
+def test_a_training_net_pickles_with_its_reducer_closed(tmp_path):
+    """Dask may spill the RankSpec whose net is training (DDP's comm hook holds the
+    reducer, its shared memory and sockets) when a worker is short of memory: pickling
+    must not fail, and the copy's reducer comes back closed and refuses to reduce."""
+    import mmap
+    import pickle
+
+    from scalekit.training.host_reduce import HostReducer
+
+    assert [t for t, n in run_ranks(_pickle_mid_training, 2, tmp_path) if n > 0] == [
+        "shared memory"] * 2
+    reducer = HostReducer(0, 2, mmap.mmap(-1, 2 * 2 * 64), 64, {})
+    copy = pickle.loads(pickle.dumps(reducer))
+    assert (copy.rank, copy.world_size, copy.slot_bytes) == (0, 2, 64)
+    with pytest.raises(RuntimeError, match="closed"):
+        copy.mean_(torch.ones(4))
+    copy.close()
+    reducer.close()

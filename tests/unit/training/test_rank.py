@@ -137,3 +137,34 @@ def test_the_beacon_stops_when_the_round_fails_before_training(monkeypatch):
     while beacon_threads() - before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not beacon_threads() - before  # (other tests' beacons may still be ending)
+
+
+def test_a_spec_whose_rank_trained_pickles_as_a_spent_marker():
+    """Dask may spill the RankSpec of a running rank when its worker is short of memory;
+    the net in it is trained in place (wrapped, with generators and shared memory) and
+    does not pickle. The spec pickles as a marker that refuses to start a rank."""
+    import pickle
+
+    import numpy as np
+    import torch.distributed as dist
+    from skorch import NeuralNetClassifier
+    from torch import nn
+
+    net = NeuralNetClassifier(nn.Linear, module__in_features=4, module__out_features=2,
+                              criterion=nn.CrossEntropyLoss, max_epochs=1,
+                              train_split=None).initialize()
+    spec = rank_module.RankSpec(run_id="r", generation=3, world_size=1, net=net,
+                                max_epochs=1, topic="t", beacon_interval=0.05)
+    fresh = pickle.loads(pickle.dumps(spec))  # before training: the whole spec
+    assert isinstance(fresh, rank_module.RankSpec) and fresh.net.initialized_
+    X = np.random.default_rng(0).normal(size=(32, 4)).astype(np.float32)
+    y = (X[:, 0] > 0).astype(np.int64)
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        rank_module._train(spec, 0, "tcp://127.0.0.1:1", X, y, Publisher(Worker(), spec, 0))
+    finally:
+        dist.destroy_process_group()
+    spent = pickle.loads(pickle.dumps(spec))
+    assert isinstance(spent, rank_module.SpentRankSpec)
+    with pytest.raises(RuntimeError, match="run r .generation 3. was pickled after a rank"):
+        spent.net  # noqa: B018

@@ -420,3 +420,21 @@ def test_a_recovery_shows_one_failure_and_clears_when_training_goes_on(
     assert p.ranks_html.value.count("scalekit-rank-training") == 2
     assert p.events_html.value.count("scalekit-timeline-failure") == 1
     assert "downtime 152 ms" in p.events_html.value
+
+
+def test_shard_progress_shows_per_rank_in_the_data_row(bus: EventBus,
+                                                       panels: list[TrainingPanel]) -> None:
+    from scalekit.events import RunStarted, ShardProgress
+
+    p = _panel(bus, panels, min_interval=0.0)
+    assert p.data_html.value == ""  # nothing before a sharded run starts
+    assert "scalekit-training-data" in p.data_html._dom_classes
+    bus.publish(RunStarted(run_id="run-1", max_epochs=2, batch_size=64, n_samples=800,
+                           world_size=2, sampling="sharded", n_shards=8, data_bytes=2**20))
+    for rank, done in ((0, 1), (1, 3)):
+        bus.publish(ShardProgress(run_id="run-1", rank=rank, worker=f"w{rank}", epoch=0,
+                                  shards_done=done, shards_total=4, rows_done=100 * done,
+                                  rows_total=400))
+    assert _eventually(lambda: "rank 1: 3/4 shards" in p.data_html.value)
+    assert "rank 0: 1/4 shards" in p.data_html.value
+    assert "data: sharded · 8 shards, 1.0 MiB" in p.data_html.value
