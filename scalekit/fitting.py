@@ -15,6 +15,7 @@ from scalekit.config import TrainConfig
 from scalekit.errors import TrainingError, UsageError
 from scalekit.events import Event, EventBus, LogLine, Notice, RunFinished
 from scalekit.session import ClusterSession, current_session
+from scalekit.views.shown import ShownAsPanel
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class TrainingRun:
+class TrainingRun(ShownAsPanel):
     """One distributed fit: its progress events, its outcome and its panel.
 
     Attributes
@@ -151,14 +152,6 @@ class TrainingRun:
 
             self._panel = TrainingPanel(self.bus, run_id=self.run_id, events=self.events)
         return self._panel
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return self.panel._repr_mimebundle_(include=include, exclude=exclude)
-
-    def _ipython_display_(self) -> None:
-        # through the panel's display handle: when the run ends (the cluster closes)
-        # the output becomes static HTML, which a reopened notebook still shows
-        self.panel._ipython_display_()
 
     def __repr__(self) -> str:
         from scalekit.views.training_render import training_text

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from scalekit.errors import TrainingError, UsageError
 from scalekit.events import Event, EventBus, RunFinished, event_from_dict
 from scalekit.training import run_registry
+from scalekit.views.shown import ShownAsPanel
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -131,7 +132,7 @@ def submit(client: Client, net: Any, X: Any, y: Any, *, run_id: str, owner: str,
         raise UsageError(found["error"])
 
 
-class AttachedRun:
+class AttachedRun(ShownAsPanel):
     """A run on the cluster, followed from this kernel (``sk.attach`` or a detached fit).
 
     Like a local :class:`~scalekit.fitting.TrainingRun`: ``events``, ``status``,
@@ -240,14 +241,6 @@ class AttachedRun:
 
             self._panel = TrainingPanel(self.bus, run_id=self.run_id, events=self.events)
         return self._panel
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return self.panel._repr_mimebundle_(include=include, exclude=exclude)
-
-    def _ipython_display_(self) -> None:
-        # through the panel's display handle: when the run ends (the cluster closes)
-        # the output becomes static HTML, which a reopened notebook still shows
-        self.panel._ipython_display_()
 
     def __repr__(self) -> str:
         r = self.record

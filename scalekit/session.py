@@ -21,6 +21,7 @@ from scalekit.backends.metrics import MetricsSampler
 from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig
 from scalekit.errors import ClusterError, ScalekitError, UsageError
 from scalekit.events import AdaptChanged, ClusterSnapshot, EventBus, Notice, ScaleRequested
+from scalekit.views.shown import ShownAsPanel
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -35,7 +36,7 @@ _REGISTRY = threading.Lock()
 _atexit_registered = False
 
 
-class ClusterSession:
+class ClusterSession(ShownAsPanel):
     """A running cluster with its event bus, metrics sampler and (lazily) its panel.
 
     Parameters
@@ -228,14 +229,6 @@ class ClusterSession:
                 history=self.panel_config.history,
             )
         return self._panel
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        return self.panel._repr_mimebundle_(include=include, exclude=exclude)
-
-    def _ipython_display_(self) -> None:
-        # through the panel's display handle: when the run ends (the cluster closes)
-        # the output becomes static HTML, which a reopened notebook still shows
-        self.panel._ipython_display_()
 
     def __repr__(self) -> str:
         from scalekit.views.cluster_render import cluster_text

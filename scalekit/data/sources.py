@@ -303,7 +303,10 @@ class ParquetSource(FileSource):
         path, group = self.shards[index].ref
         columns = [*self.features, *([self.target] if self.target else [])]
         with self._open(path) as f:
-            table = pq.ParquetFile(f).read_row_group(group, columns=columns)
+            # one thread: the read-ahead thread decodes while the rank's own thread
+            # trains; arrow's pool (a thread per core) would compete with every rank
+            table = pq.ParquetFile(f).read_row_group(group, columns=columns,
+                                                     use_threads=False)
         return self._arrays(table)
 
     def labels(self, index: int) -> np.ndarray | None:

@@ -23,6 +23,8 @@ Renderers
     :mod:`~scalekit.views.training_render`, :mod:`~scalekit.views.timeline_render`
     (text and HTML), :mod:`~scalekit.views.snapshot` (the sidebar's JSON) and
     :mod:`~scalekit.views.lab_text` (the strings in it: the extension formats none).
+Display
+    :mod:`~scalekit.views.shown` (a session or a run shown in a notebook as its panel).
 """
 
 from __future__ import annotations
