@@ -23,9 +23,9 @@ _LAZY = {
     "TrainConfig": "scalekit.config",
     "TrainingError": "scalekit.errors",
     "ClusterSession": "scalekit.session",
-    "active_sessions": "scalekit.session",
-    "current_session": "scalekit.session",
-    "close_all": "scalekit.session",
+    "active_sessions": "scalekit.session_registry",
+    "current_session": "scalekit.session_registry",
+    "close_all": "scalekit.session_registry",
     "ClusterConfig": "scalekit.config",
     "AdaptConfig": "scalekit.config",
     "PanelConfig": "scalekit.config",
@@ -51,11 +51,10 @@ if TYPE_CHECKING:
     )
     from scalekit.events import EventBus  # noqa: F401
     from scalekit.fitting import TrainingRun, fit, train  # noqa: F401
-    from scalekit.session import (  # noqa: F401
-        ClusterSession,
+    from scalekit.session import ClusterSession, cluster  # noqa: F401
+    from scalekit.session_registry import (  # noqa: F401
         active_sessions,
         close_all,
-        cluster,
         current_session,
     )
 

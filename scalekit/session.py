@@ -7,11 +7,8 @@ expression of a cell, the live cluster panel.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -21,6 +18,16 @@ from scalekit.backends.metrics import MetricsSampler
 from scalekit.config import AdaptConfig, ClusterConfig, PanelConfig
 from scalekit.errors import ClusterError, ScalekitError, UsageError
 from scalekit.events import AdaptChanged, ClusterSnapshot, EventBus, Notice, ScaleRequested
+from scalekit.script_guard import refuse_unguarded_script_start, unguarded_script_hint
+from scalekit.session_registry import (  # noqa: F401 (the registry's API, from here too)
+    API,
+    MAGIC,
+    _unregister,
+    active_sessions,
+    close_all,
+    current_session,
+    register,
+)
 from scalekit.views.shown import ShownAsPanel
 
 if TYPE_CHECKING:
@@ -29,12 +36,6 @@ if TYPE_CHECKING:
     from scalekit.widgets.cluster_panel import ClusterPanel
 
 logger = logging.getLogger(__name__)
-
-# The one registry of this process's sessions (see "registry" at the end of the module).
-_SESSIONS: list[_Entry] = []  # strong refs, oldest first: close_all must reach every cluster
-_REGISTRY = threading.Lock()
-_atexit_registered = False
-
 
 class ClusterSession(ShownAsPanel):
     """A running cluster with its event bus, metrics sampler and (lazily) its panel.
@@ -295,7 +296,7 @@ def cluster(
     >>> session.scale(3)                        # doctest: +SKIP
     >>> session                                 # the live panel in a notebook
     """
-    _refuse_unguarded_script_start()
+    refuse_unguarded_script_start()
     if _SCRIPT_SESSION and connect is None and not _SCRIPT_SESSION[-1].closed:
         # `scalekit run script.py`: the script's own cluster is the one the command made
         logger.info("sk.cluster() in a `scalekit run` script: using the command's cluster "
@@ -333,7 +334,7 @@ def cluster(
     try:
         return session.start()
     except ClusterError as exc:
-        hint = _unguarded_script_hint()
+        hint = unguarded_script_hint()
         if hint and config.backend == "local" and config.processes:
             raise ClusterError(f"{str(exc).rstrip('.')}. {hint}") from exc
         raise
@@ -372,132 +373,3 @@ def serving_scripts(session: ClusterSession, *, detach: bool = False
             yield session
     finally:
         _SCRIPT_SESSION.remove(session)
-
-
-_GUARD = 'if __name__ == "__main__":'
-
-
-def _refuse_unguarded_script_start() -> None:
-    """A worker process starting imports the main script again (multiprocessing's
-    "spawn"); a script that calls ``sk.cluster()`` at its top level would then start a
-    cluster from inside every worker. Say so, with the fix, instead of multiprocessing's
-    bootstrapping error."""
-    import multiprocessing
-
-    # set while a spawned process re-imports the main script (what multiprocessing's own
-    # check, spawn._check_not_importing_main, reads)
-    if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise UsageError(
-            "sk.cluster() ran while a worker process was starting: this script calls it "
-            f"at its top level, and every worker process imports the script again. Put "
-            f"the code that starts the cluster under `{_GUARD}` (see the README's "
-            "'In a script').")
-
-
-def _unguarded_script_hint() -> str:
-    """The fix, when the failed start came from a script without the main guard."""
-    import sys
-
-    path = getattr(sys.modules.get("__main__"), "__file__", None)
-    if not path:
-        return ""  # a notebook or the REPL: not this problem
-    try:
-        with open(path, encoding="utf-8") as f:
-            source = f.read()
-    except OSError:
-        return ""
-    if "__main__" in source:
-        return ""
-    return (f"{path} starts the cluster at its top level, and each worker process imports "
-            f"it again; put that code under `{_GUARD}`")
-
-
-# --- the registry ------------------------------------------------------------------------
-# One answer to "which cluster is current", read by sk.fit, the %scalekit magic and the
-# JupyterLab bridge alike: the newest session started and not closed. Each entry also says
-# who started it, because %unload_ext scalekit closes only the magic's clusters.
-
-API = "api"  # sk.cluster(...), ClusterSession.start()
-MAGIC = "magic"  # %scalekit up
-
-
-@dataclasses.dataclass(eq=False)
-class _Entry:
-    session: Any  # a ClusterSession (the magic's tests register stand-ins)
-    started_by: str
-
-
-def register(session: Any, *, started_by: str = API) -> None:
-    """Add a started session to the registry; it becomes the current one.
-
-    Registering a session that is already there only records ``started_by`` (the magic
-    starts its clusters through :func:`cluster`, which registers them as ``"api"``).
-
-    Parameters
-    ----------
-    session : ClusterSession
-        Anything with ``closed`` and ``close()``.
-    started_by : {"api", "magic"}
-        Who started it: ``%unload_ext scalekit`` closes the magic's sessions only.
-    """
-    global _atexit_registered
-    with _REGISTRY:
-        for entry in _SESSIONS:
-            if entry.session is session:
-                entry.started_by = started_by
-                break
-        else:
-            _SESSIONS.append(_Entry(session, started_by))
-        if not _atexit_registered:
-            atexit.register(close_all)
-            _atexit_registered = True
-
-
-def _unregister(session: Any) -> None:
-    with _REGISTRY:
-        _SESSIONS[:] = [e for e in _SESSIONS if e.session is not session]
-
-
-def _open_entries(started_by: str | None) -> list[_Entry]:
-    """Entries not closed, oldest first; forgets sessions closed behind our back."""
-    with _REGISTRY:
-        _SESSIONS[:] = [e for e in _SESSIONS if not getattr(e.session, "closed", False)]
-        return [e for e in _SESSIONS if started_by in (None, e.started_by)]
-
-
-def active_sessions(started_by: str | None = None) -> list[ClusterSession]:
-    """Sessions started in this process and not closed yet, oldest first.
-
-    Parameters
-    ----------
-    started_by : {"api", "magic"}, optional
-        Only those started this way; by default all.
-    """
-    return [e.session for e in _open_entries(started_by)]
-
-
-def current_session() -> ClusterSession | None:
-    """The session ``sk.fit``, ``%scalekit`` and the JupyterLab sidebar act on.
-
-    The newest session started in this process and not closed, or ``None``.
-    """
-    sessions = active_sessions()
-    return sessions[-1] if sessions else None
-
-
-def close_all(started_by: str | None = None) -> int:
-    """Close every session this process started (or only those ``started_by``).
-
-    Returns how many were open. They leave the registry before they are closed, so a
-    second call (an ``atexit`` hook after a kernel-shutdown hook) closes nothing twice.
-    """
-    with _REGISTRY:
-        entries = [e for e in _SESSIONS if started_by in (None, e.started_by)]
-        _SESSIONS[:] = [e for e in _SESSIONS if started_by not in (None, e.started_by)]
-    sessions = [e.session for e in entries if not getattr(e.session, "closed", False)]
-    for session in sessions:
-        try:
-            session.close()
-        except Exception:
-            logger.warning("closing %r failed", session, exc_info=True)
-    return len(sessions)

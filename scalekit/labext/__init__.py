@@ -5,7 +5,7 @@ Jupyter server. scalekit's clusters live in the kernel, so the JupyterLab extens
 (``extensions/``) talks to the kernel through the Jupyter comm protocol:
 
 - **Snapshots out.** A :class:`~scalekit.labext.bridge.LabBridge` subscribes to the
-  event bus of every session in :mod:`scalekit.session`'s registry (the same bus and
+  event bus of every session in the registry (:mod:`scalekit.session_registry`) (the same bus and
   the same JSON-safe events the ipywidgets panels draw), folds them with the panels'
   view-models (:mod:`scalekit.views`), and sends a compact JSON snapshot of the current
   cluster and of this kernel's training runs (:mod:`scalekit.views.snapshot`) at most
@@ -54,8 +54,8 @@ without nvidia-ml-py) and the totals ``"gpu": {"workers", "monitored", "utilizat
 The package is two rooms: :mod:`~scalekit.labext.bridge` (sessions, throttle, comms)
 and :mod:`~scalekit.labext.intents` (checking and carrying out intents); the snapshot
 builders are pure view code in :mod:`scalekit.views.snapshot`. Importing it imports
-neither torch, ``distributed`` nor ipywidgets: sessions are found through
-``sys.modules`` (no ``scalekit.session`` imported: no cluster).
+neither torch, ``distributed`` nor ipywidgets: sessions are found in
+:mod:`scalekit.session_registry`, which imports no backend.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The lab bridge: this kernel's sessions and runs out as snapshots, intents in.
 
 A :class:`LabBridge` subscribes to the event bus of every session in
-:mod:`scalekit.session`'s registry, folds the cluster events of each into a
+:mod:`scalekit.session_registry`, folds the cluster events of each into a
 :class:`~scalekit.views.cluster_state.ClusterState` and the training events into
 :class:`~scalekit.views.training_state.TrainingState` values (the folds the notebook
 panels draw), and sends a JSON snapshot (:mod:`scalekit.views.snapshot`) at most every
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -55,11 +54,12 @@ def _refresh_cap() -> float:
 def _active_sessions() -> list[Any]:
     """The registry's running sessions, oldest first; the last is the current one.
 
-    Read through ``sys.modules``: before ``scalekit.session`` is imported no session can
-    exist, and importing it here would load the backends (and ``distributed``).
+    :mod:`scalekit.session_registry` imports nothing heavy: no backend, no
+    ``distributed``.
     """
-    module = sys.modules.get("scalekit.session")
-    return list(module.active_sessions()) if module is not None else []
+    from scalekit.session_registry import active_sessions
+
+    return active_sessions()
 
 
 class _Tracked:
@@ -85,9 +85,9 @@ class LabBridge:
     Parameters
     ----------
     sessions : callable, optional
-        Returns the running sessions, oldest first (default: :func:`scalekit.session.
-        active_sessions` when that module is imported). The last is "the cluster", as
-        :func:`scalekit.session.current_session` says.
+        Returns the running sessions, oldest first (default: :func:`scalekit.session_registry.
+        active_sessions`). The last is "the cluster", as
+        :func:`scalekit.session_registry.current_session` says.
     broadcast : comm, optional
         Where snapshots are sent (``send(data)``); :func:`register` makes an unopened
         kernel comm. Replies go on the comm an intent came from.

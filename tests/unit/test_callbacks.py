@@ -20,7 +20,7 @@ import pytest
 from skorch.history import History
 
 import scalekit as sk
-import scalekit.session as registry
+import scalekit.session_registry as registry
 from scalekit import callbacks
 from scalekit.callbacks import PauseAt, Paused
 from scalekit.errors import ConfigError, UsageError

@@ -13,7 +13,8 @@ import pytest
 from IPython.core.interactiveshell import InteractiveShell
 
 import scalekit.magics as magics_module
-import scalekit.session as registry
+import scalekit.session as session_module
+import scalekit.session_registry as registry
 from scalekit.errors import UsageError
 from scalekit.events import ClusterSnapshot, EventBus
 from scalekit.fitting import _session_for
@@ -135,8 +136,8 @@ class NoBackend:
 
 
 def test_a_real_session_registers_at_start_and_leaves_at_close(monkeypatch) -> None:
-    monkeypatch.setattr(registry, "make_backend", lambda config, *a, **k: NoBackend(config))
-    session = registry.cluster(workers=1)
+    monkeypatch.setattr(session_module, "make_backend", lambda config, *a, **k: NoBackend(config))
+    session = session_module.cluster(workers=1)
     try:
         assert registry.current_session() is session
         assert registry.active_sessions(started_by=registry.API) == [session]

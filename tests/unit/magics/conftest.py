@@ -7,6 +7,7 @@ from IPython.core.interactiveshell import InteractiveShell
 
 import scalekit.magics as magics_module
 import scalekit.session as session_module
+import scalekit.session_registry as session_registry
 from scalekit.magics import ScalekitMagics
 
 from .fakes import Factory, FakeBackend
@@ -16,7 +17,7 @@ from .fakes import Factory, FakeBackend
 def registry(monkeypatch) -> list:
     """An empty session registry for each test (the process's own is left alone)."""
     entries: list = []
-    monkeypatch.setattr(session_module, "_SESSIONS", entries)
+    monkeypatch.setattr(session_registry, "_SESSIONS", entries)
     return entries
 
 
