@@ -120,7 +120,7 @@ print([e.reason for e in run.events if type(e).__name__ == "Recovered"])  # if i
     nb.run_all(timeout=CLUSTER_S + 420)
     expect(nb.output(3)).to_contain_text("finished 1")
     # the survivors' expected failures are no red tracebacks from their workers
-    assert "Compute Failed" not in nb.output(3).inner_text()
+    assert "Compute Failed" not in nb.output(3).text_content()
 
     panel = nb.output(2).locator(".scalekit-training")
     expect(panel).to_contain_text("finished · 40 epochs")
@@ -130,7 +130,7 @@ print([e.reason for e in run.events if type(e).__name__ == "Recovered"])  # if i
     expect(panel.locator(".scalekit-timeline-failure")).to_contain_text("rank 1 on ")
     expect(panel.locator(".scalekit-incident")).to_have_count(0)
     expect(panel.locator(".scalekit-recoveries-line")).to_contain_text("recoveries: 1")
-    text = panel.inner_text()
+    text = panel.text_content()
     assert "recovering" not in text and "rank 0 on" not in text and "rank 2 on" not in text
     element_screenshot(nb.page, panel, "training-panel-recovered")
 

@@ -150,7 +150,7 @@ def test_quickstart_panel_scales_by_keyboard_and_mouse_and_adapts(quickstart: No
     scheduler.close()
     nb.run_from(SCALE_SECTION, timeout=300)
     assert "3 workers" in nb.output(find_cell(QUICKSTART, "session.wait_for_workers(3)", "code")
-                                    ).inner_text()
+                                    ).text_content()
     # closed: the panel's output became its static last state (what the saved notebook keeps)
     closed = nb.output(UP_CELL).locator(".scalekit-cluster")
     expect(closed).to_contain_text("cluster closed", timeout=60_000)
@@ -171,7 +171,7 @@ def test_panel_status_line_shows_bad_adaptive_bounds_in_red(quickstart: Notebook
     # a bad value from code: minimum above maximum
     cell = nb.add_cell_at_end("session.adapt(5, 2)")
     nb.wait_cell_ran(cell, timeout=60)
-    assert "ConfigError" in nb.output(cell).inner_text()
+    assert "ConfigError" in nb.output(cell).text_content()
     expect(error).to_contain_text("scalekit.adapt.minimum: got 5, expected at most maximum (2)")
     expect(error).to_contain_text("Choose minimum <= maximum")
     expect(error).to_have_css("color", RED)

@@ -72,7 +72,7 @@ def test_training_tutorial_shows_progress_loss_curve_and_accuracy(open_notebook:
         element_screenshot(nb.page, panel, "training-panel-all-epochs")
 
     # the final accuracies are printed, and good
-    table = nb.output(COMPARE).inner_text()
+    table = nb.output(COMPARE).text_content()
     rows = re.findall(r"^(.*?)\s+(\d\.\d+)\s+(\d+\.\d+)\s*$", table, flags=re.M)
     assert any("2 workers" in how for how, _, _ in rows), table
     for how, accuracy, _seconds in rows:
